@@ -1,0 +1,64 @@
+//! # tierscope
+//!
+//! Tiered caches for compiled WebAssembly modules (wasmer [`Module`]s),
+//! with every tier observable.
+//!
+//! - [`ModuleCache`]: the trait, source-compatible with wasmer-wasix's
+//!   (`load`, `contains`, `save`, `with_fallback`, keyed by [`ModuleHash`],
+//!   a miss is [`CacheError::NotFound`]).
+//! - Tiers: [`MemoryCache`] (byte-bounded), [`FileSystemCache`] (bounded,
+//!   crash-safe, verified before deserialize).
+//! - [`FallbackCache`]: chains tiers and promotes hits upward.
+//! - [`Instrumented`]: the spy decorator recording per-tier metrics through
+//!   the `metrics` facade (names in [`observe::names`]).
+//! - [`ModuleLoader`]: wasm bytes to a [`Module`] through the tiers,
+//!   compiling once per key however many callers ask.
+//!
+//! ```
+//! use tierscope::{FileSystemCache, InstrumentExt, MemoryCache, ModuleCache, ModuleLoader};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! # let dir = tempfile::tempdir().unwrap();
+//! // memory (64 MiB) in front of disk (1 GiB), each tier instrumented
+//! let cache = MemoryCache::new(64 << 20)
+//!     .instrumented("modules", "memory")
+//!     .with_fallback(
+//!         FileSystemCache::open(dir.path(), 1 << 30)?.instrumented("modules", "disk"),
+//!     );
+//! let loader = ModuleLoader::new("modules", cache);
+//!
+//! let engine = wasmer::Engine::default();
+//! let wasm = wat::parse_str(r#"(module (func (export "add") (param i32 i32) (result i32)
+//!     local.get 0 local.get 1 i32.add))"#)?;
+//! let module = loader.load_or_compile(&engine, &wasm).await?; // compiles, saves to both tiers
+//! let again = loader.load_or_compile(&engine, &wasm).await?;  // a memory hit
+//! assert_eq!(module, again);
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+//!
+//! [`Module`]: wasmer::Module
+//! [`ModuleHash`]: wasmer_types::ModuleHash
+
+#![deny(missing_docs)]
+
+pub mod cache;
+pub mod engine;
+pub mod entry;
+pub mod fallback;
+pub mod loader;
+pub mod observe;
+pub mod observer;
+pub mod sizes;
+pub mod tier;
+
+pub use cache::{CacheError, Corruption, ErrorKind, Hit, ModuleCache, TierName};
+pub use fallback::FallbackCache;
+pub use loader::{LoadError, ModuleLoader};
+pub use observe::instrumented::{InstrumentExt, InstrumentOptions, Instrumented};
+pub use observer::{Eviction, EvictionCause, Residency, TierObserver};
+pub use tier::{
+    disk::{FileSystemCache, FileSystemCacheBuilder},
+    memory::{MemoryCache, MemoryCacheBuilder},
+};
+pub use wasmer_types::ModuleHash;

@@ -1,0 +1,505 @@
+//! [`Instrumented`]: the spy decorator that records one tier's metrics.
+
+use std::{cell::Cell, fmt, sync::Arc};
+
+use metrics::{Counter, Gauge, Histogram};
+use parking_lot::RwLock;
+use tracing::{Instrument as _, field::Empty};
+use wasmer::{Engine, Module};
+use wasmer_types::ModuleHash;
+
+use crate::{
+    cache::{CacheError, ErrorKind, Hit, ModuleCache, TierName},
+    engine::engine_key,
+    observe::names::{self, label},
+    observer::{Eviction, EvictionCause, Residency, TierObserver},
+    sizes,
+};
+
+/// Wraps any [`ModuleCache`] and records, under a `cache` and a `tier`
+/// name, every metric of the contract (`docs/metrics.md`) through the
+/// `metrics` facade, plus a debug-level `tracing` span per operation.
+///
+/// Metric handles are registered **once, at construction**, with whatever
+/// recorder is installed then (install it first); the hot path touches only
+/// handles. A memory-tier hit (served through [`ModuleCache::load_now`])
+/// costs one counter increment, and one in `latency_sample_every` hits is
+/// also timed; every other operation is always timed.
+///
+/// ```
+/// use tierscope::{FileSystemCache, InstrumentExt, MemoryCache, ModuleCache};
+/// # let dir = tempfile::tempdir().unwrap();
+/// let cache = MemoryCache::new(64 << 20)
+///     .instrumented("modules", "memory")
+///     .with_fallback(
+///         FileSystemCache::open(dir.path(), 1 << 30).unwrap().instrumented("modules", "disk"),
+///     );
+/// ```
+pub struct Instrumented<C> {
+    inner: C,
+    m: Arc<TierMetrics>,
+}
+
+impl<C: Clone> Clone for Instrumented<C> {
+    fn clone(&self) -> Self {
+        Instrumented {
+            inner: self.inner.clone(),
+            m: Arc::clone(&self.m),
+        }
+    }
+}
+
+impl<C: fmt::Debug> fmt::Debug for Instrumented<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Instrumented")
+            .field("cache", &self.m.cache)
+            .field("tier", &self.m.tier)
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+/// Settings of an [`Instrumented`] tier.
+#[derive(Debug, Clone, Copy)]
+pub struct InstrumentOptions {
+    latency_sample_every: u32,
+}
+
+impl Default for InstrumentOptions {
+    fn default() -> Self {
+        InstrumentOptions {
+            latency_sample_every: 16,
+        }
+    }
+}
+
+impl InstrumentOptions {
+    /// Time one in `n` synchronous (memory) hits; rounded up to a power of
+    /// two, 1 times every hit. Every hit is still counted. Default 16: a
+    /// clock read costs about as much as the hit itself, and quantiles of a
+    /// uniform 1-in-16 sample are unbiased.
+    pub fn latency_sample_every(mut self, n: u32) -> Self {
+        self.latency_sample_every = n.max(1).next_power_of_two();
+        self
+    }
+}
+
+const OPS: [&str; 3] = ["load", "save", "contains"];
+const LOAD: usize = 0;
+const SAVE: usize = 1;
+const CONTAINS: usize = 2;
+/// Result labels by op: load and contains answer hit/miss/error, save ok/error.
+const RESULTS: [[&str; 3]; 3] = [
+    ["hit", "miss", "error"],
+    ["ok", "error", ""],
+    ["hit", "miss", "error"],
+];
+const HIT: usize = 0;
+const MISS: usize = 1;
+const ERR: usize = 2;
+const SAVE_OK: usize = 0;
+const SAVE_ERR: usize = 1;
+
+struct TierMetrics {
+    cache: String,
+    tier: TierName,
+    sample_mask: u32,
+    lookups: [Counter; 3],
+    saves: [Counter; 2],
+    duration: [[Histogram; 3]; 3],
+    errors: [[Counter; ErrorKind::ERRORS.len()]; 3],
+    read_bytes: Counter,
+    written_bytes: Counter,
+    promotions: RwLock<Vec<(TierName, [Counter; 2])>>,
+}
+
+impl TierMetrics {
+    fn new(cache: String, tier: TierName, options: InstrumentOptions) -> Self {
+        let c = || cache.clone();
+        let t = || tier.to_string();
+        let lookups = RESULTS[LOAD].map(|r| {
+            metrics::counter!(names::LOOKUPS, label::CACHE => c(), label::TIER => t(), label::RESULT => r)
+        });
+        let saves = [RESULTS[SAVE][SAVE_OK], RESULTS[SAVE][SAVE_ERR]].map(|r| {
+            metrics::counter!(names::SAVES, label::CACHE => c(), label::TIER => t(), label::RESULT => r)
+        });
+        let duration = std::array::from_fn(|op| {
+            std::array::from_fn(|r| {
+                let result = RESULTS[op][r];
+                if result.is_empty() {
+                    return Histogram::noop();
+                }
+                metrics::histogram!(
+                    names::OPERATION_DURATION,
+                    label::CACHE => c(), label::TIER => t(), label::OP => OPS[op], label::RESULT => result
+                )
+            })
+        });
+        let errors = std::array::from_fn(|op| {
+            ErrorKind::ERRORS.map(|kind| {
+                metrics::counter!(
+                    names::ERRORS,
+                    label::CACHE => c(), label::TIER => t(), label::OP => OPS[op], label::KIND => kind.as_str()
+                )
+            })
+        });
+        TierMetrics {
+            read_bytes: metrics::counter!(names::READ_BYTES, label::CACHE => c(), label::TIER => t()),
+            written_bytes: metrics::counter!(names::WRITTEN_BYTES, label::CACHE => c(), label::TIER => t()),
+            sample_mask: options.latency_sample_every - 1,
+            lookups,
+            saves,
+            duration,
+            errors,
+            promotions: RwLock::new(Vec::new()),
+            cache,
+            tier,
+        }
+    }
+
+    fn error(&self, op: usize, e: &CacheError) {
+        if let Some(i) = ErrorKind::ERRORS.iter().position(|k| *k == e.kind()) {
+            self.errors[op][i].increment(1);
+        }
+    }
+
+    /// The promotion counters (ok, error) for hits coming from `from`.
+    /// Promotions follow a slow-tier hit, so the lock here is off the hot path.
+    fn promotion_counters(&self, from: &str) -> [Counter; 2] {
+        if let Some((_, c)) = self.promotions.read().iter().find(|(f, _)| &**f == from) {
+            return c.clone();
+        }
+        let counters = ["ok", "error"].map(|r| {
+            metrics::counter!(
+                names::PROMOTIONS,
+                label::CACHE => self.cache.clone(),
+                label::FROM => from.to_string(),
+                label::TO => self.tier.to_string(),
+                label::RESULT => r
+            )
+        });
+        self.promotions
+            .write()
+            .push((Arc::from(from), counters.clone()));
+        counters
+    }
+}
+
+/// Receives the wrapped tier's evictions and residency.
+struct TierGauges {
+    evictions: [Counter; EvictionCause::ALL.len()],
+    evicted_bytes: [Counter; EvictionCause::ALL.len()],
+    eviction_age: Histogram,
+    entries: Gauge,
+    size: Gauge,
+    capacity: Gauge,
+    available: Gauge,
+    cache: String,
+    tier: String,
+}
+
+impl fmt::Debug for TierGauges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TierGauges")
+            .field("cache", &self.cache)
+            .field("tier", &self.tier)
+            .finish()
+    }
+}
+
+impl TierGauges {
+    fn new(cache: &str, tier: &str) -> Self {
+        let c = || cache.to_string();
+        let t = || tier.to_string();
+        TierGauges {
+            evictions: EvictionCause::ALL.map(|cause| {
+                metrics::counter!(names::EVICTIONS, label::CACHE => c(), label::TIER => t(), label::CAUSE => cause.as_str())
+            }),
+            evicted_bytes: EvictionCause::ALL.map(|cause| {
+                metrics::counter!(names::EVICTED_BYTES, label::CACHE => c(), label::TIER => t(), label::CAUSE => cause.as_str())
+            }),
+            eviction_age: metrics::histogram!(names::EVICTION_AGE, label::CACHE => c(), label::TIER => t()),
+            entries: metrics::gauge!(names::ENTRIES, label::CACHE => c(), label::TIER => t()),
+            size: metrics::gauge!(names::SIZE_BYTES, label::CACHE => c(), label::TIER => t()),
+            capacity: metrics::gauge!(names::CAPACITY_BYTES, label::CACHE => c(), label::TIER => t()),
+            available: metrics::gauge!(names::TIER_AVAILABLE, label::CACHE => c(), label::TIER => t()),
+            cache: c(),
+            tier: t(),
+        }
+    }
+}
+
+impl TierObserver for TierGauges {
+    fn evicted(&self, eviction: Eviction) {
+        if let Some(i) = EvictionCause::ALL.iter().position(|c| *c == eviction.cause) {
+            self.evictions[i].increment(1);
+            self.evicted_bytes[i].increment(eviction.bytes);
+        }
+        if let Some(age) = eviction.age {
+            self.eviction_age.record(age.as_secs_f64());
+        }
+    }
+
+    fn resident(&self, r: Residency) {
+        self.entries.set(r.entries as f64);
+        self.size.set(r.bytes as f64);
+        if let Some(cap) = r.capacity {
+            self.capacity.set(cap as f64);
+        }
+    }
+
+    fn available(&self, available: bool) {
+        self.available.set(if available { 1.0 } else { 0.0 });
+    }
+}
+
+thread_local! {
+    static TICK: Cell<u32> = const { Cell::new(0) };
+}
+
+impl<C: ModuleCache> Instrumented<C> {
+    /// Wrap `inner`, naming its cache stack and tier.
+    pub fn new(inner: C, cache: impl Into<String>, tier: impl Into<String>) -> Self {
+        Self::with_options(inner, cache, tier, InstrumentOptions::default())
+    }
+
+    /// Wrap `inner` with explicit [`InstrumentOptions`].
+    pub fn with_options(
+        inner: C,
+        cache: impl Into<String>,
+        tier: impl Into<String>,
+        options: InstrumentOptions,
+    ) -> Self {
+        let cache = cache.into();
+        let tier: TierName = Arc::from(tier.into());
+        names::describe_all();
+        let gauges = Arc::new(TierGauges::new(&cache, &tier));
+        inner.attach_observer(gauges);
+        Instrumented {
+            m: Arc::new(TierMetrics::new(cache, tier, options)),
+            inner,
+        }
+    }
+}
+
+impl<C> Instrumented<C> {
+    /// The wrapped tier.
+    pub fn get_ref(&self) -> &C {
+        &self.inner
+    }
+
+    /// The wrapped tier, mutably.
+    pub fn get_mut(&mut self) -> &mut C {
+        &mut self.inner
+    }
+
+    /// Unwrap.
+    pub fn into_inner(self) -> C {
+        self.inner
+    }
+
+    /// The cache stack's name (`cache` label).
+    pub fn cache_name(&self) -> &str {
+        &self.m.cache
+    }
+
+    fn span(&self, op: &'static str) -> tracing::Span {
+        tracing::debug_span!(
+            "tierscope",
+            cache = %self.m.cache,
+            tier = %self.m.tier,
+            op,
+            result = Empty,
+            bytes = Empty,
+        )
+    }
+}
+
+impl<C: ModuleCache + Send + Sync> Instrumented<C> {
+    async fn save_inner(
+        &self,
+        key: ModuleHash,
+        engine: &Engine,
+        module: &Module,
+        from: Option<&TierName>,
+    ) -> Result<(), CacheError> {
+        let m = &*self.m;
+        let span = self.span("save");
+        let start = quanta::Instant::now();
+        let result = self
+            .inner
+            .promote(key, engine, module, from)
+            .instrument(span.clone())
+            .await;
+        let elapsed = start.elapsed().as_secs_f64();
+        match &result {
+            Ok(()) => {
+                m.saves[SAVE_OK].increment(1);
+                m.duration[SAVE][SAVE_OK].record(elapsed);
+                let bytes = sizes::lookup(key, engine_key(engine));
+                if let Some(b) = bytes {
+                    m.written_bytes.increment(b);
+                }
+                span.record("result", "ok");
+                span.record("bytes", bytes);
+            }
+            Err(e) => {
+                m.saves[SAVE_ERR].increment(1);
+                m.duration[SAVE][SAVE_ERR].record(elapsed);
+                m.error(SAVE, e);
+                span.record("result", "error");
+            }
+        }
+        if let Some(from) = from {
+            let [ok, err] = m.promotion_counters(from);
+            if result.is_ok() { ok } else { err }.increment(1);
+        }
+        result
+    }
+}
+
+#[async_trait::async_trait]
+impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
+    async fn load(&self, key: ModuleHash, engine: &Engine) -> Result<Module, CacheError> {
+        self.load_traced(key, engine).await.map(|hit| hit.module)
+    }
+
+    #[inline]
+    fn load_now(&self, key: ModuleHash, engine: &Engine) -> Option<Hit> {
+        let m = &*self.m;
+        let tick = TICK.with(|t| {
+            let v = t.get().wrapping_add(1);
+            t.set(v);
+            v
+        });
+        let sampled = tick & m.sample_mask == 0;
+        let start = sampled.then(quanta::Instant::now);
+        let mut hit = self.inner.load_now(key, engine)?;
+        m.lookups[HIT].increment(1);
+        if let Some(start) = start {
+            m.duration[LOAD][HIT].record(start.elapsed().as_secs_f64());
+        }
+        if let Some(b) = hit.bytes {
+            m.read_bytes.increment(b);
+        }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let span = self.span("load");
+            span.record("result", "hit");
+            span.record("bytes", hit.bytes);
+        }
+        if hit.tier.is_none() {
+            hit.tier = Some(Arc::clone(&m.tier));
+        }
+        Some(hit)
+    }
+
+    async fn load_traced(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
+        if let Some(hit) = self.load_now(key, engine) {
+            return Ok(hit);
+        }
+        let m = &*self.m;
+        let span = self.span("load");
+        let start = quanta::Instant::now();
+        let result = self
+            .inner
+            .load_traced(key, engine)
+            .instrument(span.clone())
+            .await;
+        let elapsed = start.elapsed().as_secs_f64();
+        match result {
+            Ok(mut hit) => {
+                m.lookups[HIT].increment(1);
+                m.duration[LOAD][HIT].record(elapsed);
+                let bytes = hit
+                    .bytes
+                    .or_else(|| sizes::lookup(key, engine_key(engine)));
+                if let Some(b) = bytes {
+                    m.read_bytes.increment(b);
+                }
+                span.record("result", "hit");
+                span.record("bytes", bytes);
+                if hit.tier.is_none() {
+                    hit.tier = Some(Arc::clone(&m.tier));
+                }
+                hit.bytes = bytes;
+                Ok(hit)
+            }
+            Err(e) if e.is_not_found() => {
+                m.lookups[MISS].increment(1);
+                m.duration[LOAD][MISS].record(elapsed);
+                span.record("result", "miss");
+                Err(e)
+            }
+            Err(e) => {
+                m.lookups[ERR].increment(1);
+                m.duration[LOAD][ERR].record(elapsed);
+                m.error(LOAD, &e);
+                span.record("result", "error");
+                Err(e)
+            }
+        }
+    }
+
+    async fn contains(&self, key: ModuleHash, engine: &Engine) -> Result<bool, CacheError> {
+        let m = &*self.m;
+        let span = self.span("contains");
+        let start = quanta::Instant::now();
+        let result = self
+            .inner
+            .contains(key, engine)
+            .instrument(span.clone())
+            .await;
+        let elapsed = start.elapsed().as_secs_f64();
+        let r = match &result {
+            Ok(true) => HIT,
+            Ok(false) => MISS,
+            Err(e) => {
+                m.error(CONTAINS, e);
+                ERR
+            }
+        };
+        m.duration[CONTAINS][r].record(elapsed);
+        span.record("result", RESULTS[CONTAINS][r]);
+        result
+    }
+
+    async fn save(
+        &self,
+        key: ModuleHash,
+        engine: &Engine,
+        module: &Module,
+    ) -> Result<(), CacheError> {
+        self.save_inner(key, engine, module, None).await
+    }
+
+    async fn promote(
+        &self,
+        key: ModuleHash,
+        engine: &Engine,
+        module: &Module,
+        from: Option<&TierName>,
+    ) -> Result<(), CacheError> {
+        static UNNAMED: std::sync::LazyLock<TierName> =
+            std::sync::LazyLock::new(|| Arc::from("unnamed"));
+        self.save_inner(key, engine, module, Some(from.unwrap_or(&UNNAMED)))
+            .await
+    }
+
+    fn attach_observer(&self, observer: Arc<dyn TierObserver>) {
+        self.inner.attach_observer(observer);
+    }
+
+    fn tier_name(&self) -> Option<TierName> {
+        Some(Arc::clone(&self.m.tier))
+    }
+}
+
+/// Extension method: `tier.instrumented("modules", "disk")`.
+pub trait InstrumentExt: ModuleCache + Sized {
+    /// Wrap this tier in the spy decorator (see [`Instrumented`]).
+    fn instrumented(self, cache: impl Into<String>, tier: impl Into<String>) -> Instrumented<Self> {
+        Instrumented::new(self, cache, tier)
+    }
+}
+
+impl<C: ModuleCache + Sized> InstrumentExt for C {}

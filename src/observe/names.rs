@@ -1,0 +1,210 @@
+//! The metric contract: every metric name and label key tierscope emits,
+//! in one place (`docs/metrics.md` in the repository is the reference).
+//! Names and labels are public API: dashboards and alert rules use them.
+
+use metrics::Unit;
+
+/// `load` calls on one tier, by `result` = `hit`/`miss`/`error`.
+pub const LOOKUPS: &str = "tierscope_lookups_total";
+/// `save` calls on one tier (promotions included), by `result` = `ok`/`error`.
+pub const SAVES: &str = "tierscope_saves_total";
+/// Latency of one tier operation, by `op` and `result`.
+pub const OPERATION_DURATION: &str = "tierscope_operation_duration_seconds";
+/// A hit in tier `from` copied up into tier `to`, by `result`.
+pub const PROMOTIONS: &str = "tierscope_promotions_total";
+/// Every error a tier returned, by `op` and `kind`.
+pub const ERRORS: &str = "tierscope_errors_total";
+/// Entries a tier dropped, by `cause`.
+pub const EVICTIONS: &str = "tierscope_evictions_total";
+/// Bytes of the entries a tier dropped, by `cause`.
+pub const EVICTED_BYTES: &str = "tierscope_evicted_bytes_total";
+/// Time from insert to eviction.
+pub const EVICTION_AGE: &str = "tierscope_eviction_age_seconds";
+/// Entries resident now.
+pub const ENTRIES: &str = "tierscope_entries";
+/// Bytes resident now.
+pub const SIZE_BYTES: &str = "tierscope_size_bytes";
+/// Configured bound in bytes.
+pub const CAPACITY_BYTES: &str = "tierscope_capacity_bytes";
+/// Artifact bytes served by hits.
+pub const READ_BYTES: &str = "tierscope_read_bytes_total";
+/// Artifact bytes stored.
+pub const WRITTEN_BYTES: &str = "tierscope_written_bytes_total";
+/// Compilations done because every tier missed, by `result`.
+pub const COMPILATIONS: &str = "tierscope_compilations_total";
+/// Time to compile one module.
+pub const COMPILE_DURATION: &str = "tierscope_compile_duration_seconds";
+/// Callers that waited for another caller's compile.
+pub const COALESCED: &str = "tierscope_coalesced_total";
+/// 0 while a tier's circuit breaker is open.
+pub const TIER_AVAILABLE: &str = "tierscope_tier_available";
+/// Which build is running (value 1).
+pub const BUILD_INFO: &str = "tierscope_build_info";
+
+/// Label keys.
+pub mod label {
+    /// The user's name for one cache stack.
+    pub const CACHE: &str = "cache";
+    /// The user's name for one tier.
+    pub const TIER: &str = "tier";
+    /// `load`, `save` or `contains`.
+    pub const OP: &str = "op";
+    /// Outcome.
+    pub const RESULT: &str = "result";
+    /// Eviction cause.
+    pub const CAUSE: &str = "cause";
+    /// Error kind.
+    pub const KIND: &str = "kind";
+    /// Promotion source tier.
+    pub const FROM: &str = "from";
+    /// Promotion target tier.
+    pub const TO: &str = "to";
+}
+
+/// Histograms, whose buckets the Prometheus set-up configures.
+pub const HISTOGRAMS: [&str; 3] = [OPERATION_DURATION, EVICTION_AGE, COMPILE_DURATION];
+
+/// Every metric with its kind, unit and help text.
+pub const DESCRIPTIONS: [(&str, Kind, Unit, &str); 18] = [
+    (
+        LOOKUPS,
+        Kind::Counter,
+        Unit::Count,
+        "load calls on one cache tier, by result (hit, miss, error)",
+    ),
+    (
+        SAVES,
+        Kind::Counter,
+        Unit::Count,
+        "save calls on one cache tier, promotions included, by result (ok, error)",
+    ),
+    (
+        OPERATION_DURATION,
+        Kind::Histogram,
+        Unit::Seconds,
+        "latency of one tier operation by op and result; memory-tier hits may be sampled (see the tier's latency_sample_every)",
+    ),
+    (
+        PROMOTIONS,
+        Kind::Counter,
+        Unit::Count,
+        "modules found in tier `from` and copied up into tier `to`, by result",
+    ),
+    (
+        ERRORS,
+        Kind::Counter,
+        Unit::Count,
+        "errors returned by a tier, by op and kind, including errors a combinator recovered from",
+    ),
+    (
+        EVICTIONS,
+        Kind::Counter,
+        Unit::Count,
+        "entries a tier dropped, by cause (capacity, expired, explicit, replaced, corrupt)",
+    ),
+    (
+        EVICTED_BYTES,
+        Kind::Counter,
+        Unit::Bytes,
+        "bytes of the entries a tier dropped, by cause",
+    ),
+    (
+        EVICTION_AGE,
+        Kind::Histogram,
+        Unit::Seconds,
+        "time from insert to eviction, for tiers that know it",
+    ),
+    (
+        ENTRIES,
+        Kind::Gauge,
+        Unit::Count,
+        "entries resident in a tier now",
+    ),
+    (
+        SIZE_BYTES,
+        Kind::Gauge,
+        Unit::Bytes,
+        "bytes resident in a tier now (serialized artifact bytes)",
+    ),
+    (
+        CAPACITY_BYTES,
+        Kind::Gauge,
+        Unit::Bytes,
+        "configured byte bound of a tier; absent for unbounded tiers",
+    ),
+    (
+        READ_BYTES,
+        Kind::Counter,
+        Unit::Bytes,
+        "artifact bytes served by hits",
+    ),
+    (
+        WRITTEN_BYTES,
+        Kind::Counter,
+        Unit::Bytes,
+        "artifact bytes stored",
+    ),
+    (
+        COMPILATIONS,
+        Kind::Counter,
+        Unit::Count,
+        "compilations done because every tier missed, by result (ok, error)",
+    ),
+    (
+        COMPILE_DURATION,
+        Kind::Histogram,
+        Unit::Seconds,
+        "time to compile one module (the miss penalty)",
+    ),
+    (
+        COALESCED,
+        Kind::Counter,
+        Unit::Count,
+        "callers that waited for another caller's in-flight compile instead of compiling",
+    ),
+    (
+        TIER_AVAILABLE,
+        Kind::Gauge,
+        Unit::Count,
+        "1 while a tier is usable, 0 while its circuit breaker is open",
+    ),
+    (
+        BUILD_INFO,
+        Kind::Gauge,
+        Unit::Count,
+        "which tierscope and wasmer build is running (value 1)",
+    ),
+];
+
+/// The kind of a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Monotonic counter.
+    Counter,
+    /// Gauge.
+    Gauge,
+    /// Histogram.
+    Histogram,
+}
+
+/// Describe every metric to the current recorder (HELP text and unit), so
+/// that exporters can emit them. Idempotent; cheap.
+pub fn describe_all() {
+    for (name, kind, unit, help) in DESCRIPTIONS {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, unit, help),
+            Kind::Gauge => metrics::describe_gauge!(name, unit, help),
+            Kind::Histogram => metrics::describe_histogram!(name, unit, help),
+        }
+    }
+}
+
+/// Set `tierscope_build_info{version, wasmer_version}` to 1.
+pub fn record_build_info() {
+    metrics::gauge!(
+        BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "wasmer_version" => crate::engine::WASMER_VERSION,
+    )
+    .set(1.0);
+}

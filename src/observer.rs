@@ -1,0 +1,126 @@
+//! How a tier tells the outside world about events no single call returns:
+//! evictions and its resident size.
+//!
+//! Tiers know nothing of metrics; they call a [`TierObserver`] that the spy
+//! decorator ([`crate::Instrumented`]) attaches through
+//! [`crate::ModuleCache::attach_observer`].
+
+use std::{fmt::Debug, sync::Arc, time::Duration};
+
+use parking_lot::RwLock;
+
+/// Why a tier dropped an entry: the `cause` label of
+/// `tierscope_evictions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EvictionCause {
+    /// Dropped to stay within the tier's byte bound.
+    Capacity,
+    /// Its time to live passed.
+    Expired,
+    /// Removed on request.
+    Explicit,
+    /// Overwritten by a newer save of the same key.
+    Replaced,
+    /// Found corrupt (or failing integrity) and removed.
+    Corrupt,
+}
+
+impl EvictionCause {
+    /// Every cause, in label order.
+    pub const ALL: [EvictionCause; 5] = [
+        EvictionCause::Capacity,
+        EvictionCause::Expired,
+        EvictionCause::Explicit,
+        EvictionCause::Replaced,
+        EvictionCause::Corrupt,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvictionCause::Capacity => "capacity",
+            EvictionCause::Expired => "expired",
+            EvictionCause::Explicit => "explicit",
+            EvictionCause::Replaced => "replaced",
+            EvictionCause::Corrupt => "corrupt",
+        }
+    }
+}
+
+/// One entry a tier dropped.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Eviction {
+    /// Why.
+    pub cause: EvictionCause,
+    /// Serialized artifact bytes of the entry.
+    pub bytes: u64,
+    /// Time from insert to eviction, when the tier knows it.
+    pub age: Option<Duration>,
+}
+
+/// What a tier holds right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Residency {
+    /// Entries resident.
+    pub entries: u64,
+    /// Serialized artifact bytes resident.
+    pub bytes: u64,
+    /// The configured bound, `None` for unbounded tiers.
+    pub capacity: Option<u64>,
+}
+
+/// Receives a tier's evictions and size changes. Called off the hit path
+/// (after saves, evictions and removals), never while a tier holds a lock.
+pub trait TierObserver: Send + Sync + Debug {
+    /// An entry was dropped.
+    fn evicted(&self, eviction: Eviction);
+    /// The tier's residency changed (also called once on attach).
+    fn resident(&self, residency: Residency);
+    /// The tier's availability changed (remote tiers with a circuit breaker;
+    /// also called once on attach by such tiers).
+    fn available(&self, available: bool) {
+        let _ = available;
+    }
+}
+
+/// The observers attached to one tier. Tiers embed one and call
+/// [`Observers::evicted`] / [`Observers::resident`].
+#[derive(Debug, Default)]
+pub struct Observers {
+    list: RwLock<Vec<Arc<dyn TierObserver>>>,
+}
+
+impl Observers {
+    /// Attach one more observer and tell it the current residency.
+    pub fn attach(&self, observer: Arc<dyn TierObserver>, now: Residency) {
+        observer.resident(now);
+        self.list.write().push(observer);
+    }
+
+    /// True when nobody listens (lets tiers skip work).
+    pub fn is_empty(&self) -> bool {
+        self.list.read().is_empty()
+    }
+
+    /// Report one eviction to every observer.
+    pub fn evicted(&self, eviction: Eviction) {
+        for o in self.list.read().iter() {
+            o.evicted(eviction);
+        }
+    }
+
+    /// Report the residency to every observer.
+    pub fn resident(&self, residency: Residency) {
+        for o in self.list.read().iter() {
+            o.resident(residency);
+        }
+    }
+
+    /// Report availability to every observer.
+    pub fn available(&self, available: bool) {
+        for o in self.list.read().iter() {
+            o.available(available);
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! A byte-bounded in-memory tier on `quick_cache` (S3-FIFO-style eviction).
+//!
+//! Entries are weighed by serialized artifact size (see [`crate::sizes`] for
+//! how that is known without a serialize on every save). The policy is
+//! quick_cache's CLOCK-Pro/S3-FIFO hybrid: new entries enter a probation
+//! queue and only entries hit again earn a place in the main queue, so a
+//! scan of one-off modules cannot flush the hot set. It was chosen over moka
+//! (TinyLFU) and a hand-rolled LRU by benchmark: see `benches/memory.rs`
+//! and BENCHMARKS.md.
+
+use std::{
+    fmt,
+    sync::Arc,
+    time::Instant,
+};
+
+use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter, sync::Cache};
+use wasmer::{Engine, Module};
+use wasmer_types::ModuleHash;
+
+use crate::{
+    cache::{CacheError, Hit, ModuleCache},
+    engine::{EngineKey, engine_key},
+    observer::{Eviction, EvictionCause, Observers, Residency, TierObserver},
+    sizes,
+};
+
+type Key = (ModuleHash, EngineKey);
+
+#[derive(Clone)]
+struct Entry {
+    module: Module,
+    bytes: u64,
+    inserted: Instant,
+}
+
+#[derive(Clone, Copy, Default)]
+struct ByArtifactBytes;
+
+impl Weighter<Key, Entry> for ByArtifactBytes {
+    fn weight(&self, _key: &Key, val: &Entry) -> u64 {
+        // Zero-weight entries are never evicted by quick_cache: weigh at least 1.
+        val.bytes.max(1)
+    }
+}
+
+/// Collects what quick_cache evicts during one insert, so it can be
+/// reported after the shard lock is released.
+#[derive(Clone, Copy, Default)]
+struct CollectEvictions;
+
+impl Lifecycle<Key, Entry> for CollectEvictions {
+    type RequestState = Vec<(u64, Instant)>;
+
+    fn on_evict(&self, state: &mut Self::RequestState, _key: Key, val: Entry) {
+        state.push((val.bytes, val.inserted));
+    }
+}
+
+type Inner = Cache<Key, Entry, ByArtifactBytes, DefaultHashBuilder, CollectEvictions>;
+
+/// A bounded, concurrent, in-memory tier.
+///
+/// ```
+/// use tierscope::MemoryCache;
+/// let memory = MemoryCache::new(256 << 20); // 256 MiB of artifacts
+/// assert_eq!(memory.capacity_bytes(), 256 << 20);
+/// ```
+#[derive(Clone)]
+pub struct MemoryCache {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    cache: Inner,
+    capacity: u64,
+    shard_capacity: u64,
+    observers: Observers,
+}
+
+/// Builder for [`MemoryCache`].
+#[derive(Debug, Clone)]
+pub struct MemoryCacheBuilder {
+    capacity: u64,
+    shards: Option<usize>,
+    hot_allocation: f64,
+}
+
+impl MemoryCacheBuilder {
+    /// Number of independently locked shards (rounded up to a power of
+    /// two). Each shard holds `capacity / shards` bytes and an entry larger
+    /// than about 90 % of that is not admitted. The default is the number of
+    /// cores times four, reduced so each shard holds at least 32 MiB.
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = Some(shards.max(1));
+        self
+    }
+
+    /// Share of each shard for entries that were hit since admission
+    /// (quick_cache's hot queue), between 0.5 and 0.99. Default 0.9.
+    pub fn hot_allocation(mut self, share: f64) -> Self {
+        self.hot_allocation = share.clamp(0.5, 0.99);
+        self
+    }
+
+    /// Build the tier.
+    pub fn build(self) -> MemoryCache {
+        let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let shards = self
+            .shards
+            .unwrap_or_else(|| (parallelism * 4).min((self.capacity / (32 << 20)) as usize))
+            .clamp(1, 1024)
+            .next_power_of_two();
+        let capacity = self.capacity.max(1);
+        let options = OptionsBuilder::new()
+            .weight_capacity(capacity)
+            .estimated_items_capacity(((capacity / (64 << 10)) as usize).clamp(16, 1 << 20))
+            .shards(shards)
+            .hot_allocation(self.hot_allocation)
+            .build()
+            .expect("memory tier options are valid by construction");
+        let cache = Inner::with_options(
+            options,
+            ByArtifactBytes,
+            DefaultHashBuilder::default(),
+            CollectEvictions,
+        );
+        let shard_capacity = cache.shard_capacity();
+        MemoryCache {
+            shared: Arc::new(Shared {
+                cache,
+                capacity,
+                shard_capacity,
+                observers: Observers::default(),
+            }),
+        }
+    }
+}
+
+impl MemoryCache {
+    /// A tier holding at most `capacity_bytes` of serialized artifacts.
+    pub fn new(capacity_bytes: u64) -> Self {
+        Self::builder(capacity_bytes).build()
+    }
+
+    /// A builder for finer settings.
+    pub fn builder(capacity_bytes: u64) -> MemoryCacheBuilder {
+        MemoryCacheBuilder {
+            capacity: capacity_bytes,
+            shards: None,
+            hot_allocation: 0.9,
+        }
+    }
+
+    /// The configured bound in bytes.
+    pub fn capacity_bytes(&self) -> u64 {
+        self.shared.capacity
+    }
+
+    /// The largest entry one shard can hold.
+    pub fn shard_capacity_bytes(&self) -> u64 {
+        self.shared.shard_capacity
+    }
+
+    /// Entries and bytes resident now, with the bound.
+    pub fn residency(&self) -> Residency {
+        Residency {
+            entries: self.shared.cache.len() as u64,
+            bytes: self.shared.cache.weight(),
+            capacity: Some(self.shared.capacity),
+        }
+    }
+
+    /// Drop one entry (reported with cause `explicit`). Returns whether it
+    /// was present.
+    pub fn remove(&self, key: ModuleHash, engine: &Engine) -> bool {
+        match self.shared.cache.remove(&(key, engine_key(engine))) {
+            Some((_, entry)) => {
+                self.report(EvictionCause::Explicit, &[(entry.bytes, entry.inserted)]);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drop every entry (each reported with cause `explicit`).
+    pub fn clear(&self) {
+        let drained: Vec<_> = self
+            .shared
+            .cache
+            .drain()
+            .map(|(_, e)| (e.bytes, e.inserted))
+            .collect();
+        self.report(EvictionCause::Explicit, &drained);
+    }
+
+    fn report(&self, cause: EvictionCause, evicted: &[(u64, Instant)]) {
+        let obs = &self.shared.observers;
+        if obs.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for &(bytes, inserted) in evicted {
+            obs.evicted(Eviction {
+                cause,
+                bytes,
+                age: Some(now.saturating_duration_since(inserted)),
+            });
+        }
+        obs.resident(self.residency());
+    }
+
+    fn insert(&self, key: Key, module: &Module, bytes: u64) {
+        let cache = &self.shared.cache;
+        let replaced = cache.remove(&key).map(|(_, e)| (e.bytes, e.inserted));
+        let mut evicted = Vec::new();
+        let entry = Entry {
+            module: module.clone(),
+            bytes,
+            inserted: Instant::now(),
+        };
+        cache.insert_with_lifecycle(key, entry, &mut evicted);
+        if let Some(old) = replaced {
+            self.report(EvictionCause::Replaced, &[old]);
+        }
+        // Also reports the new residency when nothing was evicted.
+        self.report(EvictionCause::Capacity, &evicted);
+    }
+}
+
+impl fmt::Debug for MemoryCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = self.residency();
+        f.debug_struct("MemoryCache")
+            .field("entries", &r.entries)
+            .field("bytes", &r.bytes)
+            .field("capacity", &self.shared.capacity)
+            .finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl ModuleCache for MemoryCache {
+    #[inline]
+    async fn load(&self, key: ModuleHash, engine: &Engine) -> Result<Module, CacheError> {
+        self.get(key, engine).ok_or(CacheError::NotFound)
+    }
+
+    async fn load_traced(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
+        self.load_now(key, engine).ok_or(CacheError::NotFound)
+    }
+
+    #[inline]
+    fn load_now(&self, key: ModuleHash, engine: &Engine) -> Option<Hit> {
+        self.shared
+            .cache
+            .get(&(key, engine_key(engine)))
+            .map(|e| Hit {
+                module: e.module,
+                tier: None,
+                bytes: Some(e.bytes),
+            })
+    }
+
+    async fn contains(&self, key: ModuleHash, engine: &Engine) -> Result<bool, CacheError> {
+        Ok(self.shared.cache.contains_key(&(key, engine_key(engine))))
+    }
+
+    async fn save(
+        &self,
+        key: ModuleHash,
+        engine: &Engine,
+        module: &Module,
+    ) -> Result<(), CacheError> {
+        let ekey = engine_key(engine);
+        let bytes = sizes::weigh(key, ekey, module)?;
+        self.insert((key, ekey), module, bytes);
+        Ok(())
+    }
+
+    fn attach_observer(&self, observer: Arc<dyn TierObserver>) {
+        self.shared.observers.attach(observer, self.residency());
+    }
+}
+
+impl MemoryCache {
+    /// The synchronous hit path behind [`ModuleCache::load`]: no future, no
+    /// allocation. `None` is a miss.
+    #[inline]
+    pub fn get(&self, key: ModuleHash, engine: &Engine) -> Option<Module> {
+        self.shared
+            .cache
+            .get(&(key, engine_key(engine)))
+            .map(|e| e.module)
+    }
+}

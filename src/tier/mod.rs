@@ -1,0 +1,4 @@
+//! The tiers: one file each.
+
+pub mod disk;
+pub mod memory;
