@@ -48,8 +48,12 @@ pub trait ModuleCache: Debug {
     /// later time.
     ///
     /// Implementations may assume the [`Module`] was compiled with `engine`.
-    async fn save(&self, key: ModuleHash, engine: &Engine, module: &Module)
-    -> Result<(), CacheError>;
+    async fn save(
+        &self,
+        key: ModuleHash,
+        engine: &Engine,
+        module: &Module,
+    ) -> Result<(), CacheError>;
 
     /// Chain a second [`ModuleCache`] that will be used as a fallback if
     /// lookups on the primary cache fail. A hit in the fallback is promoted
@@ -114,10 +118,18 @@ pub trait ModuleCache: Debug {
         let _ = observer;
     }
 
-    /// The name of the tier that answers first, when it is named (see
-    /// [`crate::Instrumented`]).
-    fn tier_name(&self) -> Option<TierName> {
-        None
+    /// The names of the named tiers in this cache, fastest first (see
+    /// [`crate::Instrumented`]). Empty for an unnamed tier (the default).
+    fn tier_names(&self) -> Vec<TierName> {
+        Vec::new()
+    }
+
+    /// Called once when this cache becomes the primary of a
+    /// [`FallbackCache`], with the names of the tiers below it: the spy
+    /// registers its promotion counters for them up front (with the
+    /// recorder installed at construction). The default ignores it.
+    fn expect_promotions_from(&self, lower: &[TierName]) {
+        let _ = lower;
     }
 }
 
@@ -166,8 +178,12 @@ where
         (**self).attach_observer(observer)
     }
 
-    fn tier_name(&self) -> Option<TierName> {
-        (**self).tier_name()
+    fn tier_names(&self) -> Vec<TierName> {
+        (**self).tier_names()
+    }
+
+    fn expect_promotions_from(&self, lower: &[TierName]) {
+        (**self).expect_promotions_from(lower)
     }
 }
 

@@ -39,8 +39,15 @@ pub struct FallbackCache<Primary, Fallback> {
 }
 
 impl<Primary, Fallback> FallbackCache<Primary, Fallback> {
-    /// Chain `primary` in front of `fallback`.
-    pub fn new(primary: Primary, fallback: Fallback) -> Self {
+    /// Chain `primary` in front of `fallback`. A named (instrumented)
+    /// primary registers its promotion counters for the fallback's tiers
+    /// now, with the recorder installed at this moment.
+    pub fn new(primary: Primary, fallback: Fallback) -> Self
+    where
+        Primary: ModuleCache,
+        Fallback: ModuleCache,
+    {
+        primary.expect_promotions_from(&fallback.tier_names());
         FallbackCache { primary, fallback }
     }
 
@@ -180,7 +187,15 @@ where
         self.primary.attach_observer(observer);
     }
 
-    fn tier_name(&self) -> Option<TierName> {
-        self.primary.tier_name()
+    fn tier_names(&self) -> Vec<TierName> {
+        let mut names = self.primary.tier_names();
+        names.extend(self.fallback.tier_names());
+        names
+    }
+
+    fn expect_promotions_from(&self, lower: &[TierName]) {
+        // A hit from below this chain is promoted into both of its tiers.
+        self.primary.expect_promotions_from(lower);
+        self.fallback.expect_promotions_from(lower);
     }
 }

@@ -43,6 +43,7 @@
 #![deny(missing_docs)]
 
 pub mod cache;
+pub mod corpus;
 pub mod engine;
 pub mod entry;
 pub mod fallback;

@@ -176,7 +176,12 @@ where
         self.flight(engine, key, Box::new(wasm)).await
     }
 
-    async fn slow_path(&self, engine: &Engine, key: ModuleHash, wasm: &[u8]) -> Result<Module, LoadError> {
+    async fn slow_path(
+        &self,
+        engine: &Engine,
+        key: ModuleHash,
+        wasm: &[u8],
+    ) -> Result<Module, LoadError> {
         let wasm = bytes::Bytes::copy_from_slice(wasm);
         self.flight(engine, key, Box::new(move || wasm)).await
     }
@@ -205,12 +210,24 @@ where
                     // soon as the module exists; the save happens after.
                     tokio::spawn(
                         async move {
+                            let slot = (key, engine_key(&engine));
                             let (result, compiled) = inner.lead(key, &engine, wasm).await;
-                            let _ = tx.send(result);
-                            if let Some(module) = compiled {
-                                inner.save(key, &engine, &module).await;
+                            match compiled {
+                                Some(module) => {
+                                    // Callers arriving during the save join
+                                    // this flight and get the module at once.
+                                    let _ = tx.send(result);
+                                    inner.save(key, &engine, &module).await;
+                                    inner.inflight.lock().remove(&slot);
+                                }
+                                None => {
+                                    // Nothing to save: a caller arriving
+                                    // after the answer starts afresh (an
+                                    // error is never cached).
+                                    inner.inflight.lock().remove(&slot);
+                                    let _ = tx.send(result);
+                                }
                             }
-                            inner.inflight.lock().remove(&(key, engine_key(&engine)));
                         }
                         .instrument(span),
                     );

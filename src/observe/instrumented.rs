@@ -163,8 +163,10 @@ impl TierMetrics {
         }
     }
 
-    /// The promotion counters (ok, error) for hits coming from `from`.
-    /// Promotions follow a slow-tier hit, so the lock here is off the hot path.
+    /// The promotion counters (ok, error) for hits coming from `from`,
+    /// registered by [`ModuleCache::expect_promotions_from`] when the chain
+    /// is built (or here, late, for a tier nobody announced). Promotions
+    /// follow a slow-tier hit, so the lock here is off the hot path.
     fn promotion_counters(&self, from: &str) -> [Counter; 2] {
         if let Some((_, c)) = self.promotions.read().iter().find(|(f, _)| &**f == from) {
             return c.clone();
@@ -410,9 +412,7 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
             Ok(mut hit) => {
                 m.lookups[HIT].increment(1);
                 m.duration[LOAD][HIT].record(elapsed);
-                let bytes = hit
-                    .bytes
-                    .or_else(|| sizes::lookup(key, engine_key(engine)));
+                let bytes = hit.bytes.or_else(|| sizes::lookup(key, engine_key(engine)));
                 if let Some(b) = bytes {
                     m.read_bytes.increment(b);
                 }
@@ -489,8 +489,15 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
         self.inner.attach_observer(observer);
     }
 
-    fn tier_name(&self) -> Option<TierName> {
-        Some(Arc::clone(&self.m.tier))
+    fn tier_names(&self) -> Vec<TierName> {
+        vec![Arc::clone(&self.m.tier)]
+    }
+
+    fn expect_promotions_from(&self, lower: &[TierName]) {
+        for from in lower {
+            let _ = self.m.promotion_counters(from);
+        }
+        self.inner.expect_promotions_from(lower);
     }
 }
 

@@ -58,7 +58,7 @@ use wasmer::{Engine, Module};
 use wasmer_types::ModuleHash;
 
 use crate::{
-    cache::{CacheError, ModuleCache},
+    cache::{CacheError, Hit, ModuleCache},
     engine::{EngineIdent, engine_key, ident_of},
     entry,
     observer::{Eviction, EvictionCause, Observers, Residency, TierObserver},
@@ -67,10 +67,9 @@ use crate::{
 
 const ENTRY_EXT: &str = "bin";
 const TMP_PREFIX: &str = ".tmp-";
-/// Temporary files younger than this are left alone by the cleaner even if
-/// unlocked: their writer may not have taken its lock yet.
+/// Default for [`FileSystemCacheBuilder::temp_grace`].
 const TMP_GRACE: Duration = Duration::from_secs(10);
-/// A hit refreshes the file's mtime when the stored one is older than this.
+/// Default for [`FileSystemCacheBuilder::touch_interval`].
 const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A filesystem tier. Cheap to clone (clones share the index).
@@ -84,6 +83,8 @@ struct Shared {
     capacity: Option<u64>,
     sync_data: bool,
     inline_io: bool,
+    temp_grace: Duration,
+    touch_interval: Duration,
     index: Mutex<Index>,
     observers: Observers,
     tmp_counter: AtomicU64,
@@ -132,6 +133,8 @@ pub struct FileSystemCacheBuilder {
     capacity: Option<u64>,
     sync_data: bool,
     inline_io: bool,
+    temp_grace: Duration,
+    touch_interval: Duration,
 }
 
 impl FileSystemCacheBuilder {
@@ -157,6 +160,22 @@ impl FileSystemCacheBuilder {
         self
     }
 
+    /// Temporary files younger than this are never removed by the cleaner,
+    /// even when unlocked (their writer may not have locked them yet).
+    /// Default 10 s.
+    pub fn temp_grace(mut self, grace: Duration) -> Self {
+        self.temp_grace = grace;
+        self
+    }
+
+    /// A hit rewrites its file's modification time (the recency that
+    /// survives a restart) when the stored one is older than this.
+    /// Default 60 s; zero refreshes on every hit.
+    pub fn touch_interval(mut self, interval: Duration) -> Self {
+        self.touch_interval = interval;
+        self
+    }
+
     /// Open the tier: scan the directory (if it exists) to rebuild the LRU
     /// index, remove temporary files left by crashed writers, and evict
     /// down to the bound.
@@ -167,6 +186,8 @@ impl FileSystemCacheBuilder {
                 capacity: self.capacity,
                 sync_data: self.sync_data,
                 inline_io: self.inline_io,
+                temp_grace: self.temp_grace,
+                touch_interval: self.touch_interval,
                 index: Mutex::new(Index {
                     lru: LruCache::unbounded(),
                     bytes: 0,
@@ -193,6 +214,8 @@ impl FileSystemCache {
             capacity: None,
             sync_data: false,
             inline_io: false,
+            temp_grace: TMP_GRACE,
+            touch_interval: TOUCH_INTERVAL,
         }
     }
 
@@ -254,7 +277,7 @@ impl FileSystemCache {
             for file in files.flatten() {
                 let name = file.file_name().to_string_lossy().into_owned();
                 if name.starts_with(TMP_PREFIX) {
-                    remove_if_abandoned(&file.path());
+                    remove_if_abandoned(&file.path(), shared.temp_grace);
                     continue;
                 }
                 if Path::new(&name).extension().is_none_or(|e| e != ENTRY_EXT) {
@@ -378,7 +401,7 @@ impl FileSystemCache {
             .map_err(|e| CacheError::Other(format!("disk tier worker failed: {e}").into()))?
     }
 
-    fn load_blocking(&self, key: ModuleHash, engine: &Engine) -> Result<Module, CacheError> {
+    fn load_blocking(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
         let ekey = engine_key(engine);
         let ident = ident_of(engine);
         let rel = rel_path(&key, &ident);
@@ -403,7 +426,8 @@ impl FileSystemCache {
             }
         };
         let file_len = data.len() as u64;
-        sizes::record(key, ekey, (range.end - range.start) as u64);
+        let artifact_len = (range.end - range.start) as u64;
+        sizes::record(key, ekey, artifact_len);
         let artifact = Bytes::from(data).slice(range);
         // SAFETY: `entry::decode` verified, before this point, that the
         // bytes carry our magic and format version, were written for this
@@ -422,7 +446,11 @@ impl FileSystemCache {
             }
         };
         self.note_hit(rel, &path, file_len, md_times);
-        Ok(module)
+        Ok(Hit {
+            module,
+            tier: None,
+            bytes: Some(artifact_len),
+        })
     }
 
     /// Record a hit in the index and, now and then, in the file's mtime.
@@ -449,7 +477,7 @@ impl FileSystemCache {
         };
         let stale = now
             .duration_since(meta.touched)
-            .is_ok_and(|d| d > TOUCH_INTERVAL);
+            .is_ok_and(|d| d >= self.shared.touch_interval);
         if stale {
             meta.touched = now;
         }
@@ -511,8 +539,8 @@ impl FileSystemCache {
         let n = shared.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp = dir.join(format!("{TMP_PREFIX}{key}-{}-{n}", std::process::id()));
         let header = entry::encode_header(&key, &ident, &artifact);
-        let written = write_locked(&tmp, &[&header, &artifact], shared.sync_data)
-            .and_then(|file| {
+        let written =
+            write_locked(&tmp, &[&header, &artifact], shared.sync_data).and_then(|file| {
                 fs::rename(&tmp, &path)?;
                 Ok(file)
             });
@@ -597,7 +625,7 @@ fn write_locked(tmp: &Path, parts: &[&[u8]], sync: bool) -> io::Result<File> {
 
 /// Remove a temporary file if its writer is gone (no lock held) and it is
 /// older than the grace period.
-fn remove_if_abandoned(path: &Path) {
+fn remove_if_abandoned(path: &Path, grace: Duration) {
     let Ok(file) = File::options().read(true).write(true).open(path) else {
         return;
     };
@@ -606,7 +634,7 @@ fn remove_if_abandoned(path: &Path) {
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| SystemTime::now().duration_since(t).ok())
-        .is_some_and(|age| age >= TMP_GRACE);
+        .is_some_and(|age| age >= grace);
     if old_enough && file.try_lock().is_ok() {
         let _ = fs::remove_file(path);
     }
@@ -638,6 +666,10 @@ impl std::fmt::Debug for FileSystemCache {
 #[async_trait::async_trait]
 impl ModuleCache for FileSystemCache {
     async fn load(&self, key: ModuleHash, engine: &Engine) -> Result<Module, CacheError> {
+        self.load_traced(key, engine).await.map(|hit| hit.module)
+    }
+
+    async fn load_traced(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
         let engine = engine.clone();
         self.blocking(move |this| this.load_blocking(key, &engine))
             .await

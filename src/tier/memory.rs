@@ -8,11 +8,7 @@
 //! (TinyLFU) and a hand-rolled LRU by benchmark: see `benches/memory.rs`
 //! and BENCHMARKS.md.
 
-use std::{
-    fmt,
-    sync::Arc,
-    time::Instant,
-};
+use std::{fmt, sync::Arc, time::Instant};
 
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter, sync::Cache};
 use wasmer::{Engine, Module};

@@ -1,0 +1,127 @@
+//! Shared test helpers.
+#![allow(dead_code)]
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use parking_lot::Mutex;
+use tierscope::{CacheError, Eviction, ModuleCache, ModuleHash, Residency, TierObserver, corpus};
+use wasmer::{Engine, Module};
+
+pub const ADD_WAT: &[u8] = br#"(
+    module
+        (func
+            (export "add")
+            (param $x i64)
+            (param $y i64)
+            (result i64)
+            (i64.add (local.get $x) (local.get $y)))
+    )"#;
+
+/// A compiled tiny module distinct per seed, with its hash.
+pub fn tiny(engine: &Engine, seed: u64) -> (ModuleHash, Module, Vec<u8>) {
+    let wasm = corpus::tiny(seed);
+    let module = Module::new(engine, &wasm).unwrap();
+    (ModuleHash::new(&wasm), module, wasm)
+}
+
+/// A compiled module of about `size` bytes of wasm.
+pub fn sized(engine: &Engine, size: usize, seed: u64) -> (ModuleHash, Module, Vec<u8>) {
+    let wasm = corpus::module(size, seed);
+    let module = Module::new(engine, &wasm).unwrap();
+    (ModuleHash::new(&wasm), module, wasm)
+}
+
+/// Counts successes and failures of loads and saves (the seed's spy).
+#[derive(Debug)]
+pub struct Spy<I> {
+    pub inner: I,
+    success: AtomicUsize,
+    failures: AtomicUsize,
+}
+
+impl<I> Spy<I> {
+    pub fn new(inner: I) -> Self {
+        Spy {
+            inner,
+            success: AtomicUsize::new(0),
+            failures: AtomicUsize::new(0),
+        }
+    }
+    pub fn success(&self) -> usize {
+        self.success.load(Ordering::SeqCst)
+    }
+    pub fn failures(&self) -> usize {
+        self.failures.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl<I: ModuleCache + Send + Sync> ModuleCache for Spy<I> {
+    async fn load(&self, key: ModuleHash, engine: &Engine) -> Result<Module, CacheError> {
+        match self.inner.load(key, engine).await {
+            Ok(m) => {
+                self.success.fetch_add(1, Ordering::SeqCst);
+                Ok(m)
+            }
+            Err(e) => {
+                self.failures.fetch_add(1, Ordering::SeqCst);
+                Err(e)
+            }
+        }
+    }
+
+    async fn contains(&self, key: ModuleHash, engine: &Engine) -> Result<bool, CacheError> {
+        self.inner.contains(key, engine).await
+    }
+
+    async fn save(
+        &self,
+        key: ModuleHash,
+        engine: &Engine,
+        module: &Module,
+    ) -> Result<(), CacheError> {
+        match self.inner.save(key, engine, module).await {
+            Ok(_) => {
+                self.success.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(e) => {
+                self.failures.fetch_add(1, Ordering::SeqCst);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Records every event a tier reports.
+#[derive(Debug, Default)]
+pub struct Recording {
+    pub evictions: Mutex<Vec<Eviction>>,
+    pub residency: Mutex<Vec<Residency>>,
+}
+
+impl Recording {
+    pub fn attach(cache: &impl ModuleCache) -> Arc<Self> {
+        let r = Arc::new(Recording::default());
+        cache.attach_observer(r.clone());
+        r
+    }
+    pub fn evictions(&self) -> Vec<Eviction> {
+        self.evictions.lock().clone()
+    }
+    pub fn last_residency(&self) -> Residency {
+        *self.residency.lock().last().expect("residency reported")
+    }
+}
+
+impl TierObserver for Recording {
+    fn evicted(&self, eviction: Eviction) {
+        self.evictions.lock().push(eviction);
+    }
+    fn resident(&self, residency: Residency) {
+        self.residency.lock().push(residency);
+    }
+}

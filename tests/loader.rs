@@ -1,0 +1,238 @@
+//! The loader: coalesced compiles, errors to every waiter, hits.
+
+mod common;
+
+use std::sync::Arc;
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use tierscope::{LoadError, MemoryCache, ModuleCache, ModuleHash, ModuleLoader, corpus};
+use wasmer::Engine;
+
+type Snapshot = Vec<(
+    metrics_util::CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    DebugValue,
+)>;
+
+/// Take a snapshot. Reading one resets the recorder's counters, so take
+/// one per phase and query it several times.
+fn take(snap: &Snapshotter) -> Snapshot {
+    snap.snapshot().into_vec()
+}
+
+fn counter(snap: &Snapshot, name: &str, labels: &[(&str, &str)]) -> u64 {
+    snap.iter()
+        .filter(|(k, _, _, _)| {
+            k.key().name() == name
+                && labels
+                    .iter()
+                    .all(|(lk, lv)| k.key().labels().any(|l| l.key() == *lk && l.value() == *lv))
+        })
+        .map(|(_, _, _, v)| match v {
+            DebugValue::Counter(c) => *c,
+            other => panic!("{name} is not a counter: {other:?}"),
+        })
+        .sum()
+}
+
+fn loader_with_recorder(name: &str) -> (ModuleLoader<MemoryCache>, Snapshotter) {
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let loader = metrics::with_local_recorder(&recorder, || {
+        ModuleLoader::new(name, MemoryCache::new(256 << 20))
+    });
+    (loader, snap)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_concurrent_callers_cause_exactly_one_compile() {
+    let (loader, snap) = loader_with_recorder("coalesce");
+    let engine = Engine::default();
+    // Big enough that the compile takes a while (tens of ms).
+    let wasm: Arc<[u8]> = corpus::module(400_000, 1).into();
+    let barrier = Arc::new(tokio::sync::Barrier::new(64));
+
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (loader, engine, wasm, barrier) = (
+                loader.clone(),
+                engine.clone(),
+                wasm.clone(),
+                barrier.clone(),
+            );
+            tokio::spawn(async move {
+                barrier.wait().await;
+                loader.load_or_compile(&engine, &wasm).await
+            })
+        })
+        .collect();
+    let mut modules = Vec::new();
+    for t in tasks {
+        modules.push(t.await.unwrap().unwrap());
+    }
+
+    assert!(
+        modules.iter().all(|m| *m == modules[0]),
+        "all got the same module"
+    );
+    let snap = take(&snap);
+    assert_eq!(
+        counter(&snap, "tierscope_compilations_total", &[("result", "ok")]),
+        1
+    );
+    assert_eq!(
+        counter(
+            &snap,
+            "tierscope_compilations_total",
+            &[("result", "error")]
+        ),
+        0
+    );
+    // Everyone who did not lead, and was not served by the memory tier
+    // after the compile finished, waited on the leader.
+    let coalesced = counter(&snap, "tierscope_coalesced_total", &[]);
+    assert!((1..=63).contains(&coalesced), "coalesced = {coalesced}");
+    let key = ModuleHash::new(&wasm);
+    assert!(loader.cache().contains(key, &engine).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_wasm_reaches_every_waiter_and_is_never_cached() {
+    let (loader, snap) = loader_with_recorder("invalid");
+    let engine = Engine::default();
+    // Valid header, garbage body.
+    let wasm: Arc<[u8]> = b"\0asm\x01\0\0\0\x01\xff\xff\xff\xff\x0f".to_vec().into();
+    let barrier = Arc::new(tokio::sync::Barrier::new(16));
+
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (loader, engine, wasm, barrier) = (
+                loader.clone(),
+                engine.clone(),
+                wasm.clone(),
+                barrier.clone(),
+            );
+            tokio::spawn(async move {
+                barrier.wait().await;
+                loader.load_or_compile(&engine, &wasm).await
+            })
+        })
+        .collect();
+
+    let key = ModuleHash::new(&wasm);
+    for t in tasks {
+        match t.await.unwrap() {
+            Err(LoadError::Compile { key: k, source }) => {
+                assert_eq!(k, key);
+                assert!(!source.to_string().is_empty());
+            }
+            other => panic!("expected a compile error, got {other:?}"),
+        }
+    }
+    let phase1 = take(&snap);
+    let failed = counter(
+        &phase1,
+        "tierscope_compilations_total",
+        &[("result", "error")],
+    );
+    assert!((1..=16).contains(&failed), "{failed}");
+    assert_eq!(
+        counter(&phase1, "tierscope_compilations_total", &[("result", "ok")]),
+        0
+    );
+    assert!(!loader.cache().contains(key, &engine).await.unwrap());
+    // Not cached: asking again compiles (and fails) again.
+    let err = loader.load_or_compile(&engine, &wasm).await.unwrap_err();
+    assert!(err.to_string().contains(&key.to_string()), "{err}");
+    // (counters restart from zero after a snapshot)
+    assert_eq!(
+        counter(
+            &take(&snap),
+            "tierscope_compilations_total",
+            &[("result", "error")]
+        ),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_known_hash_skips_hashing_and_a_hit_skips_compiling() {
+    let (loader, snap) = loader_with_recorder("hash");
+    let engine = Engine::default();
+    let wasm = corpus::tiny(77);
+    let key = ModuleHash::new(&wasm);
+
+    let first = loader
+        .load_or_compile_with_hash(&engine, key, &wasm)
+        .await
+        .unwrap();
+    // Let the save that follows the answer land.
+    for _ in 0..100 {
+        if loader.cache().contains(key, &engine).await.unwrap() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let second = loader
+        .load_or_compile_with_hash(&engine, key, &wasm)
+        .await
+        .unwrap();
+    let lazy = loader
+        .load_or_compile_lazy(&engine, key, || panic!("bytes are not needed on a hit"))
+        .await
+        .unwrap();
+
+    assert_eq!(first, second);
+    assert_eq!(first, lazy);
+    assert_eq!(
+        counter(
+            &take(&snap),
+            "tierscope_compilations_total",
+            &[("result", "ok")]
+        ),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_failing_tier_still_yields_a_module() {
+    #[derive(Debug)]
+    struct Down;
+    #[async_trait::async_trait]
+    impl ModuleCache for Down {
+        async fn load(
+            &self,
+            _: ModuleHash,
+            _: &Engine,
+        ) -> Result<wasmer::Module, tierscope::CacheError> {
+            Err(tierscope::CacheError::Unavailable {
+                tier: "down".into(),
+                reason: "test".into(),
+            })
+        }
+        async fn contains(&self, _: ModuleHash, _: &Engine) -> Result<bool, tierscope::CacheError> {
+            Ok(false)
+        }
+        async fn save(
+            &self,
+            _: ModuleHash,
+            _: &Engine,
+            _: &wasmer::Module,
+        ) -> Result<(), tierscope::CacheError> {
+            Err(tierscope::CacheError::Unavailable {
+                tier: "down".into(),
+                reason: "test".into(),
+            })
+        }
+    }
+    let loader = ModuleLoader::new("down", Down);
+    let engine = Engine::default();
+
+    let module = loader
+        .load_or_compile(&engine, &corpus::tiny(5))
+        .await
+        .unwrap();
+
+    assert_eq!(module.exports().count(), 1);
+}

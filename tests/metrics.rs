@@ -1,0 +1,282 @@
+//! Exact metric values per tier after a scripted sequence, read with
+//! metrics-util's DebuggingRecorder.
+
+mod common;
+
+use std::{fs, time::Duration};
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use tierscope::{
+    FileSystemCache, InstrumentExt, MemoryCache, ModuleCache, ModuleHash, ModuleLoader, corpus,
+};
+use wasmer::{Engine, Module};
+
+type Snapshot = Vec<(
+    metrics_util::CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    DebugValue,
+)>;
+
+fn value<'a>(snap: &'a Snapshot, name: &str, labels: &[(&str, &str)]) -> &'a DebugValue {
+    let found: Vec<_> = snap
+        .iter()
+        .filter(|(k, _, _, _)| {
+            k.key().name() == name
+                && labels
+                    .iter()
+                    .all(|(lk, lv)| k.key().labels().any(|l| l.key() == *lk && l.value() == *lv))
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "{name} {labels:?} matched {} series",
+        found.len()
+    );
+    &found[0].3
+}
+
+fn counter(snap: &Snapshot, name: &str, labels: &[(&str, &str)]) -> u64 {
+    match value(snap, name, labels) {
+        DebugValue::Counter(c) => *c,
+        other => panic!("{name} {labels:?}: {other:?}"),
+    }
+}
+
+fn gauge(snap: &Snapshot, name: &str, labels: &[(&str, &str)]) -> f64 {
+    match value(snap, name, labels) {
+        DebugValue::Gauge(g) => g.into_inner(),
+        other => panic!("{name} {labels:?}: {other:?}"),
+    }
+}
+
+fn histogram_len(snap: &Snapshot, name: &str, labels: &[(&str, &str)]) -> usize {
+    match value(snap, name, labels) {
+        DebugValue::Histogram(h) => h.len(),
+        other => panic!("{name} {labels:?}: {other:?}"),
+    }
+}
+
+async fn until_in(memory: &MemoryCache, key: ModuleHash, engine: &Engine) {
+    for _ in 0..400 {
+        if memory.contains(key, engine).await.unwrap() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the save after a compile never landed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scripted_sequence_yields_exact_counts_per_tier() {
+    let engine = Engine::default();
+    let wasm_a = corpus::module(6_000, 901);
+    let wasm_b = corpus::module(6_000, 902);
+    let (a, b) = (ModuleHash::new(&wasm_a), ModuleHash::new(&wasm_b));
+    let w_a = Module::new(&engine, &wasm_a)
+        .unwrap()
+        .serialize()
+        .unwrap()
+        .len() as u64;
+    let w_b = Module::new(&engine, &wasm_b)
+        .unwrap()
+        .serialize()
+        .unwrap()
+        .len() as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let memory = MemoryCache::builder(w_a + w_b - 1).shards(1).build();
+    let disk = FileSystemCache::open(dir.path(), 1 << 30).unwrap();
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let loader = metrics::with_local_recorder(&recorder, || {
+        let stack = memory
+            .clone()
+            .instrumented("seq", "memory")
+            .with_fallback(disk.clone().instrumented("seq", "disk"));
+        ModuleLoader::new("seq", stack)
+    });
+
+    // 1. miss in both tiers, compile, save in both
+    loader.load_or_compile(&engine, &wasm_a).await.unwrap();
+    until_in(&memory, a, &engine).await;
+    // 2. memory hit
+    loader.load_or_compile(&engine, &wasm_a).await.unwrap();
+    // 3. explicit removal from memory, then a disk hit promoted to memory
+    assert!(memory.remove(a, &engine));
+    loader.load_or_compile(&engine, &wasm_a).await.unwrap();
+    assert!(memory.contains(a, &engine).await.unwrap());
+    // 4. B: miss, compile, save; memory has room for one: A is evicted
+    loader.load_or_compile(&engine, &wasm_b).await.unwrap();
+    until_in(&memory, b, &engine).await;
+    assert!(!memory.contains(a, &engine).await.unwrap());
+    // 5. B corrupt on disk and gone from memory: detected, removed, recompiled
+    let path = disk.entry_path(b, &engine);
+    let mut bytes = fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    fs::write(&path, bytes).unwrap();
+    assert!(memory.remove(b, &engine));
+    loader.load_or_compile(&engine, &wasm_b).await.unwrap();
+    until_in(&memory, b, &engine).await;
+
+    let s = snapshotter.snapshot().into_vec();
+    let mem = |result| [("cache", "seq"), ("tier", "memory"), ("result", result)];
+    let dsk = |result| [("cache", "seq"), ("tier", "disk"), ("result", result)];
+    let lookups = "tierscope_lookups_total";
+    let saves = "tierscope_saves_total";
+
+    assert_eq!(counter(&s, lookups, &mem("hit")), 1);
+    assert_eq!(counter(&s, lookups, &mem("miss")), 4);
+    assert_eq!(counter(&s, lookups, &mem("error")), 0);
+    assert_eq!(counter(&s, saves, &mem("ok")), 4);
+    assert_eq!(counter(&s, saves, &mem("error")), 0);
+    assert_eq!(counter(&s, lookups, &dsk("hit")), 1);
+    assert_eq!(counter(&s, lookups, &dsk("miss")), 2);
+    assert_eq!(counter(&s, lookups, &dsk("error")), 1);
+    assert_eq!(counter(&s, saves, &dsk("ok")), 3);
+    assert_eq!(counter(&s, saves, &dsk("error")), 0);
+
+    let promo = |result| {
+        [
+            ("cache", "seq"),
+            ("from", "disk"),
+            ("to", "memory"),
+            ("result", result),
+        ]
+    };
+    assert_eq!(counter(&s, "tierscope_promotions_total", &promo("ok")), 1);
+    assert_eq!(
+        counter(&s, "tierscope_promotions_total", &promo("error")),
+        0
+    );
+
+    let ev = |tier, cause| [("cache", "seq"), ("tier", tier), ("cause", cause)];
+    let evictions = "tierscope_evictions_total";
+    assert_eq!(counter(&s, evictions, &ev("memory", "explicit")), 2);
+    assert_eq!(counter(&s, evictions, &ev("memory", "capacity")), 1);
+    assert_eq!(counter(&s, evictions, &ev("memory", "replaced")), 0);
+    assert_eq!(counter(&s, evictions, &ev("memory", "corrupt")), 0);
+    assert_eq!(counter(&s, evictions, &ev("disk", "corrupt")), 1);
+    assert_eq!(counter(&s, evictions, &ev("disk", "capacity")), 0);
+    assert_eq!(
+        counter(
+            &s,
+            "tierscope_evicted_bytes_total",
+            &ev("memory", "capacity")
+        ),
+        w_a
+    );
+    assert_eq!(
+        counter(
+            &s,
+            "tierscope_evicted_bytes_total",
+            &ev("memory", "explicit")
+        ),
+        w_a + w_b
+    );
+    assert_eq!(
+        counter(&s, "tierscope_evicted_bytes_total", &ev("disk", "corrupt")),
+        w_b + tierscope::entry::HEADER_LEN as u64
+    );
+    assert_eq!(
+        histogram_len(&s, "tierscope_eviction_age_seconds", &[("tier", "memory")]),
+        3
+    );
+
+    let err = |tier, op, kind| [("cache", "seq"), ("tier", tier), ("op", op), ("kind", kind)];
+    assert_eq!(
+        counter(
+            &s,
+            "tierscope_errors_total",
+            &err("disk", "load", "corrupt")
+        ),
+        1
+    );
+    for kind in [
+        "io",
+        "integrity",
+        "deserialize",
+        "serialize",
+        "timeout",
+        "unavailable",
+        "other",
+    ] {
+        assert_eq!(
+            counter(&s, "tierscope_errors_total", &err("disk", "load", kind)),
+            0,
+            "{kind}"
+        );
+    }
+
+    let tier = |t| [("cache", "seq"), ("tier", t)];
+    assert_eq!(
+        counter(&s, "tierscope_read_bytes_total", &tier("memory")),
+        w_a
+    );
+    assert_eq!(
+        counter(&s, "tierscope_read_bytes_total", &tier("disk")),
+        w_a
+    );
+    assert_eq!(
+        counter(&s, "tierscope_written_bytes_total", &tier("memory")),
+        2 * w_a + 2 * w_b
+    );
+    assert_eq!(
+        counter(&s, "tierscope_written_bytes_total", &tier("disk")),
+        w_a + 2 * w_b
+    );
+
+    assert_eq!(gauge(&s, "tierscope_entries", &tier("memory")), 1.0);
+    assert_eq!(
+        gauge(&s, "tierscope_size_bytes", &tier("memory")),
+        w_b as f64
+    );
+    assert_eq!(
+        gauge(&s, "tierscope_capacity_bytes", &tier("memory")),
+        (w_a + w_b - 1) as f64
+    );
+    assert_eq!(gauge(&s, "tierscope_entries", &tier("disk")), 2.0);
+    assert_eq!(
+        gauge(&s, "tierscope_capacity_bytes", &tier("disk")),
+        (1u64 << 30) as f64
+    );
+
+    let cache = [("cache", "seq")];
+    assert_eq!(
+        counter(
+            &s,
+            "tierscope_compilations_total",
+            &[("cache", "seq"), ("result", "ok")]
+        ),
+        3
+    );
+    assert_eq!(
+        counter(
+            &s,
+            "tierscope_compilations_total",
+            &[("cache", "seq"), ("result", "error")]
+        ),
+        0
+    );
+    assert_eq!(counter(&s, "tierscope_coalesced_total", &cache), 0);
+    assert_eq!(
+        histogram_len(&s, "tierscope_compile_duration_seconds", &cache),
+        3
+    );
+
+    // Slow-path operations are always timed.
+    let dur = |t, op, r| [("cache", "seq"), ("tier", t), ("op", op), ("result", r)];
+    let d = "tierscope_operation_duration_seconds";
+    assert_eq!(histogram_len(&s, d, &dur("memory", "load", "miss")), 4);
+    assert_eq!(histogram_len(&s, d, &dur("disk", "load", "hit")), 1);
+    assert_eq!(histogram_len(&s, d, &dur("disk", "load", "error")), 1);
+    assert_eq!(histogram_len(&s, d, &dur("disk", "save", "ok")), 3);
+
+    // Every metric carries a description (HELP) and its unit.
+    for (key, unit, help, _) in &s {
+        assert!(help.is_some(), "{} has no description", key.key().name());
+        assert!(unit.is_some(), "{} has no unit", key.key().name());
+    }
+}
