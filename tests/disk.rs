@@ -143,7 +143,7 @@ async fn corrupt_case(damage: impl FnOnce(&Path), expect: impl Fn(&Corruption) -
     tokio::time::sleep(Duration::from_millis(50)).await; // the save follows the answer
     let rewritten = fs::read(&path).unwrap();
     let range = entry::decode(&rewritten, &key, &tierscope::engine::ident_of(&engine)).unwrap();
-    assert!(range.len() > 0);
+    assert!(!range.is_empty());
     assert!(cache.load(key, &engine).await.is_ok());
 }
 
