@@ -103,7 +103,7 @@ pub trait ModuleCache: Debug {
         key: ModuleHash,
         engine: &Engine,
         module: &Module,
-        from: Option<&TierName>,
+        from: Option<TierName>,
     ) -> Result<(), CacheError> {
         let _ = from;
         self.save(key, engine, module).await
@@ -165,7 +165,7 @@ where
         key: ModuleHash,
         engine: &Engine,
         module: &Module,
-        from: Option<&TierName>,
+        from: Option<TierName>,
     ) -> Result<(), CacheError> {
         (**self).promote(key, engine, module, from).await
     }
@@ -187,9 +187,53 @@ where
     }
 }
 
-/// The user's name for one tier (e.g. `memory`, `disk`, `redis`), shared
-/// cheaply between the spy, combinators and metric labels.
-pub type TierName = Arc<str>;
+/// The user's name for one tier (e.g. `memory`, `disk`, `redis`).
+///
+/// Interned: each distinct name is stored once for the life of the process
+/// (names come from configuration, so there are few), which makes a
+/// `TierName` a copyable pointer. A memory hit carries one without touching
+/// a reference count.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TierName(&'static str);
+
+impl TierName {
+    /// The interned name for `name`.
+    pub fn intern(name: &str) -> TierName {
+        static NAMES: std::sync::OnceLock<parking_lot::Mutex<std::collections::HashSet<&'static str>>> =
+            std::sync::OnceLock::new();
+        let mut names = NAMES.get_or_init(Default::default).lock();
+        if let Some(known) = names.get(name) {
+            return TierName(known);
+        }
+        let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+        names.insert(leaked);
+        TierName(leaked)
+    }
+
+    /// The name.
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+impl std::ops::Deref for TierName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.0
+    }
+}
+
+impl std::fmt::Display for TierName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::fmt::Debug for TierName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.0, f)
+    }
+}
 
 /// A successful [`ModuleCache::load_traced()`]: the module and, when known,
 /// the name of the tier that held it.

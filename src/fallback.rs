@@ -108,7 +108,7 @@ where
                 }
                 if let Err(e) = self
                     .primary
-                    .promote(key, engine, &hit.module, hit.tier.as_ref())
+                    .promote(key, engine, &hit.module, hit.tier)
                     .await
                 {
                     tracing::warn!(
@@ -175,7 +175,7 @@ where
         key: ModuleHash,
         engine: &Engine,
         module: &Module,
-        from: Option<&TierName>,
+        from: Option<TierName>,
     ) -> Result<(), CacheError> {
         // A hit from below this whole chain: every tier of it gets a copy.
         let fallback = self.fallback.promote(key, engine, module, from).await;

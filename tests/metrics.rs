@@ -121,6 +121,7 @@ async fn a_scripted_sequence_yields_exact_counts_per_tier() {
     loader.load_or_compile(&engine, &wasm_b).await.unwrap();
     until_in(&memory, b, &engine).await;
 
+    tierscope::observe::flush();
     let s = snapshotter.snapshot().into_vec();
     let mem = |result| [("cache", "seq"), ("tier", "memory"), ("result", result)];
     let dsk = |result| [("cache", "seq"), ("tier", "disk"), ("result", result)];

@@ -1,6 +1,6 @@
 //! [`Instrumented`]: the spy decorator that records one tier's metrics.
 
-use std::{cell::Cell, fmt, sync::Arc};
+use std::{fmt, sync::Arc};
 
 use metrics::{Counter, Gauge, Histogram};
 use parking_lot::RwLock;
@@ -11,7 +11,10 @@ use wasmer_types::ModuleHash;
 use crate::{
     cache::{CacheError, ErrorKind, Hit, ModuleCache, TierName},
     engine::engine_key,
-    observe::names::{self, label},
+    observe::{
+        hot::{self, HotCounters},
+        names::{self, label},
+    },
     observer::{Eviction, EvictionCause, Residency, TierObserver},
     sizes,
 };
@@ -68,16 +71,16 @@ pub struct InstrumentOptions {
 impl Default for InstrumentOptions {
     fn default() -> Self {
         InstrumentOptions {
-            latency_sample_every: 16,
+            latency_sample_every: 128,
         }
     }
 }
 
 impl InstrumentOptions {
     /// Time one in `n` synchronous (memory) hits; rounded up to a power of
-    /// two, 1 times every hit. Every hit is still counted. Default 16: a
-    /// clock read costs about as much as the hit itself, and quantiles of a
-    /// uniform 1-in-16 sample are unbiased.
+    /// two, 1 times every hit. Every hit is still counted. Default 128: two
+    /// clock reads and a histogram record cost twice the hit itself, and the
+    /// quantiles of a uniform sample are unbiased.
     pub fn latency_sample_every(mut self, n: u32) -> Self {
         self.latency_sample_every = n.max(1).next_power_of_two();
         self
@@ -108,7 +111,8 @@ struct TierMetrics {
     saves: [Counter; 2],
     duration: [[Histogram; 3]; 3],
     errors: [[Counter; ErrorKind::ERRORS.len()]; 3],
-    read_bytes: Counter,
+    /// Hits and read bytes, counted per thread (see [`crate::observe::hot`]).
+    hot: HotCounters,
     written_bytes: Counter,
     promotions: RwLock<Vec<(TierName, [Counter; 2])>>,
 }
@@ -143,8 +147,9 @@ impl TierMetrics {
                 )
             })
         });
+        let read_bytes = metrics::counter!(names::READ_BYTES, label::CACHE => c(), label::TIER => t());
         TierMetrics {
-            read_bytes: metrics::counter!(names::READ_BYTES, label::CACHE => c(), label::TIER => t()),
+            hot: HotCounters::new(lookups[HIT].clone(), read_bytes),
             written_bytes: metrics::counter!(names::WRITTEN_BYTES, label::CACHE => c(), label::TIER => t()),
             sample_mask: options.latency_sample_every - 1,
             lookups,
@@ -182,7 +187,7 @@ impl TierMetrics {
         });
         self.promotions
             .write()
-            .push((Arc::from(from), counters.clone()));
+            .push((TierName::intern(from), counters.clone()));
         counters
     }
 }
@@ -255,10 +260,6 @@ impl TierObserver for TierGauges {
     }
 }
 
-thread_local! {
-    static TICK: Cell<u32> = const { Cell::new(0) };
-}
-
 impl<C: ModuleCache> Instrumented<C> {
     /// Wrap `inner`, naming its cache stack and tier.
     pub fn new(inner: C, cache: impl Into<String>, tier: impl Into<String>) -> Self {
@@ -273,7 +274,7 @@ impl<C: ModuleCache> Instrumented<C> {
         options: InstrumentOptions,
     ) -> Self {
         let cache = cache.into();
-        let tier: TierName = Arc::from(tier.into());
+        let tier = TierName::intern(&tier.into());
         names::describe_all();
         let gauges = Arc::new(TierGauges::new(&cache, &tier));
         inner.attach_observer(gauges);
@@ -318,12 +319,53 @@ impl<C> Instrumented<C> {
 }
 
 impl<C: ModuleCache + Send + Sync> Instrumented<C> {
+    /// A load that the synchronous path could not answer: always timed.
+    async fn load_slow(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
+        let m = &*self.m;
+        let span = self.span("load");
+        let start = quanta::Instant::now();
+        let result = self
+            .inner
+            .load_traced(key, engine)
+            .instrument(span.clone())
+            .await;
+        let elapsed = start.elapsed().as_secs_f64();
+        match result {
+            Ok(mut hit) => {
+                m.duration[LOAD][HIT].record(elapsed);
+                let bytes = hit.bytes.or_else(|| sizes::lookup(key, engine_key(engine)));
+                m.hot.hit(bytes.unwrap_or(0));
+                span.record("result", "hit");
+                span.record("bytes", bytes);
+                if hit.tier.is_none() {
+                    hit.tier = Some(m.tier);
+                }
+                hit.bytes = bytes;
+                Ok(hit)
+            }
+            Err(e) if e.is_not_found() => {
+                m.lookups[MISS].increment(1);
+                m.duration[LOAD][MISS].record(elapsed);
+                span.record("result", "miss");
+                Err(e)
+            }
+            Err(e) => {
+                m.lookups[ERR].increment(1);
+                m.duration[LOAD][ERR].record(elapsed);
+                m.error(LOAD, &e);
+                span.record("result", "error");
+                Err(e)
+            }
+        }
+    }
+
+
     async fn save_inner(
         &self,
         key: ModuleHash,
         engine: &Engine,
         module: &Module,
-        from: Option<&TierName>,
+        from: Option<TierName>,
     ) -> Result<(), CacheError> {
         let m = &*self.m;
         let span = self.span("save");
@@ -353,7 +395,7 @@ impl<C: ModuleCache + Send + Sync> Instrumented<C> {
             }
         }
         if let Some(from) = from {
-            let [ok, err] = m.promotion_counters(from);
+            let [ok, err] = m.promotion_counters(&from);
             if result.is_ok() { ok } else { err }.increment(1);
         }
         result
@@ -363,26 +405,21 @@ impl<C: ModuleCache + Send + Sync> Instrumented<C> {
 #[async_trait::async_trait]
 impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
     async fn load(&self, key: ModuleHash, engine: &Engine) -> Result<Module, CacheError> {
-        self.load_traced(key, engine).await.map(|hit| hit.module)
+        if let Some(hit) = self.load_now(key, engine) {
+            return Ok(hit.module);
+        }
+        self.load_slow(key, engine).await.map(|hit| hit.module)
     }
 
     #[inline]
     fn load_now(&self, key: ModuleHash, engine: &Engine) -> Option<Hit> {
         let m = &*self.m;
-        let tick = TICK.with(|t| {
-            let v = t.get().wrapping_add(1);
-            t.set(v);
-            v
-        });
-        let sampled = tick & m.sample_mask == 0;
+        let sampled = hot::tick() & m.sample_mask == 0;
         let start = sampled.then(quanta::Instant::now);
         let mut hit = self.inner.load_now(key, engine)?;
-        m.lookups[HIT].increment(1);
+        m.hot.hit(hit.bytes.unwrap_or(0));
         if let Some(start) = start {
             m.duration[LOAD][HIT].record(start.elapsed().as_secs_f64());
-        }
-        if let Some(b) = hit.bytes {
-            m.read_bytes.increment(b);
         }
         if tracing::enabled!(tracing::Level::DEBUG) {
             let span = self.span("load");
@@ -390,7 +427,7 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
             span.record("bytes", hit.bytes);
         }
         if hit.tier.is_none() {
-            hit.tier = Some(Arc::clone(&m.tier));
+            hit.tier = Some(m.tier);
         }
         Some(hit)
     }
@@ -399,45 +436,7 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
         if let Some(hit) = self.load_now(key, engine) {
             return Ok(hit);
         }
-        let m = &*self.m;
-        let span = self.span("load");
-        let start = quanta::Instant::now();
-        let result = self
-            .inner
-            .load_traced(key, engine)
-            .instrument(span.clone())
-            .await;
-        let elapsed = start.elapsed().as_secs_f64();
-        match result {
-            Ok(mut hit) => {
-                m.lookups[HIT].increment(1);
-                m.duration[LOAD][HIT].record(elapsed);
-                let bytes = hit.bytes.or_else(|| sizes::lookup(key, engine_key(engine)));
-                if let Some(b) = bytes {
-                    m.read_bytes.increment(b);
-                }
-                span.record("result", "hit");
-                span.record("bytes", bytes);
-                if hit.tier.is_none() {
-                    hit.tier = Some(Arc::clone(&m.tier));
-                }
-                hit.bytes = bytes;
-                Ok(hit)
-            }
-            Err(e) if e.is_not_found() => {
-                m.lookups[MISS].increment(1);
-                m.duration[LOAD][MISS].record(elapsed);
-                span.record("result", "miss");
-                Err(e)
-            }
-            Err(e) => {
-                m.lookups[ERR].increment(1);
-                m.duration[LOAD][ERR].record(elapsed);
-                m.error(LOAD, &e);
-                span.record("result", "error");
-                Err(e)
-            }
-        }
+        self.load_slow(key, engine).await
     }
 
     async fn contains(&self, key: ModuleHash, engine: &Engine) -> Result<bool, CacheError> {
@@ -477,11 +476,10 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
         key: ModuleHash,
         engine: &Engine,
         module: &Module,
-        from: Option<&TierName>,
+        from: Option<TierName>,
     ) -> Result<(), CacheError> {
-        static UNNAMED: std::sync::LazyLock<TierName> =
-            std::sync::LazyLock::new(|| Arc::from("unnamed"));
-        self.save_inner(key, engine, module, Some(from.unwrap_or(&UNNAMED)))
+        let from = from.unwrap_or_else(|| TierName::intern("unnamed"));
+        self.save_inner(key, engine, module, Some(from))
             .await
     }
 
@@ -490,7 +488,7 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
     }
 
     fn tier_names(&self) -> Vec<TierName> {
-        vec![Arc::clone(&self.m.tier)]
+        vec![self.m.tier]
     }
 
     fn expect_promotions_from(&self, lower: &[TierName]) {

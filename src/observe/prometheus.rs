@@ -1,0 +1,182 @@
+//! One call to export tierscope's metrics to Prometheus, configured as the
+//! metric contract needs: real histograms (never summaries) with buckets
+//! from 100 ns to 30 s, every metric described, upkeep running, and
+//! `tierscope_build_info` present from the start.
+//!
+//! Two modes:
+//! - [`serve`]: an HTTP listener serving `/metrics` on an address;
+//! - [`install`]: no listener; the returned [`PrometheusHandle`] renders the
+//!   exposition text for the application's own HTTP server.
+//!
+//! Install the recorder **before** building caches: the spy registers its
+//! metric handles at construction.
+//!
+//! ```no_run
+//! let handle = tierscope::observe::prometheus::install().unwrap();
+//! // ... build caches, serve `handle.render()` on your own /metrics route
+//! let text = handle.render();
+//! assert!(text.contains("tierscope_build_info"));
+//! ```
+
+use std::{net::SocketAddr, time::Duration};
+
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
+pub use metrics_exporter_prometheus::{PrometheusHandle, PrometheusRecorder};
+
+use crate::observe::names;
+
+/// Buckets (seconds) for operation latencies: resolve a 100 ns memory hit,
+/// a 50 us small-disk hit, a 1 ms large-disk hit and a 30 s compile.
+pub const LATENCY_BUCKETS: [f64; 22] = [
+    100e-9, 250e-9, 500e-9, 1e-6, 2.5e-6, 5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6,
+    1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 1.0, 5.0, 30.0,
+];
+
+/// Buckets (seconds) for compile durations: 1 ms to 60 s.
+pub const COMPILE_BUCKETS: [f64; 14] = [
+    1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1.0, 2.5, 5.0, 10.0, 60.0,
+];
+
+/// Buckets (seconds) for eviction ages: 1 s to a week.
+pub const AGE_BUCKETS: [f64; 12] = [
+    1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 12.0 * 3600.0, 86400.0,
+    2.0 * 86400.0, 4.0 * 86400.0, 7.0 * 86400.0,
+];
+
+/// How often buffered histogram samples are folded into buckets.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A [`PrometheusBuilder`] with tierscope's buckets set for every
+/// histogram of the contract. Add your own settings, then build it.
+pub fn builder() -> PrometheusBuilder {
+    let set = |b: PrometheusBuilder, name: &str, buckets: &[f64]| {
+        b.set_buckets_for_metric(Matcher::Full(name.to_string()), buckets)
+            .expect("bucket lists are non-empty constants")
+    };
+    let b = PrometheusBuilder::new().upkeep_timeout(UPKEEP_INTERVAL);
+    let b = set(b, names::OPERATION_DURATION, &LATENCY_BUCKETS);
+    let b = set(b, names::COMPILE_DURATION, &COMPILE_BUCKETS);
+    set(b, names::EVICTION_AGE, &AGE_BUCKETS)
+}
+
+/// Describe every metric and set `tierscope_build_info`, on the recorder
+/// installed now.
+fn announce() {
+    names::describe_all();
+    names::record_build_info();
+}
+
+/// Install the recorder globally without a listener and start a thread
+/// that runs upkeep every [`UPKEEP_INTERVAL`]. Render with
+/// [`PrometheusHandle::render`].
+pub fn install() -> Result<PrometheusHandle, BuildError> {
+    install_with(builder())
+}
+
+/// [`install`] with a builder of your own (start from [`builder`]).
+pub fn install_with(builder: PrometheusBuilder) -> Result<PrometheusHandle, BuildError> {
+    let recorder = builder.build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder)?;
+    spawn_upkeep(handle.clone());
+    announce();
+    Ok(handle)
+}
+
+/// Install the recorder globally and serve `/metrics` on `addr`. Inside a
+/// tokio runtime the listener runs as a task of that runtime; otherwise on
+/// its own thread. Upkeep runs either way.
+pub fn serve(addr: SocketAddr) -> Result<PrometheusHandle, BuildError> {
+    serve_with(builder(), addr)
+}
+
+/// [`serve`] with a builder of your own (start from [`builder`]).
+pub fn serve_with(
+    builder: PrometheusBuilder,
+    addr: SocketAddr,
+) -> Result<PrometheusHandle, BuildError> {
+    let builder = builder.with_http_listener(addr);
+    let (recorder, handle) = match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            let _guard = rt.enter();
+            let (recorder, exporter) = builder.build()?;
+            rt.spawn(exporter);
+            let handle = recorder.handle();
+            (recorder, handle)
+        }
+        Err(_) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| BuildError::FailedToCreateRuntime(e.to_string()))?;
+            let (recorder, exporter) = {
+                let _guard = rt.enter();
+                builder.build()?
+            };
+            std::thread::Builder::new()
+                .name("tierscope-prometheus".into())
+                .spawn(move || rt.block_on(exporter))
+                .map_err(|e| BuildError::FailedToCreateRuntime(e.to_string()))?;
+            let handle = recorder.handle();
+            (recorder, handle)
+        }
+    };
+    metrics::set_global_recorder(recorder)?;
+    announce();
+    Ok(handle)
+}
+
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("tierscope-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                crate::observe::flush();
+                handle.run_upkeep();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the metrics upkeep thread");
+    }
+}
+
+/// A recorder that is not installed globally (for tests and for
+/// composing with other recorders), with its handle. The caller runs
+/// upkeep (rendering also does it).
+pub fn recorder() -> (PrometheusRecorder, PrometheusHandle) {
+    let recorder = builder().build_recorder();
+    let handle = recorder.handle();
+    (recorder, handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{InstrumentExt, MemoryCache, ModuleCache};
+
+    #[test]
+    fn histograms_render_as_histograms_with_help_and_build_info() {
+        let (recorder, handle) = recorder();
+        let cache = metrics::with_local_recorder(&recorder, || {
+            announce();
+            MemoryCache::new(1 << 20).instrumented("golden", "memory")
+        });
+        let engine = wasmer::Engine::default();
+        let key = wasmer_types::ModuleHash::from_bytes([1; 32]);
+        let r = futures::executor::block_on(cache.load(key, &engine));
+        assert!(r.unwrap_err().is_not_found());
+
+        let text = handle.render();
+
+        assert!(text.contains("# TYPE tierscope_operation_duration_seconds histogram"));
+        assert!(!text.contains("summary"));
+        assert!(text.contains("le=\"0.0000001\"") || text.contains("le=\"1e-7\""), "{text}");
+        assert!(text.contains("# HELP tierscope_lookups_total"));
+        assert!(text.contains(
+            "tierscope_lookups_total{cache=\"golden\",tier=\"memory\",result=\"miss\"} 1"
+        ));
+        assert!(text.contains("tierscope_build_info{"));
+        assert!(text.contains("tierscope_capacity_bytes{cache=\"golden\",tier=\"memory\"} 1048576"));
+    }
+}
