@@ -14,6 +14,7 @@ use dashmap::DashMap;
 use futures::FutureExt;
 use tierscope::{
     InstrumentExt, MemoryCache, ModuleCache, ModuleHash, corpus, engine::engine_key,
+    tier::memory::KeyHasher,
     observe::prometheus,
 };
 use wasmer::{Engine, Module};
@@ -38,14 +39,26 @@ fn bench(c: &mut Criterion) {
     let keys: Vec<ModuleHash> = modules.iter().map(|(k, _)| *k).collect();
     let ek = engine_key(&engine);
 
-    let floor: DashMap<(ModuleHash, tierscope::engine::EngineKey), Module> = DashMap::new();
+    // The floor gets the same cheap key hasher as the tier: apples to apples.
+    let floor: DashMap<(ModuleHash, tierscope::engine::EngineKey), Module, KeyHasher> =
+        DashMap::with_hasher(KeyHasher::default());
     let moka_cache: moka::sync::Cache<(ModuleHash, tierscope::engine::EngineKey), Module> =
         moka::sync::Cache::builder()
             .weigher(|_, _| 1000)
             .max_capacity(1 << 30)
             .build();
-    let quick: quick_cache::sync::Cache<(ModuleHash, tierscope::engine::EngineKey), Module> =
-        quick_cache::sync::Cache::new(KEYS * 2);
+    let quick: quick_cache::sync::Cache<
+        (ModuleHash, tierscope::engine::EngineKey),
+        Module,
+        quick_cache::UnitWeighter,
+        KeyHasher,
+    > = quick_cache::sync::Cache::with(
+        KEYS * 2,
+        KEYS as u64 * 2,
+        quick_cache::UnitWeighter,
+        KeyHasher::default(),
+        Default::default(),
+    );
     let bare = MemoryCache::new(1 << 30);
     let spied = MemoryCache::new(1 << 30).instrumented("bench", "memory");
     for (k, m) in &modules {

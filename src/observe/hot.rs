@@ -8,7 +8,7 @@
 //! prefix, no cache-line sharing); only the owner thread writes its block.
 //!
 //! The totals reach the `metrics` recorder by [`publish`], which sums every
-//! thread's block (plus what exited threads left) and sets the counter
+//! thread's block and sets the counter
 //! handles with `absolute`. It runs on a background thread every
 //! [`PUBLISH_INTERVAL`], and whenever asked: [`crate::observe::flush`] is
 //! called by tierscope's Prometheus render path and by tests that read exact
@@ -20,8 +20,8 @@
 use std::{
     cell::Cell,
     sync::{
-        Arc, OnceLock,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        OnceLock,
+        atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
 };
@@ -39,15 +39,27 @@ pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
 /// Counters per slot: hits and read bytes.
 const PER_SLOT: usize = 2;
 
+/// One thread's counters. Blocks live for the whole process: when a thread
+/// exits its block goes back to a pool and the next new thread continues
+/// counting in it, so the sum over all blocks is always the total and no
+/// count is ever moved or lost. Only the owning thread writes a block.
 struct Block {
     values: [AtomicU64; SLOTS * PER_SLOT],
+    tick: AtomicU32,
 }
 
 impl Block {
     fn new() -> Self {
         Block {
             values: std::array::from_fn(|_| AtomicU64::new(0)),
+            tick: AtomicU32::new(0),
         }
+    }
+
+    #[inline]
+    fn bump(cell: &AtomicU64, by: u64) {
+        // Owner-only writes: a plain load and store, no read-modify-write.
+        cell.store(cell.load(Relaxed).wrapping_add(by), Relaxed);
     }
 }
 
@@ -59,18 +71,18 @@ struct SlotState {
 }
 
 struct Registry {
-    live: Vec<Arc<Block>>,
-    retired: Vec<u64>,
+    blocks: Vec<&'static Block>,
+    free_blocks: Vec<&'static Block>,
     slots: Vec<SlotState>,
 }
 
 impl Registry {
     fn total(&self, slot: usize, which: usize) -> u64 {
         let i = slot * PER_SLOT + which;
-        self.live
+        self.blocks
             .iter()
             .map(|b| b.values[i].load(Relaxed))
-            .fold(self.retired[i], u64::wrapping_add)
+            .fold(0, u64::wrapping_add)
     }
 }
 
@@ -88,42 +100,89 @@ fn registry() -> &'static Mutex<Registry> {
             .map_err(|e| tracing::warn!(error = %e, "no background metric publisher"))
             .ok();
         Mutex::new(Registry {
-            live: Vec::new(),
-            retired: vec![0; SLOTS * PER_SLOT],
+            blocks: Vec::new(),
+            free_blocks: Vec::new(),
             slots: Vec::new(),
         })
     })
 }
 
-/// This thread's block; folded into `retired` when the thread exits.
-struct Local {
-    block: Arc<Block>,
-    tick: Cell<u32>,
-}
+/// Returns this thread's block to the pool when the thread exits.
+struct Release(&'static Block);
 
-impl Local {
-    fn register() -> Local {
-        let block = Arc::new(Block::new());
-        registry().lock().live.push(Arc::clone(&block));
-        Local {
-            block,
-            tick: Cell::new(0),
-        }
-    }
-}
-
-impl Drop for Local {
+impl Drop for Release {
     fn drop(&mut self) {
-        let mut reg = registry().lock();
-        for (r, v) in reg.retired.iter_mut().zip(self.block.values.iter()) {
-            *r = r.wrapping_add(v.load(Relaxed));
-        }
-        reg.live.retain(|b| !Arc::ptr_eq(b, &self.block));
+        BLOCK.with(|b| b.set(None));
+        registry().lock().free_blocks.push(self.0);
     }
 }
 
 thread_local! {
-    static LOCAL: Local = Local::register();
+    /// Const-initialized and without a destructor: reading it is one
+    /// thread-local load, no lazy-initialization check.
+    static BLOCK: Cell<Option<&'static Block>> = const { Cell::new(None) };
+    static RELEASE: Cell<Option<Release>> = const { Cell::new(None) };
+}
+
+#[cold]
+fn adopt_block() -> Option<&'static Block> {
+    let block = {
+        let mut reg = registry().lock();
+        match reg.free_blocks.pop() {
+            Some(b) => b,
+            None => {
+                // Leaked on purpose: at most one block per thread alive at
+                // once (pooled after exit), 2 KiB each.
+                let b: &'static Block = Box::leak(Box::new(Block::new()));
+                reg.blocks.push(b);
+                b
+            }
+        }
+    };
+    // If the thread is already tearing down its locals, give it back.
+    if RELEASE.try_with(|r| r.set(Some(Release(block)))).is_err() {
+        registry().lock().free_blocks.push(block);
+        return None;
+    }
+    BLOCK.with(|b| b.set(Some(block)));
+    Some(block)
+}
+
+#[inline]
+fn block() -> Option<&'static Block> {
+    BLOCK.with(Cell::get).or_else(adopt_block)
+}
+
+/// Decides, before a lookup, whether to time it: one in `mask + 1` calls
+/// on each thread. Carries the thread's block to [`HotCounters::hit`].
+#[derive(Clone, Copy)]
+pub struct Probe {
+    block: Option<&'static Block>,
+    sampled: bool,
+}
+
+impl Probe {
+    /// Start one operation; `mask` is the sampling period minus one (a
+    /// power of two minus one).
+    #[inline]
+    pub fn start(mask: u32) -> Probe {
+        let block = block();
+        let sampled = match block {
+            Some(b) => {
+                let t = b.tick.load(Relaxed).wrapping_add(1);
+                b.tick.store(t, Relaxed);
+                t & mask == 0
+            }
+            None => false,
+        };
+        Probe { block, sampled }
+    }
+
+    /// Whether this operation should be timed.
+    #[inline]
+    pub fn sampled(&self) -> bool {
+        self.sampled
+    }
 }
 
 /// One tier's slot: hits and read bytes counted per thread.
@@ -166,33 +225,22 @@ impl HotCounters {
         HotCounters { slot, handles }
     }
 
-    /// Count one hit of `bytes` (0 when unknown). Returns a per-thread
-    /// tick, for sampling.
+    /// Count one hit of `bytes` (0 when unknown), on the thread that
+    /// started `probe`.
     #[inline]
-    pub fn hit(&self, bytes: u64) -> u32 {
-        let Some(slot) = self.slot else {
-            self.handles[0].increment(1);
-            self.handles[1].increment(bytes);
-            return 0;
-        };
-        LOCAL
-            .try_with(|local| {
-                let hits = &local.block.values[slot * PER_SLOT];
-                hits.store(hits.load(Relaxed).wrapping_add(1), Relaxed);
+    pub fn hit(&self, probe: &Probe, bytes: u64) {
+        match (self.slot, probe.block) {
+            (Some(slot), Some(block)) => {
+                Block::bump(&block.values[slot * PER_SLOT], 1);
                 if bytes != 0 {
-                    let b = &local.block.values[slot * PER_SLOT + 1];
-                    b.store(b.load(Relaxed).wrapping_add(bytes), Relaxed);
+                    Block::bump(&block.values[slot * PER_SLOT + 1], bytes);
                 }
-                let t = local.tick.get().wrapping_add(1);
-                local.tick.set(t);
-                t
-            })
-            .unwrap_or_else(|_| {
-                // The thread is exiting: count directly.
+            }
+            _ => {
                 self.handles[0].increment(1);
                 self.handles[1].increment(bytes);
-                0
-            })
+            }
+        }
     }
 }
 
@@ -223,18 +271,6 @@ pub fn publish() {
     }
 }
 
-/// A per-thread tick for sampling, without counting anything.
-#[inline]
-pub fn tick() -> u32 {
-    LOCAL
-        .try_with(|local| {
-            let t = local.tick.get().wrapping_add(1);
-            local.tick.set(t);
-            t
-        })
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,13 +286,13 @@ mod tests {
                 metrics::counter!("hot_test_bytes"),
             )
         });
-        let hot = Arc::new(hot);
+        let hot = std::sync::Arc::new(hot);
         let threads: Vec<_> = (0..4)
             .map(|_| {
-                let hot = Arc::clone(&hot);
+                let hot = std::sync::Arc::clone(&hot);
                 std::thread::spawn(move || {
                     for _ in 0..1000 {
-                        hot.hit(10);
+                        hot.hit(&Probe::start(0), 10);
                     }
                 })
             })
@@ -265,7 +301,7 @@ mod tests {
             t.join().unwrap();
         }
         for _ in 0..5 {
-            hot.hit(1);
+            hot.hit(&Probe::start(0), 1);
         }
 
         publish();
@@ -290,12 +326,12 @@ mod tests {
         let first = metrics::with_local_recorder(&recorder, || {
             HotCounters::new(metrics::counter!("reuse_a"), metrics::counter!("reuse_ab"))
         });
-        first.hit(3);
+        first.hit(&Probe::start(0), 3);
         drop(first);
         let second = metrics::with_local_recorder(&recorder, || {
             HotCounters::new(metrics::counter!("reuse_b"), metrics::counter!("reuse_bb"))
         });
-        second.hit(7);
+        second.hit(&Probe::start(0), 7);
         publish();
         let values: std::collections::HashMap<_, _> = snap
             .snapshot()

@@ -12,7 +12,7 @@ use crate::{
     cache::{CacheError, ErrorKind, Hit, ModuleCache, TierName},
     engine::engine_key,
     observe::{
-        hot::{self, HotCounters},
+        hot::{HotCounters, Probe},
         names::{self, label},
     },
     observer::{Eviction, EvictionCause, Residency, TierObserver},
@@ -334,7 +334,7 @@ impl<C: ModuleCache + Send + Sync> Instrumented<C> {
             Ok(mut hit) => {
                 m.duration[LOAD][HIT].record(elapsed);
                 let bytes = hit.bytes.or_else(|| sizes::lookup(key, engine_key(engine)));
-                m.hot.hit(bytes.unwrap_or(0));
+                m.hot.hit(&Probe::start(u32::MAX), bytes.unwrap_or(0));
                 span.record("result", "hit");
                 span.record("bytes", bytes);
                 if hit.tier.is_none() {
@@ -414,10 +414,10 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
     #[inline]
     fn load_now(&self, key: ModuleHash, engine: &Engine) -> Option<Hit> {
         let m = &*self.m;
-        let sampled = hot::tick() & m.sample_mask == 0;
-        let start = sampled.then(quanta::Instant::now);
+        let probe = Probe::start(m.sample_mask);
+        let start = probe.sampled().then(quanta::Instant::now);
         let mut hit = self.inner.load_now(key, engine)?;
-        m.hot.hit(hit.bytes.unwrap_or(0));
+        m.hot.hit(&probe, hit.bytes.unwrap_or(0));
         if let Some(start) = start {
             m.duration[LOAD][HIT].record(start.elapsed().as_secs_f64());
         }

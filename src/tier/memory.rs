@@ -10,7 +10,7 @@
 
 use std::{fmt, sync::Arc, time::Instant};
 
-use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter, sync::Cache};
+use quick_cache::{Lifecycle, OptionsBuilder, Weighter, sync::Cache};
 use wasmer::{Engine, Module};
 use wasmer_types::ModuleHash;
 
@@ -53,7 +53,72 @@ impl Lifecycle<Key, Entry> for CollectEvictions {
     }
 }
 
-type Inner = Cache<Key, Entry, ByArtifactBytes, DefaultHashBuilder, CollectEvictions>;
+type Inner = Cache<Key, Entry, ByArtifactBytes, KeyHasher, CollectEvictions>;
+
+/// Hashes a `(ModuleHash, EngineKey)` key in a few instructions.
+///
+/// A module hash is already SHA-256 output, uniformly distributed: its first
+/// eight bytes, mixed with the engine key and a per-process random seed by
+/// a 64-bit finalizer, make a good table hash. A general-purpose hasher
+/// spends a third of a memory hit hashing 32 bytes that need no hashing.
+/// The random seed keeps bucket positions unpredictable, so crafted modules
+/// cannot pile into one bucket.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyHasher {
+    seed: u64,
+}
+
+impl Default for KeyHasher {
+    fn default() -> Self {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        // RandomState draws its keys from the OS once per process.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(0x7469_6572_7363_6f70);
+        KeyHasher { seed: h.finish() }
+    }
+}
+
+impl std::hash::BuildHasher for KeyHasher {
+    type Hasher = KeyHasherState;
+    #[inline]
+    fn build_hasher(&self) -> KeyHasherState {
+        KeyHasherState(self.seed)
+    }
+}
+
+/// The state of [`KeyHasher`].
+#[derive(Clone, Copy, Debug)]
+pub struct KeyHasherState(u64);
+
+impl std::hash::Hasher for KeyHasherState {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut word = [0u8; 8];
+        let n = bytes.len().min(8);
+        word[..n].copy_from_slice(&bytes[..n]);
+        self.0 = (self.0 ^ u64::from_le_bytes(word)).rotate_left(29);
+    }
+    #[inline]
+    fn write_u32(&mut self, v: u32) {
+        self.0 = (self.0 ^ u64::from(v)).rotate_left(29);
+    }
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).rotate_left(29);
+    }
+    #[inline]
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        // splitmix64's finalizer: every input bit affects every output bit.
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
 
 /// A bounded, concurrent, in-memory tier.
 ///
@@ -118,7 +183,7 @@ impl MemoryCacheBuilder {
         let cache = Inner::with_options(
             options,
             ByArtifactBytes,
-            DefaultHashBuilder::default(),
+            KeyHasher::default(),
             CollectEvictions,
         );
         let shard_capacity = cache.shard_capacity();
