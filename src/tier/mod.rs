@@ -2,3 +2,5 @@
 
 pub mod disk;
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;

@@ -1,0 +1,1 @@
+//! The shared remote tier on Redis (work in progress).
