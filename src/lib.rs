@@ -62,4 +62,5 @@ pub use tier::{
     disk::{FileSystemCache, FileSystemCacheBuilder},
     memory::{MemoryCache, MemoryCacheBuilder},
 };
+#[cfg(feature = "redis")] pub use tier::redis::{RedisCache, RedisCacheBuilder};
 pub use wasmer_types::ModuleHash;

@@ -1,1 +1,1459 @@
-//! The shared remote tier on Redis (work in progress).
+//! The shared remote tier on Redis: one compiled artifact per module,
+//! signed, shared by every node that holds the key.
+//!
+//! A [`RedisCache`] sits at the bottom of a stack, below the memory and disk
+//! tiers of each node: a module compiled by one node is a remote hit for
+//! all the others, and is promoted into their local tiers on the way up.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tierscope::{
+//!     FileSystemCache, InstrumentExt, MemoryCache, ModuleCache, ModuleLoader, RedisCache,
+//! };
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! // TIERSCOPE_REDIS_KEY=<64 hex digits>[,<older key>...]: the same on every node
+//! let redis = RedisCache::builder("redis://cache.internal:6379/")
+//!     .mac_keys_from_env()?
+//!     .timeout(Duration::from_millis(250))
+//!     .build()?;
+//! let cache = MemoryCache::new(64 << 20)
+//!     .instrumented("modules", "memory")
+//!     .with_fallback(
+//!         FileSystemCache::open("/var/cache/modules", 1 << 30)?
+//!             .instrumented("modules", "disk")
+//!             .with_fallback(redis.instrumented("modules", "redis")),
+//!     );
+//! let loader = ModuleLoader::new("modules", cache);
+//! let engine = wasmer::Engine::default();
+//! let module = loader.load_or_compile(&engine, b"(module)").await?;
+//! # let _ = module;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Keys and values
+//!
+//! ```text
+//! key    {prefix}:{namespace}:{MODULE HASH}     e.g. tierscope:<engine id>-<format>-wasmer7.4.2-ts1:9F86...
+//!
+//! value  offset  size  field
+//!             0   128  entry header (see crate::entry)
+//!           128     n  the artifact (Module::serialize() output)
+//!       128 + n    32  BLAKE3 keyed MAC over (u64 LE length of key, key, header, artifact)
+//! ```
+//!
+//! The prefix is configurable (default `tierscope`); the namespace is
+//! [`EngineIdent::namespace`], which binds the engine's deterministic id, its
+//! artifact format, the wasmer version and tierscope's entry format version:
+//! nodes running another wasmer never read each other's artifacts.
+//!
+//! ## Why a MAC
+//!
+//! An artifact is machine code that `Module::deserialize` maps as executable
+//! without being able to check it. Whoever can write to the Redis server
+//! could otherwise run code on every node that loads from it. Each value
+//! therefore ends with a BLAKE3 keyed hash under a 32-byte key that only the
+//! nodes hold, computed over the Redis key as well as the entry, so a valid
+//! value copied under another key fails too. On a load the MAC is checked
+//! (in constant time) **before** the entry header is parsed, and both before
+//! any byte reaches wasmer. A value that fails (tampered, truncated, copied,
+//! written by a node with another key, or not a tierscope value at all) is
+//! [`CacheError::Integrity`]: it is never deserialized, the tier deletes it
+//! (only if it is still the same value, so a fresh save by another node
+//! survives) and reports an eviction with cause [`EvictionCause::Corrupt`];
+//! the loader then compiles and saves a good one.
+//!
+//! Several keys may be configured for rotation: values are signed with the
+//! first and accepted under any. Roll a new key out as the *second* key on
+//! every node, then make it the first, then drop the old one.
+//!
+//! [`RedisCacheBuilder::insecure_no_mac`] replaces the MAC by an unkeyed
+//! BLAKE3 digest: accidental corruption and values copied between keys are
+//! still caught (and the entry header still carries its checksum), but
+//! anyone who can write to Redis can forge a value. Only for trusted test
+//! set-ups; do not mix signed and unsigned nodes on one server (each would
+//! delete the other's values).
+//!
+//! ## Time bounds and the circuit breaker
+//!
+//! Every operation (`load`, `contains`, `save`) waits at most
+//! [`RedisCacheBuilder::timeout`] for Redis, connection set-up included, and
+//! then answers [`CacheError::Timeout`]. CPU work (MAC, checksum,
+//! (de)serialization) is not counted in that bound; values of
+//! [`RedisCacheBuilder::blocking_threshold`] bytes or more are processed on
+//! tokio's blocking pool. A load that finds a bad value spends at most one
+//! more timeout deleting it.
+//!
+//! After [`RedisCacheBuilder::failure_threshold`] consecutive failures
+//! (timeouts, refused or dropped connections, failed authentication; misses
+//! and integrity failures are *not* failures: Redis answered) the breaker
+//! opens: every call then answers [`CacheError::Unavailable`] at once
+//! without touching Redis. After [`RedisCacheBuilder::probe_interval`], one
+//! call is let through as a probe; if Redis answers, the breaker closes,
+//! otherwise it stays open for another interval. A dead Redis therefore
+//! costs each node at most one timeout per probe interval. Changes are
+//! reported through [`TierObserver::available`] (the spy turns them into the
+//! gauge `tierscope_tier_available`), and the current state is reported to
+//! an observer when it attaches.
+//!
+//! The connection is made lazily, on the first operation (construction does
+//! no I/O), so an unreachable server or a wrong password surfaces on first
+//! use as a [`CacheError::Unavailable`] that names the tier, the address and
+//! the reason. It belongs to the tokio runtime of that first operation.
+//!
+//! ## Single server and Redis Cluster
+//!
+//! A single server is reached through the `redis` crate's
+//! [`ConnectionManager`], which multiplexes every call over one connection
+//! and reconnects after a failure. A Redis Cluster is reached through the
+//! crate's asynchronous cluster client
+//! ([`redis::cluster_async::ClusterConnection`]), which routes each key to
+//! its node and follows `MOVED`/`ASK` redirections:
+//!
+//! ```no_run
+//! use tierscope::{RedisCache, tier::redis::RedisTarget};
+//! # fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let redis = RedisCache::builder(RedisTarget::cluster([
+//!     "redis://10.0.0.1:6379/",
+//!     "redis://10.0.0.2:6379/",
+//!     "redis://10.0.0.3:6379/",
+//! ]))
+//! .mac_keys_from_env()?
+//! .build()?;
+//! # let _ = redis;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Every command touches a single key (`GET`, `SET`, `EXISTS`, and a
+//! one-key script that deletes a bad value only if it is unchanged), so no
+//! hash tag is needed: entries spread over all slots.
+//!
+//! ## Limits
+//!
+//! Entries larger than [`RedisCacheBuilder::max_entry_bytes`] (header,
+//! artifact and MAC; default 64 MiB, at most Redis' 512 MiB string limit) are
+//! refused with [`CacheError::TooLarge`] before any network I/O. Keep the
+//! timeout in proportion: a 64 MiB value needs about half a second on a
+//! 1 Gbit/s link. Entries may expire ([`RedisCacheBuilder::ttl`]); Redis'
+//! own evictions and expirations are invisible to clients and are not
+//! reported, and neither is the tier's residency (unknown to a client).
+
+use std::{
+    fmt,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use redis::{
+    Cmd, FromRedisValue, RedisError, RedisFuture, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::{ClusterClient, ClusterConfig},
+    cluster_async::ClusterConnection,
+};
+use wasmer::{Engine, Module};
+use wasmer_types::ModuleHash;
+
+use crate::{
+    cache::{CacheError, Corruption, Hit, ModuleCache},
+    engine::{EngineIdent, engine_key, ident_of},
+    entry,
+    observer::{Eviction, EvictionCause, Observers, Residency, TierObserver},
+    sizes,
+};
+
+/// Bytes of the MAC that ends every value.
+pub const MAC_LEN: usize = 32;
+/// Redis' largest string value (`proto-max-bulk-len`, 512 MiB by default).
+pub const REDIS_MAX_VALUE_BYTES: u64 = 512 << 20;
+/// Default key prefix.
+pub const DEFAULT_PREFIX: &str = "tierscope";
+/// Default tier name used in errors and logs.
+pub const DEFAULT_TIER_NAME: &str = "redis";
+/// Default bound of one operation.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
+/// Default bound of one connection attempt made by the client in the
+/// background (a caller never waits longer than its operation's timeout).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default number of consecutive failures that opens the breaker.
+pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
+/// Default time the breaker stays open before a probe.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Default largest entry (header + artifact + MAC).
+pub const DEFAULT_MAX_ENTRY_BYTES: u64 = 64 << 20;
+/// Default size from which MAC, checksum and (de)serialization run on
+/// tokio's blocking pool.
+pub const DEFAULT_BLOCKING_THRESHOLD: u64 = 256 << 10;
+/// The environment variable read by [`RedisCacheBuilder::mac_keys_from_env`]:
+/// one or more keys of 64 hex digits, separated by commas, signing key first.
+pub const MAC_KEY_ENV: &str = "TIERSCOPE_REDIS_KEY";
+
+/// Domain separation for the unkeyed digest of [`RedisCacheBuilder::insecure_no_mac`].
+const UNKEYED_CONTEXT: &str = "tierscope 2025 redis tier unkeyed entry digest v1";
+
+/// Deletes a value only if it is still the one that failed verification
+/// (same length, same last 32 bytes): a good value saved meanwhile by
+/// another node survives.
+const DELETE_IF_UNCHANGED: &str = r"
+if redis.call('STRLEN', KEYS[1]) == tonumber(ARGV[2])
+    and redis.call('GETRANGE', KEYS[1], -32, -1) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// A 32-byte key for the values' MAC. Its `Debug` shows a fingerprint,
+/// never the key.
+#[derive(Clone)]
+pub struct MacKey([u8; 32]);
+
+impl MacKey {
+    /// A key from its bytes. Generate one with a CSPRNG, e.g.
+    /// `openssl rand -hex 32`.
+    pub fn new(bytes: [u8; 32]) -> Self {
+        MacKey(bytes)
+    }
+
+    /// A key from 64 hex digits (surrounding whitespace ignored).
+    pub fn from_hex(hex_digits: &str) -> Result<Self, RedisConfigError> {
+        let digits = hex_digits.trim();
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(digits, &mut bytes).map_err(|e| RedisConfigError::BadMacKey {
+            reason: format!("expected 64 hex digits (32 bytes), got {} characters: {e}", digits.len()),
+        })?;
+        Ok(MacKey(bytes))
+    }
+
+    /// The keys listed in environment variable `var`: 64 hex digits each,
+    /// separated by commas, the signing key first.
+    pub fn list_from_env(var: &str) -> Result<Vec<MacKey>, RedisConfigError> {
+        let value = std::env::var(var).map_err(|e| RedisConfigError::MacKeyEnv {
+            var: var.to_string(),
+            reason: e.to_string(),
+        })?;
+        let keys = value
+            .split(',')
+            .filter(|part| !part.trim().is_empty())
+            .map(MacKey::from_hex)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| RedisConfigError::MacKeyEnv {
+                var: var.to_string(),
+                reason: e.to_string(),
+            })?;
+        if keys.is_empty() {
+            return Err(RedisConfigError::MacKeyEnv {
+                var: var.to_string(),
+                reason: "no key in it".into(),
+            });
+        }
+        Ok(keys)
+    }
+
+    /// A short public fingerprint (first 4 bytes of the key's BLAKE3 hash,
+    /// in hex) to compare configurations without showing the key.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(&blake3::hash(&self.0).as_bytes()[..4])
+    }
+}
+
+impl From<[u8; 32]> for MacKey {
+    fn from(bytes: [u8; 32]) -> Self {
+        MacKey(bytes)
+    }
+}
+
+impl fmt::Debug for MacKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MacKey(fingerprint {})", self.fingerprint())
+    }
+}
+
+/// A configuration [`RedisCacheBuilder::build`] refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisConfigError {
+    /// Neither a MAC key nor the explicit opt-out was given.
+    #[error(
+        "the Redis tier needs a MAC key: values in a shared Redis become executable code on every \
+         node that loads them, so each is signed and verified. Set one with `mac_key`, \
+         `mac_key_from_hex` or `mac_keys_from_env` ({MAC_KEY_ENV}=<64 hex digits>, the same on \
+         every node), or, for a trusted test set-up only, call `insecure_no_mac()`"
+    )]
+    MissingMacKey,
+    /// Both MAC keys and `insecure_no_mac()` were given.
+    #[error("`insecure_no_mac()` was called although MAC keys were given: choose one")]
+    ConflictingMac,
+    /// A MAC key could not be read.
+    #[error("invalid MAC key: {reason}")]
+    BadMacKey {
+        /// What was wrong.
+        reason: String,
+    },
+    /// The MAC key environment variable is missing or invalid.
+    #[error("cannot read MAC keys from ${var}: {reason} (expected 64 hex digits per key, comma-separated, signing key first)")]
+    MacKeyEnv {
+        /// The variable.
+        var: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The Redis URL or client configuration is invalid.
+    #[error("invalid Redis target: {0}")]
+    Target(#[source] RedisError),
+    /// A setting is out of range.
+    #[error("invalid setting {setting}: {reason}")]
+    Invalid {
+        /// The builder method.
+        setting: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl From<RedisConfigError> for CacheError {
+    fn from(e: RedisConfigError) -> Self {
+        CacheError::other(e)
+    }
+}
+
+/// Where the tier's Redis is: a single server or a cluster.
+///
+/// Built from a URL (`"redis://[:password@]host:port/[db]"`, `rediss://` for
+/// TLS if the `redis` crate was built with TLS), a [`redis::Client`], a list
+/// of cluster node URLs ([`RedisTarget::cluster`]) or a
+/// [`redis::cluster::ClusterClient`].
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum RedisTarget {
+    /// A single server by URL.
+    Url(String),
+    /// A single server through a configured client.
+    Client(redis::Client),
+    /// A Redis Cluster by the URLs of some of its nodes.
+    ClusterUrls(Vec<String>),
+    /// A Redis Cluster through a configured client (its own connection and
+    /// response timeouts are replaced by the tier's).
+    Cluster(ClusterClient),
+}
+
+impl RedisTarget {
+    /// A Redis Cluster reached through any of `nodes` (URLs).
+    pub fn cluster<I, S>(nodes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        RedisTarget::ClusterUrls(nodes.into_iter().map(Into::into).collect())
+    }
+}
+
+impl fmt::Debug for RedisTarget {
+    // URLs may hold passwords: only the kind is shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RedisTarget::Url(_) => f.write_str("RedisTarget::Url(..)"),
+            RedisTarget::Client(c) => write!(f, "RedisTarget::Client({})", c.get_connection_info().addr()),
+            RedisTarget::ClusterUrls(urls) => write!(f, "RedisTarget::ClusterUrls({} nodes)", urls.len()),
+            RedisTarget::Cluster(_) => f.write_str("RedisTarget::Cluster(..)"),
+        }
+    }
+}
+
+impl From<&str> for RedisTarget {
+    fn from(url: &str) -> Self {
+        RedisTarget::Url(url.to_string())
+    }
+}
+
+impl From<String> for RedisTarget {
+    fn from(url: String) -> Self {
+        RedisTarget::Url(url)
+    }
+}
+
+impl From<&String> for RedisTarget {
+    fn from(url: &String) -> Self {
+        RedisTarget::Url(url.clone())
+    }
+}
+
+impl From<redis::Client> for RedisTarget {
+    fn from(client: redis::Client) -> Self {
+        RedisTarget::Client(client)
+    }
+}
+
+impl From<ClusterClient> for RedisTarget {
+    fn from(client: ClusterClient) -> Self {
+        RedisTarget::Cluster(client)
+    }
+}
+
+/// Builder for [`RedisCache`]; see the [module docs](self) for the design.
+#[derive(Debug, Clone)]
+pub struct RedisCacheBuilder {
+    target: RedisTarget,
+    keys: Vec<MacKey>,
+    insecure: bool,
+    prefix: String,
+    tier: String,
+    timeout: Duration,
+    connect_timeout: Duration,
+    failure_threshold: u32,
+    probe_interval: Duration,
+    max_entry_bytes: u64,
+    ttl: Option<Duration>,
+    blocking_threshold: u64,
+}
+
+impl RedisCacheBuilder {
+    /// Add a MAC key. The first key added signs every save; every key added
+    /// is accepted on loads (for rotation).
+    pub fn mac_key(mut self, key: impl Into<MacKey>) -> Self {
+        self.keys.push(key.into());
+        self
+    }
+
+    /// Add several MAC keys, in order (the first of all keys signs).
+    pub fn mac_keys(mut self, keys: impl IntoIterator<Item = MacKey>) -> Self {
+        self.keys.extend(keys);
+        self
+    }
+
+    /// Add a MAC key given as 64 hex digits.
+    pub fn mac_key_from_hex(self, hex_digits: &str) -> Result<Self, RedisConfigError> {
+        Ok(self.mac_key(MacKey::from_hex(hex_digits)?))
+    }
+
+    /// Add the MAC keys listed in [`MAC_KEY_ENV`] (`TIERSCOPE_REDIS_KEY`):
+    /// 64 hex digits each, comma-separated, the signing key first.
+    pub fn mac_keys_from_env(self) -> Result<Self, RedisConfigError> {
+        Ok(self.mac_keys(MacKey::list_from_env(MAC_KEY_ENV)?))
+    }
+
+    /// **Insecure.** Store values without a MAC, with an unkeyed BLAKE3
+    /// digest in its place.
+    ///
+    /// Anyone able to write to this Redis can then make every node that
+    /// loads from it run arbitrary machine code. Accidental corruption and
+    /// values copied between keys are still caught (and the entry header's
+    /// checksum still verified), but nothing else. Use only for a trusted
+    /// test set-up; never mix with nodes that sign.
+    pub fn insecure_no_mac(mut self) -> Self {
+        self.insecure = true;
+        self
+    }
+
+    /// The first part of every key. Default `tierscope`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The tier's name in errors and logs. Default `redis`.
+    pub fn tier_name(mut self, name: impl Into<String>) -> Self {
+        self.tier = name.into();
+        self
+    }
+
+    /// The longest an operation waits for Redis (connection set-up
+    /// included) before answering [`CacheError::Timeout`]. Default 250 ms.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Bound of one connection attempt (TCP, TLS, `AUTH`, `HELLO`) made by
+    /// the client, also in the background after a failure. Default 1 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Consecutive failures (timeouts, connection and authentication errors)
+    /// that open the circuit breaker. Default 3; 0 counts as 1.
+    pub fn failure_threshold(mut self, failures: u32) -> Self {
+        self.failure_threshold = failures.max(1);
+        self
+    }
+
+    /// How long the open breaker refuses calls before letting one through
+    /// as a probe. Default 1 s.
+    pub fn probe_interval(mut self, interval: Duration) -> Self {
+        self.probe_interval = interval;
+        self
+    }
+
+    /// Largest value stored (header + artifact + 32-byte MAC); larger saves
+    /// answer [`CacheError::TooLarge`] before any network I/O. Default
+    /// 64 MiB; at most [`REDIS_MAX_VALUE_BYTES`].
+    pub fn max_entry_bytes(mut self, bytes: u64) -> Self {
+        self.max_entry_bytes = bytes;
+        self
+    }
+
+    /// Let Redis expire each entry this long after it was saved (`SET ..
+    /// PX`). Default: no expiry.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Values of at least this many bytes are verified and deserialized
+    /// (and modules of at least this size serialized) on tokio's blocking
+    /// pool instead of the calling task. Default 256 KiB (about 70 µs of
+    /// work); 0 always uses the pool, `u64::MAX` never.
+    pub fn blocking_threshold(mut self, bytes: u64) -> Self {
+        self.blocking_threshold = bytes;
+        self
+    }
+
+    /// Check the settings and make the tier. Does no I/O: the connection is
+    /// made on the first operation.
+    pub fn build(self) -> Result<RedisCache, RedisConfigError> {
+        let signing = match (self.keys.is_empty(), self.insecure) {
+            (true, false) => return Err(RedisConfigError::MissingMacKey),
+            (false, true) => return Err(RedisConfigError::ConflictingMac),
+            (true, true) => Signing::Unkeyed,
+            (false, false) => Signing::Keyed(self.keys),
+        };
+        if self.timeout.is_zero() {
+            return Err(RedisConfigError::Invalid {
+                setting: "timeout",
+                reason: "must be greater than zero".into(),
+            });
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(RedisConfigError::Invalid {
+                setting: "connect_timeout",
+                reason: "must be greater than zero".into(),
+            });
+        }
+        let overhead = (entry::HEADER_LEN + MAC_LEN) as u64;
+        if self.max_entry_bytes <= overhead || self.max_entry_bytes > REDIS_MAX_VALUE_BYTES {
+            return Err(RedisConfigError::Invalid {
+                setting: "max_entry_bytes",
+                reason: format!(
+                    "{} is outside {}..={REDIS_MAX_VALUE_BYTES} (a header and MAC need {overhead} bytes; \
+                     Redis strings hold at most 512 MiB)",
+                    self.max_entry_bytes,
+                    overhead + 1
+                ),
+            });
+        }
+        if let Some(ttl) = self.ttl
+            && ttl.as_millis() == 0
+        {
+            return Err(RedisConfigError::Invalid {
+                setting: "ttl",
+                reason: "must be at least 1 ms".into(),
+            });
+        }
+        let (target, endpoint) = match self.target {
+            RedisTarget::Url(url) => {
+                let client = redis::Client::open(url.as_str()).map_err(RedisConfigError::Target)?;
+                let endpoint = client.get_connection_info().addr().to_string();
+                (Target::Single(client), endpoint)
+            }
+            RedisTarget::Client(client) => {
+                let endpoint = client.get_connection_info().addr().to_string();
+                (Target::Single(client), endpoint)
+            }
+            RedisTarget::ClusterUrls(urls) => {
+                if urls.is_empty() {
+                    return Err(RedisConfigError::Invalid {
+                        setting: "target",
+                        reason: "a cluster needs at least one node URL".into(),
+                    });
+                }
+                let mut addrs = Vec::with_capacity(urls.len());
+                for url in &urls {
+                    let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+                        .map_err(RedisConfigError::Target)?;
+                    addrs.push(info.addr().to_string());
+                }
+                let client = ClusterClient::builder(urls)
+                    .connection_timeout(self.connect_timeout)
+                    .response_timeout(self.timeout)
+                    .build()
+                    .map_err(RedisConfigError::Target)?;
+                (Target::Cluster(client), format!("cluster {}", addrs.join(",")))
+            }
+            RedisTarget::Cluster(client) => (Target::Cluster(client), "cluster".to_string()),
+        };
+        Ok(RedisCache {
+            shared: Arc::new(Shared {
+                tier: self.tier,
+                prefix: self.prefix,
+                target,
+                endpoint,
+                conn: Mutex::new(None),
+                signing,
+                timeout: self.timeout,
+                connect_timeout: self.connect_timeout,
+                max_entry_bytes: self.max_entry_bytes,
+                ttl: self.ttl,
+                blocking_threshold: self.blocking_threshold,
+                breaker: Breaker::new(self.failure_threshold, self.probe_interval),
+                observers: Observers::default(),
+                report_lock: Mutex::new(()),
+            }),
+        })
+    }
+}
+
+/// The shared remote tier on Redis (single server or cluster). Cheap to
+/// clone: clones share the connection and the circuit breaker.
+///
+/// See the [module docs](self) for keys, values, the MAC, time bounds and
+/// the breaker.
+#[derive(Clone)]
+pub struct RedisCache {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    tier: String,
+    prefix: String,
+    target: Target,
+    /// Where Redis is, for messages (never a password).
+    endpoint: String,
+    conn: Mutex<Option<Conn>>,
+    signing: Signing,
+    timeout: Duration,
+    connect_timeout: Duration,
+    max_entry_bytes: u64,
+    ttl: Option<Duration>,
+    blocking_threshold: u64,
+    breaker: Breaker,
+    observers: Observers,
+    /// Serializes availability reports so the last one always carries the
+    /// breaker's current state.
+    report_lock: Mutex<()>,
+}
+
+enum Target {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+}
+
+/// A connection of either kind.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Signing {
+    Keyed(Vec<MacKey>),
+    Unkeyed,
+}
+
+impl Signing {
+    fn hasher(key: Option<&MacKey>) -> blake3::Hasher {
+        match key {
+            Some(k) => blake3::Hasher::new_keyed(&k.0),
+            None => blake3::Hasher::new_derive_key(UNKEYED_CONTEXT),
+        }
+    }
+
+    fn tag(key: Option<&MacKey>, redis_key: &[u8], entry: &[u8]) -> blake3::Hash {
+        let mut h = Self::hasher(key);
+        h.update(&(redis_key.len() as u64).to_le_bytes());
+        h.update(redis_key);
+        h.update(entry);
+        h.finalize()
+    }
+
+    /// The tag for a new value: under the first key.
+    fn sign(&self, redis_key: &[u8], entry: &[u8]) -> blake3::Hash {
+        match self {
+            Signing::Keyed(keys) => Self::tag(keys.first(), redis_key, entry),
+            Signing::Unkeyed => Self::tag(None, redis_key, entry),
+        }
+    }
+
+    /// True when `tag` is valid under any configured key. `blake3::Hash`
+    /// compares in constant time.
+    fn verify(&self, redis_key: &[u8], entry: &[u8], tag: &[u8; MAC_LEN]) -> bool {
+        let tag = blake3::Hash::from_bytes(*tag);
+        match self {
+            Signing::Keyed(keys) => keys
+                .iter()
+                .any(|k| Self::tag(Some(k), redis_key, entry) == tag),
+            Signing::Unkeyed => Self::tag(None, redis_key, entry) == tag,
+        }
+    }
+}
+
+/// Why a value was refused before (or by) wasmer.
+enum Rejected {
+    Integrity(String),
+    Corrupt(Corruption),
+    Deserialize(wasmer::DeserializeError),
+}
+
+// ---------------------------------------------------------------------------
+// Circuit breaker
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BreakerState {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    /// Open, with one probe in flight.
+    Probing,
+}
+
+struct Breaker {
+    threshold: u32,
+    interval: Duration,
+    state: Mutex<(BreakerState, String)>,
+}
+
+/// What a finished call tells the breaker.
+enum Verdict {
+    /// Redis answered (a hit, a miss, a refused value, a command error).
+    Answered,
+    /// Redis did not answer (timeout, connection or authentication error).
+    Failed(String),
+    /// Redis was not involved after all (e.g. a module too large to save).
+    Neutral,
+}
+
+impl Breaker {
+    fn new(threshold: u32, interval: Duration) -> Self {
+        Breaker {
+            threshold,
+            interval,
+            state: Mutex::new((BreakerState::Closed { failures: 0 }, String::new())),
+        }
+    }
+
+    fn available(&self) -> bool {
+        matches!(self.state.lock().0, BreakerState::Closed { .. })
+    }
+
+    /// Let a call through (`Ok(probe)`) or say why not.
+    fn admit(&self) -> Result<bool, String> {
+        let mut guard = self.state.lock();
+        let (state, last) = &mut *guard;
+        match *state {
+            BreakerState::Closed { .. } => Ok(false),
+            BreakerState::Open { until } => {
+                let now = Instant::now();
+                if now >= until {
+                    *state = BreakerState::Probing;
+                    Ok(true)
+                } else {
+                    Err(format!(
+                        "circuit breaker open (last failure: {last}); next probe in {:?}",
+                        until - now
+                    ))
+                }
+            }
+            BreakerState::Probing => Err(format!(
+                "circuit breaker open (last failure: {last}); a probe is in flight"
+            )),
+        }
+    }
+
+    /// Record a call's verdict; true when availability changed.
+    fn settle(&self, probe: bool, verdict: Verdict) -> bool {
+        let mut guard = self.state.lock();
+        let (state, last) = &mut *guard;
+        match (verdict, *state) {
+            (Verdict::Answered, BreakerState::Closed { .. }) => {
+                *state = BreakerState::Closed { failures: 0 };
+                false
+            }
+            (Verdict::Answered, BreakerState::Probing) if probe => {
+                *state = BreakerState::Closed { failures: 0 };
+                last.clear();
+                true
+            }
+            (Verdict::Failed(reason), BreakerState::Closed { failures }) => {
+                let failures = failures + 1;
+                *last = reason;
+                if failures >= self.threshold {
+                    *state = BreakerState::Open {
+                        until: Instant::now() + self.interval,
+                    };
+                    true
+                } else {
+                    *state = BreakerState::Closed { failures };
+                    false
+                }
+            }
+            (Verdict::Failed(reason), BreakerState::Probing) if probe => {
+                *last = reason;
+                *state = BreakerState::Open {
+                    until: Instant::now() + self.interval,
+                };
+                false
+            }
+            (Verdict::Neutral, BreakerState::Probing) if probe => {
+                // No evidence either way: let the next call probe at once.
+                *state = BreakerState::Open {
+                    until: Instant::now(),
+                };
+                false
+            }
+            // Calls admitted before the breaker opened: only the probe decides.
+            _ => false,
+        }
+    }
+}
+
+/// One admitted call. Dropping it without a verdict (a cancelled caller)
+/// counts as neutral, so an abandoned probe never leaves the breaker stuck.
+struct Call<'a> {
+    shared: &'a Shared,
+    probe: bool,
+    settled: bool,
+}
+
+impl Call<'_> {
+    fn settle(mut self, verdict: Verdict) {
+        self.settled = true;
+        self.shared.settle(self.probe, verdict);
+    }
+
+    /// Settle from an operation's result.
+    fn settle_with<T>(self, result: &Result<T, CacheError>) {
+        let verdict = match result {
+            Err(e @ (CacheError::Timeout { .. } | CacheError::Unavailable { .. })) => {
+                Verdict::Failed(e.to_string())
+            }
+            _ => Verdict::Answered,
+        };
+        self.settle(verdict);
+    }
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.shared.settle(self.probe, Verdict::Neutral);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Shared internals
+
+impl Shared {
+    fn redis_key(&self, key: &ModuleHash, ident: &EngineIdent) -> String {
+        format!("{}:{}:{key}", self.prefix, ident.namespace)
+    }
+
+    fn location(&self, redis_key: &str) -> String {
+        format!("tier {} ({}) key {redis_key}", self.tier, self.endpoint)
+    }
+
+    fn admit(&self) -> Result<Call<'_>, CacheError> {
+        match self.breaker.admit() {
+            Ok(probe) => Ok(Call {
+                shared: self,
+                probe,
+                settled: false,
+            }),
+            Err(reason) => Err(CacheError::Unavailable {
+                tier: self.tier.clone(),
+                reason,
+            }),
+        }
+    }
+
+    fn settle(&self, probe: bool, verdict: Verdict) {
+        let failed = match &verdict {
+            Verdict::Failed(reason) => Some(reason.clone()),
+            _ => None,
+        };
+        if self.breaker.settle(probe, verdict) {
+            let available = self.breaker.available();
+            match failed {
+                Some(reason) if !available => tracing::warn!(
+                    tier = %self.tier,
+                    endpoint = %self.endpoint,
+                    threshold = self.breaker.threshold,
+                    probe_interval = ?self.breaker.interval,
+                    %reason,
+                    "remote tier unavailable: circuit breaker opened",
+                ),
+                _ => tracing::info!(
+                    tier = %self.tier,
+                    endpoint = %self.endpoint,
+                    "remote tier available again: circuit breaker closed",
+                ),
+            }
+            self.report_availability();
+        }
+    }
+
+    fn report_availability(&self) {
+        let _serial = self.report_lock.lock();
+        self.observers.available(self.breaker.available());
+    }
+
+    /// The connection, made on first use (no I/O here: both kinds connect
+    /// lazily, inside the caller's time bound).
+    fn connection(&self) -> Result<Conn, RedisError> {
+        let mut slot = self.conn.lock();
+        if let Some(conn) = &*slot {
+            return Ok(conn.clone());
+        }
+        let conn = match &self.target {
+            Target::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.connect_timeout))
+                    .set_response_timeout(Some(self.timeout))
+                    // One attempt per reconnect: the breaker paces retries.
+                    .set_number_of_retries(0);
+                Conn::Single(ConnectionManager::new_lazy_with_config(
+                    client.clone(),
+                    config,
+                )?)
+            }
+            Target::Cluster(client) => {
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(self.connect_timeout)
+                    .set_response_timeout(self.timeout);
+                Conn::Cluster(client.get_pending_async_connection_with_config(config))
+            }
+        };
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Forget the connection: the next call makes a new one. Needed after
+    /// an authentication failure, which the connection manager never
+    /// retries by itself.
+    fn reset_connection(&self) {
+        *self.conn.lock() = None;
+    }
+
+    /// Run one command, bounded by `deadline`.
+    async fn query<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        deadline: Instant,
+        cmd: &Cmd,
+    ) -> Result<T, CacheError> {
+        let attempt = async {
+            let mut conn = self.connection()?;
+            match cmd.query_async::<T>(&mut conn).await {
+                // The multiplexer may answer from a connection that broke
+                // (or failed to reconnect) before this call; it has started
+                // a fresh attempt by now: try once more, within the bound.
+                Err(e) if e.is_connection_dropped() || e.is_connection_refusal() => {
+                    let mut conn = self.connection()?;
+                    cmd.query_async::<T>(&mut conn).await
+                }
+                other => other,
+            }
+        };
+        match tokio::time::timeout_at(deadline.into(), attempt).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(self.classify(op, e)),
+            Err(_elapsed) => Err(self.timed_out(op)),
+        }
+    }
+
+    fn timed_out(&self, op: &'static str) -> CacheError {
+        CacheError::Timeout {
+            op,
+            tier: self.tier.clone(),
+            after: self.timeout,
+        }
+    }
+
+    fn classify(&self, op: &'static str, e: RedisError) -> CacheError {
+        use redis::{ErrorKind as K, ServerErrorKind as S};
+        let unavailable = |what: &str| CacheError::Unavailable {
+            tier: self.tier.clone(),
+            reason: format!("{what} ({}): {e}", self.endpoint),
+        };
+        if e.is_timeout() {
+            return self.timed_out(op);
+        }
+        let code = e.code();
+        if e.kind() == K::AuthenticationFailed || matches!(code, Some("NOAUTH" | "WRONGPASS")) {
+            self.reset_connection();
+            return unavailable("authentication failed");
+        }
+        if code == Some("NOPERM") {
+            return unavailable("not permitted by the server's ACL");
+        }
+        if e.is_connection_refusal() {
+            return unavailable("connection refused");
+        }
+        match e.kind() {
+            K::Io => unavailable("connection failed"),
+            K::ClusterConnectionNotFound
+            | K::Server(S::ClusterDown | S::MasterDown | S::TryAgain | S::BusyLoading) => {
+                unavailable("server not ready")
+            }
+            K::InvalidClientConfig => unavailable("invalid client configuration"),
+            _ => CacheError::other(CommandError {
+                tier: self.tier.clone(),
+                endpoint: self.endpoint.clone(),
+                op,
+                source: e,
+            }),
+        }
+    }
+
+    /// Run CPU work on the blocking pool when `big`, else inline.
+    async fn cpu<T, F>(&self, big: bool, f: F) -> Result<T, CacheError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        if !big || tokio::runtime::Handle::try_current().is_err() {
+            return Ok(f());
+        }
+        tokio::task::spawn_blocking(f).await.map_err(|e| {
+            CacheError::Other(format!("{} tier worker failed: {e}", self.tier).into())
+        })
+    }
+
+    /// Delete a refused value if it is still there unchanged, and report it.
+    async fn discard(&self, redis_key: &str, value: &[u8]) {
+        let tail = &value[value.len().saturating_sub(MAC_LEN)..];
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(DELETE_IF_UNCHANGED)
+            .arg(1)
+            .arg(redis_key)
+            .arg(tail)
+            .arg(value.len());
+        let deadline = Instant::now() + self.timeout;
+        match self.query::<u64>("load", deadline, &cmd).await {
+            Ok(1) => self.observers.evicted(Eviction {
+                cause: EvictionCause::Corrupt,
+                bytes: value.len() as u64,
+                age: None,
+            }),
+            // Replaced meanwhile (by a good value) or already gone.
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                tier = %self.tier,
+                key = redis_key,
+                error = &e as &dyn std::error::Error,
+                "unable to delete a value that failed verification (the next save replaces it)",
+            ),
+        }
+    }
+}
+
+/// A command Redis answered with an error other than unavailability.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} on tier {tier} ({endpoint}) failed: {source}")]
+struct CommandError {
+    tier: String,
+    endpoint: String,
+    op: &'static str,
+    #[source]
+    source: RedisError,
+}
+
+/// Check a value (MAC first, then the entry header) and deserialize it.
+/// Returns the module and the artifact length.
+fn open_value(
+    signing: &Signing,
+    redis_key: &str,
+    key: &ModuleHash,
+    ident: &EngineIdent,
+    engine: &Engine,
+    value: Bytes,
+) -> Result<(Module, u64), Rejected> {
+    let Some(entry_len) = value.len().checked_sub(MAC_LEN) else {
+        return Err(Rejected::Integrity(format!(
+            "value of {} bytes is shorter than its {MAC_LEN}-byte MAC",
+            value.len()
+        )));
+    };
+    let (entry_bytes, tag) = value.split_at(entry_len);
+    let tag: &[u8; MAC_LEN] = tag.try_into().expect("split at MAC_LEN from the end");
+    if !signing.verify(redis_key.as_bytes(), entry_bytes, tag) {
+        let what = match signing {
+            Signing::Keyed(_) => {
+                "MAC mismatch: the value was tampered with, truncated, copied from another key, \
+                 or signed with a key this node does not hold"
+            }
+            Signing::Unkeyed => {
+                "digest mismatch: the value was corrupted, truncated, copied from another key, \
+                 or signed with a MAC key (this node runs insecure_no_mac)"
+            }
+        };
+        return Err(Rejected::Integrity(format!("{what} ({} bytes)", value.len())));
+    }
+    let range = entry::decode(entry_bytes, key, ident).map_err(Rejected::Corrupt)?;
+    let artifact_len = (range.end - range.start) as u64;
+    let artifact = value.slice(range);
+    // SAFETY: before this point the value's BLAKE3 keyed MAC was verified
+    // (constant-time) under a key only the operator's nodes hold, over this
+    // exact Redis key (which names the engine namespace and module hash)
+    // and the whole entry, so the bytes were written by one of those nodes;
+    // then `entry::decode` verified our magic and format version, that the
+    // entry was written for this module hash under this engine
+    // configuration and wasmer version, its exact length, and the XXH3-128
+    // checksum taken of the `Module::serialize()` output at save time. The
+    // bytes are therefore an artifact this wasmer produced for this engine,
+    // which is what `Module::deserialize` requires. (Under
+    // `insecure_no_mac` the digest is unkeyed and the operator has accepted
+    // that whoever writes to Redis is trusted.)
+    #[allow(unsafe_code)]
+    let module = unsafe { Module::deserialize(engine, artifact) };
+    module
+        .map(|m| (m, artifact_len))
+        .map_err(Rejected::Deserialize)
+}
+
+/// Serialize `module` and build its value: header, artifact, MAC.
+fn build_value(
+    signing: &Signing,
+    redis_key: &str,
+    key: &ModuleHash,
+    ident: &EngineIdent,
+    module: &Module,
+) -> Result<(Vec<u8>, u64), CacheError> {
+    let artifact = module.serialize()?;
+    let mut value = Vec::with_capacity(entry::HEADER_LEN + artifact.len() + MAC_LEN);
+    value.extend_from_slice(&entry::encode_header(key, ident, &artifact));
+    value.extend_from_slice(&artifact);
+    let tag = signing.sign(redis_key.as_bytes(), &value);
+    value.extend_from_slice(tag.as_bytes());
+    Ok((value, artifact.len() as u64))
+}
+
+// ---------------------------------------------------------------------------
+// Public surface
+
+impl RedisCache {
+    /// A builder for the tier at `target`: a URL
+    /// (`"redis://[:password@]host:port/"`), a [`redis::Client`], or a
+    /// cluster ([`RedisTarget::cluster`], [`redis::cluster::ClusterClient`]).
+    ///
+    /// A MAC key is required (or the explicit
+    /// [`RedisCacheBuilder::insecure_no_mac`]).
+    pub fn builder(target: impl Into<RedisTarget>) -> RedisCacheBuilder {
+        RedisCacheBuilder {
+            target: target.into(),
+            keys: Vec::new(),
+            insecure: false,
+            prefix: DEFAULT_PREFIX.to_string(),
+            tier: DEFAULT_TIER_NAME.to_string(),
+            timeout: DEFAULT_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            failure_threshold: DEFAULT_FAILURE_THRESHOLD,
+            probe_interval: DEFAULT_PROBE_INTERVAL,
+            max_entry_bytes: DEFAULT_MAX_ENTRY_BYTES,
+            ttl: None,
+            blocking_threshold: DEFAULT_BLOCKING_THRESHOLD,
+        }
+    }
+
+    /// The Redis key that holds (or would hold) `key` for `engine`.
+    pub fn redis_key(&self, key: ModuleHash, engine: &Engine) -> String {
+        self.shared.redis_key(&key, &ident_of(engine))
+    }
+
+    /// The tier's name (in errors and logs).
+    pub fn tier_name(&self) -> &str {
+        &self.shared.tier
+    }
+
+    /// The bound of one operation.
+    pub fn timeout(&self) -> Duration {
+        self.shared.timeout
+    }
+
+    /// False while the circuit breaker is open.
+    pub fn is_available(&self) -> bool {
+        self.shared.breaker.available()
+    }
+
+    /// Send `PING` through the breaker and the time bound: a readiness
+    /// check that also warms the connection up.
+    pub async fn ping(&self) -> Result<(), CacheError> {
+        let s = &*self.shared;
+        let call = s.admit()?;
+        let deadline = Instant::now() + s.timeout;
+        let result = s.query::<String>("ping", deadline, &redis::cmd("PING")).await;
+        call.settle_with(&result);
+        result.map(drop)
+    }
+
+    async fn load_hit(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
+        let s = &*self.shared;
+        let ident = ident_of(engine);
+        let redis_key = s.redis_key(&key, &ident);
+        let call = s.admit()?;
+        let deadline = Instant::now() + s.timeout;
+        let got = s
+            .query::<Option<Bytes>>("load", deadline, redis::cmd("GET").arg(&redis_key))
+            .await;
+        call.settle_with(&got);
+        let Some(value) = got? else {
+            return Err(CacheError::NotFound);
+        };
+        let big = value.len() as u64 >= s.blocking_threshold;
+        let opened = {
+            let shared = Arc::clone(&self.shared);
+            let (redis_key, ident, engine, value) =
+                (redis_key.clone(), Arc::clone(&ident), engine.clone(), value.clone());
+            s.cpu(big, move || {
+                open_value(&shared.signing, &redis_key, &key, &ident, &engine, value)
+            })
+            .await?
+        };
+        let rejected = match opened {
+            Ok((module, artifact_len)) => {
+                sizes::record(key, engine_key(engine), artifact_len);
+                return Ok(Hit {
+                    module,
+                    tier: None,
+                    bytes: Some(artifact_len),
+                });
+            }
+            Err(rejected) => rejected,
+        };
+        s.discard(&redis_key, &value).await;
+        let location = s.location(&redis_key);
+        Err(match rejected {
+            Rejected::Integrity(reason) => CacheError::Integrity { location, reason },
+            Rejected::Corrupt(reason) => CacheError::Corrupt { location, reason },
+            Rejected::Deserialize(e) => CacheError::Deserialize(e),
+        })
+    }
+
+    async fn save_value(
+        &self,
+        key: ModuleHash,
+        engine: &Engine,
+        module: &Module,
+    ) -> Result<(), CacheError> {
+        let s = &*self.shared;
+        let ekey = engine_key(engine);
+        let overhead = (entry::HEADER_LEN + MAC_LEN) as u64;
+        let too_large = |size: u64| CacheError::TooLarge {
+            tier: s.tier.clone(),
+            size,
+            limit: s.max_entry_bytes,
+        };
+        let hint = sizes::lookup(key, ekey);
+        if let Some(artifact) = hint
+            && artifact + overhead > s.max_entry_bytes
+        {
+            return Err(too_large(artifact + overhead));
+        }
+        let call = s.admit()?;
+        let ident = ident_of(engine);
+        let redis_key = s.redis_key(&key, &ident);
+        let big = hint.is_none_or(|b| b + overhead >= s.blocking_threshold);
+        let (value, artifact_len) = {
+            let shared = Arc::clone(&self.shared);
+            let (redis_key, module) = (redis_key.clone(), module.clone());
+            s.cpu(big, move || {
+                build_value(&shared.signing, &redis_key, &key, &ident, &module)
+            })
+            .await??
+        };
+        sizes::record(key, ekey, artifact_len);
+        if value.len() as u64 > s.max_entry_bytes {
+            call.settle(Verdict::Neutral);
+            return Err(too_large(value.len() as u64));
+        }
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&redis_key).arg(&value[..]);
+        if let Some(ttl) = s.ttl {
+            cmd.arg("PX").arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        }
+        let deadline = Instant::now() + s.timeout;
+        let result = s.query::<()>("save", deadline, &cmd).await;
+        call.settle_with(&result);
+        result
+    }
+}
+
+impl fmt::Debug for RedisCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &*self.shared;
+        let keys: Vec<String> = match &s.signing {
+            Signing::Keyed(keys) => keys.iter().map(MacKey::fingerprint).collect(),
+            Signing::Unkeyed => vec!["INSECURE: unkeyed".into()],
+        };
+        f.debug_struct("RedisCache")
+            .field("tier", &s.tier)
+            .field("endpoint", &s.endpoint)
+            .field("prefix", &s.prefix)
+            .field("mac_keys", &keys)
+            .field("timeout", &s.timeout)
+            .field("available", &s.breaker.available())
+            .finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl ModuleCache for RedisCache {
+    async fn load(&self, key: ModuleHash, engine: &Engine) -> Result<Module, CacheError> {
+        self.load_traced(key, engine).await.map(|hit| hit.module)
+    }
+
+    async fn load_traced(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
+        self.load_hit(key, engine).await
+    }
+
+    async fn contains(&self, key: ModuleHash, engine: &Engine) -> Result<bool, CacheError> {
+        let s = &*self.shared;
+        let redis_key = s.redis_key(&key, &ident_of(engine));
+        let call = s.admit()?;
+        let deadline = Instant::now() + s.timeout;
+        let result = s
+            .query::<bool>("contains", deadline, redis::cmd("EXISTS").arg(&redis_key))
+            .await;
+        call.settle_with(&result);
+        result
+    }
+
+    async fn save(
+        &self,
+        key: ModuleHash,
+        engine: &Engine,
+        module: &Module,
+    ) -> Result<(), CacheError> {
+        self.save_value(key, engine, module).await
+    }
+
+    fn attach_observer(&self, observer: Arc<dyn TierObserver>) {
+        let s = &*self.shared;
+        let _serial = s.report_lock.lock();
+        // A client cannot know what the server holds: no residency.
+        s.observers.attach(Arc::clone(&observer), Residency::default());
+        observer.available(s.breaker.available());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(b: u8) -> MacKey {
+        MacKey::new([b; 32])
+    }
+
+    #[test]
+    fn a_key_is_required_and_says_why() {
+        let e = RedisCache::builder("redis://127.0.0.1:1/").build().unwrap_err();
+        assert!(matches!(e, RedisConfigError::MissingMacKey));
+        let msg = e.to_string();
+        assert!(msg.contains("MAC key") && msg.contains(MAC_KEY_ENV), "{msg}");
+        assert!(matches!(
+            RedisCache::builder("redis://127.0.0.1:1/")
+                .mac_key(key(1))
+                .insecure_no_mac()
+                .build()
+                .unwrap_err(),
+            RedisConfigError::ConflictingMac
+        ));
+    }
+
+    #[test]
+    fn hex_keys_are_checked() {
+        let hex = "00".repeat(31) + "ff";
+        assert_eq!(MacKey::from_hex(&hex).unwrap().0[31], 0xff);
+        assert!(MacKey::from_hex("abcd").is_err());
+        assert!(MacKey::from_hex(&"zz".repeat(32)).is_err());
+        assert!(!format!("{:?}", key(7)).contains("0707"));
+    }
+
+    #[test]
+    fn settings_are_checked_without_io() {
+        let b = || RedisCache::builder("redis://127.0.0.1:1/").mac_key(key(1));
+        assert!(b().max_entry_bytes(REDIS_MAX_VALUE_BYTES + 1).build().is_err());
+        assert!(b().max_entry_bytes(100).build().is_err());
+        assert!(b().timeout(Duration::ZERO).build().is_err());
+        assert!(b().ttl(Duration::from_micros(10)).build().is_err());
+        assert!(matches!(
+            RedisCache::builder("not a url").mac_key(key(1)).build(),
+            Err(RedisConfigError::Target(_))
+        ));
+        assert!(b().build().is_ok());
+    }
+
+    #[test]
+    fn the_mac_binds_key_and_bytes_and_rotation_accepts_old_keys() {
+        let old = Signing::Keyed(vec![key(1)]);
+        let rotated = Signing::Keyed(vec![key(2), key(1)]);
+        let other = Signing::Keyed(vec![key(3)]);
+        let tag = *old.sign(b"k1", b"entry").as_bytes();
+        assert!(old.verify(b"k1", b"entry", &tag));
+        assert!(rotated.verify(b"k1", b"entry", &tag));
+        assert!(!other.verify(b"k1", b"entry", &tag));
+        assert!(!old.verify(b"k2", b"entry", &tag));
+        assert!(!old.verify(b"k1", b"entrY", &tag));
+        // key/entry boundary is unambiguous
+        assert!(!old.verify(b"k1e", b"ntry", &tag));
+        let unkeyed = Signing::Unkeyed;
+        assert!(!unkeyed.verify(b"k1", b"entry", &tag));
+        let t = *unkeyed.sign(b"k1", b"entry").as_bytes();
+        assert!(unkeyed.verify(b"k1", b"entry", &t));
+        assert!(!old.verify(b"k1", b"entry", &t));
+    }
+
+    #[test]
+    fn the_breaker_opens_probes_and_closes() {
+        let b = Breaker::new(2, Duration::from_millis(30));
+        assert_eq!(b.admit(), Ok(false));
+        assert!(!b.settle(false, Verdict::Failed("x".into())));
+        assert!(!b.settle(false, Verdict::Answered)); // resets the count
+        assert!(!b.settle(false, Verdict::Failed("x".into())));
+        assert!(b.settle(false, Verdict::Failed("y".into()))); // opens
+        assert!(!b.available());
+        assert!(b.admit().unwrap_err().contains("last failure: y"));
+        // a late failure of a call admitted before: ignored
+        assert!(!b.settle(false, Verdict::Failed("z".into())));
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(b.admit(), Ok(true)); // the probe
+        assert!(b.admit().unwrap_err().contains("probe is in flight"));
+        assert!(!b.settle(true, Verdict::Failed("still down".into())));
+        assert!(b.admit().is_err());
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(b.admit(), Ok(true));
+        assert!(!b.settle(true, Verdict::Neutral)); // abandoned: next call probes
+        assert_eq!(b.admit(), Ok(true));
+        assert!(b.settle(true, Verdict::Answered)); // closes
+        assert!(b.available());
+    }
+}
