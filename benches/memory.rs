@@ -14,8 +14,7 @@ use dashmap::DashMap;
 use futures::FutureExt;
 use tierscope::{
     InstrumentExt, MemoryCache, ModuleCache, ModuleHash, corpus, engine::engine_key,
-    tier::memory::KeyHasher,
-    observe::prometheus,
+    observe::prometheus, tier::memory::KeyHasher,
 };
 use wasmer::{Engine, Module};
 

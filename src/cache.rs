@@ -199,8 +199,9 @@ pub struct TierName(&'static str);
 impl TierName {
     /// The interned name for `name`.
     pub fn intern(name: &str) -> TierName {
-        static NAMES: std::sync::OnceLock<parking_lot::Mutex<std::collections::HashSet<&'static str>>> =
-            std::sync::OnceLock::new();
+        static NAMES: std::sync::OnceLock<
+            parking_lot::Mutex<std::collections::HashSet<&'static str>>,
+        > = std::sync::OnceLock::new();
         let mut names = NAMES.get_or_init(Default::default).lock();
         if let Some(known) = names.get(name) {
             return TierName(known);

@@ -58,9 +58,10 @@ pub use fallback::FallbackCache;
 pub use loader::{LoadError, ModuleLoader};
 pub use observe::instrumented::{InstrumentExt, InstrumentOptions, Instrumented};
 pub use observer::{Eviction, EvictionCause, Residency, TierObserver};
+#[cfg(feature = "redis")]
+pub use tier::redis::{RedisCache, RedisCacheBuilder};
 pub use tier::{
     disk::{FileSystemCache, FileSystemCacheBuilder},
     memory::{MemoryCache, MemoryCacheBuilder},
 };
-#[cfg(feature = "redis")] pub use tier::redis::{RedisCache, RedisCacheBuilder};
 pub use wasmer_types::ModuleHash;

@@ -194,7 +194,9 @@ pub struct HotCounters {
 
 impl std::fmt::Debug for HotCounters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HotCounters").field("slot", &self.slot).finish()
+        f.debug_struct("HotCounters")
+            .field("slot", &self.slot)
+            .finish()
     }
 }
 

@@ -147,7 +147,8 @@ impl TierMetrics {
                 )
             })
         });
-        let read_bytes = metrics::counter!(names::READ_BYTES, label::CACHE => c(), label::TIER => t());
+        let read_bytes =
+            metrics::counter!(names::READ_BYTES, label::CACHE => c(), label::TIER => t());
         TierMetrics {
             hot: HotCounters::new(lookups[HIT].clone(), read_bytes),
             written_bytes: metrics::counter!(names::WRITTEN_BYTES, label::CACHE => c(), label::TIER => t()),
@@ -359,7 +360,6 @@ impl<C: ModuleCache + Send + Sync> Instrumented<C> {
         }
     }
 
-
     async fn save_inner(
         &self,
         key: ModuleHash,
@@ -479,8 +479,7 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
         from: Option<TierName>,
     ) -> Result<(), CacheError> {
         let from = from.unwrap_or_else(|| TierName::intern("unnamed"));
-        self.save_inner(key, engine, module, Some(from))
-            .await
+        self.save_inner(key, engine, module, Some(from)).await
     }
 
     fn attach_observer(&self, observer: Arc<dyn TierObserver>) {

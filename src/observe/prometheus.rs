@@ -28,8 +28,8 @@ use crate::observe::names;
 /// Buckets (seconds) for operation latencies: resolve a 100 ns memory hit,
 /// a 50 us small-disk hit, a 1 ms large-disk hit and a 30 s compile.
 pub const LATENCY_BUCKETS: [f64; 22] = [
-    100e-9, 250e-9, 500e-9, 1e-6, 2.5e-6, 5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6,
-    1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 1.0, 5.0, 30.0,
+    100e-9, 250e-9, 500e-9, 1e-6, 2.5e-6, 5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3,
+    2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 1.0, 5.0, 30.0,
 ];
 
 /// Buckets (seconds) for compile durations: 1 ms to 60 s.
@@ -39,8 +39,18 @@ pub const COMPILE_BUCKETS: [f64; 14] = [
 
 /// Buckets (seconds) for eviction ages: 1 s to a week.
 pub const AGE_BUCKETS: [f64; 12] = [
-    1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 12.0 * 3600.0, 86400.0,
-    2.0 * 86400.0, 4.0 * 86400.0, 7.0 * 86400.0,
+    1.0,
+    10.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    4.0 * 3600.0,
+    12.0 * 3600.0,
+    86400.0,
+    2.0 * 86400.0,
+    4.0 * 86400.0,
+    7.0 * 86400.0,
 ];
 
 /// How often buffered histogram samples are folded into buckets.
@@ -171,12 +181,17 @@ mod tests {
 
         assert!(text.contains("# TYPE tierscope_operation_duration_seconds histogram"));
         assert!(!text.contains("summary"));
-        assert!(text.contains("le=\"0.0000001\"") || text.contains("le=\"1e-7\""), "{text}");
+        assert!(
+            text.contains("le=\"0.0000001\"") || text.contains("le=\"1e-7\""),
+            "{text}"
+        );
         assert!(text.contains("# HELP tierscope_lookups_total"));
         assert!(text.contains(
             "tierscope_lookups_total{cache=\"golden\",tier=\"memory\",result=\"miss\"} 1"
         ));
         assert!(text.contains("tierscope_build_info{"));
-        assert!(text.contains("tierscope_capacity_bytes{cache=\"golden\",tier=\"memory\"} 1048576"));
+        assert!(
+            text.contains("tierscope_capacity_bytes{cache=\"golden\",tier=\"memory\"} 1048576")
+        );
     }
 }

@@ -222,7 +222,10 @@ impl MacKey {
         let digits = hex_digits.trim();
         let mut bytes = [0u8; 32];
         hex::decode_to_slice(digits, &mut bytes).map_err(|e| RedisConfigError::BadMacKey {
-            reason: format!("expected 64 hex digits (32 bytes), got {} characters: {e}", digits.len()),
+            reason: format!(
+                "expected 64 hex digits (32 bytes), got {} characters: {e}",
+                digits.len()
+            ),
         })?;
         Ok(MacKey(bytes))
     }
@@ -293,7 +296,9 @@ pub enum RedisConfigError {
         reason: String,
     },
     /// The MAC key environment variable is missing or invalid.
-    #[error("cannot read MAC keys from ${var}: {reason} (expected 64 hex digits per key, comma-separated, signing key first)")]
+    #[error(
+        "cannot read MAC keys from ${var}: {reason} (expected 64 hex digits per key, comma-separated, signing key first)"
+    )]
     MacKeyEnv {
         /// The variable.
         var: String,
@@ -355,8 +360,12 @@ impl fmt::Debug for RedisTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RedisTarget::Url(_) => f.write_str("RedisTarget::Url(..)"),
-            RedisTarget::Client(c) => write!(f, "RedisTarget::Client({})", c.get_connection_info().addr()),
-            RedisTarget::ClusterUrls(urls) => write!(f, "RedisTarget::ClusterUrls({} nodes)", urls.len()),
+            RedisTarget::Client(c) => {
+                write!(f, "RedisTarget::Client({})", c.get_connection_info().addr())
+            }
+            RedisTarget::ClusterUrls(urls) => {
+                write!(f, "RedisTarget::ClusterUrls({} nodes)", urls.len())
+            }
             RedisTarget::Cluster(_) => f.write_str("RedisTarget::Cluster(..)"),
         }
     }
@@ -580,7 +589,10 @@ impl RedisCacheBuilder {
                     .response_timeout(self.timeout)
                     .build()
                     .map_err(RedisConfigError::Target)?;
-                (Target::Cluster(client), format!("cluster {}", addrs.join(",")))
+                (
+                    Target::Cluster(client),
+                    format!("cluster {}", addrs.join(",")),
+                )
             }
             RedisTarget::Cluster(client) => (Target::Cluster(client), "cluster".to_string()),
         };
@@ -729,8 +741,12 @@ enum Rejected {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BreakerState {
-    Closed { failures: u32 },
-    Open { until: Instant },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
     /// Open, with one probe in flight.
     Probing,
 }
@@ -1043,9 +1059,9 @@ impl Shared {
         if !big || tokio::runtime::Handle::try_current().is_err() {
             return Ok(f());
         }
-        tokio::task::spawn_blocking(f).await.map_err(|e| {
-            CacheError::Other(format!("{} tier worker failed: {e}", self.tier).into())
-        })
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| CacheError::Other(format!("{} tier worker failed: {e}", self.tier).into()))
     }
 
     /// Delete a refused value if it is still there unchanged, and report it.
@@ -1116,7 +1132,10 @@ fn open_value(
                  or signed with a MAC key (this node runs insecure_no_mac)"
             }
         };
-        return Err(Rejected::Integrity(format!("{what} ({} bytes)", value.len())));
+        return Err(Rejected::Integrity(format!(
+            "{what} ({} bytes)",
+            value.len()
+        )));
     }
     let range = entry::decode(entry_bytes, key, ident).map_err(Rejected::Corrupt)?;
     let artifact_len = (range.end - range.start) as u64;
@@ -1210,7 +1229,9 @@ impl RedisCache {
         let s = &*self.shared;
         let call = s.admit()?;
         let deadline = Instant::now() + s.timeout;
-        let result = s.query::<String>("ping", deadline, &redis::cmd("PING")).await;
+        let result = s
+            .query::<String>("ping", deadline, &redis::cmd("PING"))
+            .await;
         call.settle_with(&result);
         result.map(drop)
     }
@@ -1231,8 +1252,12 @@ impl RedisCache {
         let big = value.len() as u64 >= s.blocking_threshold;
         let opened = {
             let shared = Arc::clone(&self.shared);
-            let (redis_key, ident, engine, value) =
-                (redis_key.clone(), Arc::clone(&ident), engine.clone(), value.clone());
+            let (redis_key, ident, engine, value) = (
+                redis_key.clone(),
+                Arc::clone(&ident),
+                engine.clone(),
+                value.clone(),
+            );
             s.cpu(big, move || {
                 open_value(&shared.signing, &redis_key, &key, &ident, &engine, value)
             })
@@ -1298,7 +1323,8 @@ impl RedisCache {
         let mut cmd = redis::cmd("SET");
         cmd.arg(&redis_key).arg(&value[..]);
         if let Some(ttl) = s.ttl {
-            cmd.arg("PX").arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+            cmd.arg("PX")
+                .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
         }
         let deadline = Instant::now() + s.timeout;
         let result = s.query::<()>("save", deadline, &cmd).await;
@@ -1360,7 +1386,8 @@ impl ModuleCache for RedisCache {
         let s = &*self.shared;
         let _serial = s.report_lock.lock();
         // A client cannot know what the server holds: no residency.
-        s.observers.attach(Arc::clone(&observer), Residency::default());
+        s.observers
+            .attach(Arc::clone(&observer), Residency::default());
         observer.available(s.breaker.available());
     }
 }
@@ -1375,10 +1402,15 @@ mod tests {
 
     #[test]
     fn a_key_is_required_and_says_why() {
-        let e = RedisCache::builder("redis://127.0.0.1:1/").build().unwrap_err();
+        let e = RedisCache::builder("redis://127.0.0.1:1/")
+            .build()
+            .unwrap_err();
         assert!(matches!(e, RedisConfigError::MissingMacKey));
         let msg = e.to_string();
-        assert!(msg.contains("MAC key") && msg.contains(MAC_KEY_ENV), "{msg}");
+        assert!(
+            msg.contains("MAC key") && msg.contains(MAC_KEY_ENV),
+            "{msg}"
+        );
         assert!(matches!(
             RedisCache::builder("redis://127.0.0.1:1/")
                 .mac_key(key(1))
@@ -1401,7 +1433,11 @@ mod tests {
     #[test]
     fn settings_are_checked_without_io() {
         let b = || RedisCache::builder("redis://127.0.0.1:1/").mac_key(key(1));
-        assert!(b().max_entry_bytes(REDIS_MAX_VALUE_BYTES + 1).build().is_err());
+        assert!(
+            b().max_entry_bytes(REDIS_MAX_VALUE_BYTES + 1)
+                .build()
+                .is_err()
+        );
         assert!(b().max_entry_bytes(100).build().is_err());
         assert!(b().timeout(Duration::ZERO).build().is_err());
         assert!(b().ttl(Duration::from_micros(10)).build().is_err());

@@ -109,8 +109,14 @@ impl RedisServer {
         if self.options.cluster {
             self.command(&["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]);
             let deadline = Instant::now() + Duration::from_secs(10);
-            while !self.command(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
-                assert!(Instant::now() < deadline, "single-node cluster never became ok");
+            while !self
+                .command(&["CLUSTER", "INFO"])
+                .contains("cluster_state:ok")
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "single-node cluster never became ok"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -120,7 +126,10 @@ impl RedisServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("redis-server on port {} exited at start: {status}", self.port);
+                panic!(
+                    "redis-server on port {} exited at start: {status}",
+                    self.port
+                );
             }
             if let Ok(reply) = self.try_command(&["PING"])
                 && reply.starts_with("+PONG")
@@ -212,7 +221,9 @@ impl RedisServer {
         let text = String::from_utf8_lossy(&reply).into_owned();
         Ok(if authed {
             // Drop the AUTH reply.
-            text.split_once("\r\n").map(|(_, r)| r.to_string()).unwrap_or(text)
+            text.split_once("\r\n")
+                .map(|(_, r)| r.to_string())
+                .unwrap_or(text)
         } else {
             text
         })

@@ -136,7 +136,9 @@ fn read_modules(dir: &Path) -> Result<Vec<Wasm>, Failure> {
                 )));
             }
             out.push(Wasm {
-                name: path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                name: path
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
                 key: ModuleHash::new(&bytes),
                 bytes,
             });
@@ -159,7 +161,11 @@ fn generate_corpus(n: u64, seed: u64, progress: &ProgressBar) -> Vec<Wasm> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut sizes: Vec<usize> = (0..n)
         .map(|i| {
-            let t = if n > 1 { i as f64 / (n - 1) as f64 } else { 0.0 };
+            let t = if n > 1 {
+                i as f64 / (n - 1) as f64
+            } else {
+                0.0
+            };
             (4_000.0 * 100f64.powf(t)) as usize
         })
         .collect();
@@ -181,7 +187,8 @@ fn generate_corpus(n: u64, seed: u64, progress: &ProgressBar) -> Vec<Wasm> {
                     chunk
                         .into_iter()
                         .map(|(i, size)| {
-                            let bytes = corpus::module(size, seed.wrapping_mul(1_000_003) + i as u64);
+                            let bytes =
+                                corpus::module(size, seed.wrapping_mul(1_000_003) + i as u64);
                             progress.inc(1);
                             let wasm = Wasm {
                                 name: format!("gen-{i:03}-{}k.wasm", bytes.len() / 1000),
@@ -250,7 +257,9 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
             temp = tempfile::Builder::new()
                 .prefix("tierscope-demo-")
                 .tempdir()
-                .map_err(|e| Failure::Runtime(format!("cannot create a temporary directory: {e}")))?;
+                .map_err(|e| {
+                    Failure::Runtime(format!("cannot create a temporary directory: {e}"))
+                })?;
             temp.path().to_path_buf()
         }
     };
@@ -276,7 +285,11 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
         size::human(args.memory_bytes as f64),
         size::human(args.disk_bytes as f64),
         dir.display(),
-        if args.redis.is_some() { " -> redis" } else { "" },
+        if args.redis.is_some() {
+            " -> redis"
+        } else {
+            ""
+        },
         args.concurrency,
         args.duration,
     );
@@ -298,7 +311,10 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
             while !stop.load(Ordering::Relaxed) {
                 let i = rng.sample(zipf) as usize - 1;
                 let m = &modules[i];
-                match loader.load_or_compile_with_hash(&engine, m.key, &m.bytes).await {
+                match loader
+                    .load_or_compile_with_hash(&engine, m.key, &m.bytes)
+                    .await
+                {
                     Ok(_) => requests.fetch_add(1, Ordering::Relaxed),
                     Err(e) => {
                         tracing::warn!(module = %m.name, error = %e, "load failed");
@@ -327,7 +343,11 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
         }
         tierscope::observe::flush();
         let scrape = Scrape::parse(&metrics.render());
-        pb.set_message(progress_line(&scrape, requests.load(Ordering::Relaxed), started.elapsed()));
+        pb.set_message(progress_line(
+            &scrape,
+            requests.load(Ordering::Relaxed),
+            started.elapsed(),
+        ));
         pb.tick();
     }
     stop.store(true, Ordering::Relaxed);
@@ -390,7 +410,10 @@ fn progress_line(s: &Scrape, requests: u64, elapsed: Duration) -> String {
         }
     }
     let compiles = s.sum("tierscope_compilations_total", &[("cache", CACHE)]);
-    let promotions = s.sum("tierscope_promotions_total", &[("cache", CACHE), ("result", "ok")]);
+    let promotions = s.sum(
+        "tierscope_promotions_total",
+        &[("cache", CACHE), ("result", "ok")],
+    );
     let evictions = s.sum("tierscope_evictions_total", &[("cache", CACHE)]);
     line.push_str(&format!(
         " | compiles {compiles:.0} | promotions {promotions:.0} | evictions {evictions:.0}"
@@ -420,8 +443,14 @@ fn duration(secs: Option<f64>) -> String {
 
 fn print_table(s: &Scrape, requests: u64, failures: u64, elapsed: Duration) {
     let cache = [("cache", CACHE)];
-    let compiles_ok = s.sum("tierscope_compilations_total", &[("cache", CACHE), ("result", "ok")]);
-    let compiles_err = s.sum("tierscope_compilations_total", &[("cache", CACHE), ("result", "error")]);
+    let compiles_ok = s.sum(
+        "tierscope_compilations_total",
+        &[("cache", CACHE), ("result", "ok")],
+    );
+    let compiles_err = s.sum(
+        "tierscope_compilations_total",
+        &[("cache", CACHE), ("result", "error")],
+    );
     let compile_sum = s.sum("tierscope_compile_duration_seconds_sum", &cache);
     let compile_count = s.sum("tierscope_compile_duration_seconds_count", &cache);
     let mean_compile = (compile_count > 0.0).then(|| compile_sum / compile_count);
@@ -429,7 +458,16 @@ fn print_table(s: &Scrape, requests: u64, failures: u64, elapsed: Duration) {
     println!();
     println!(
         "{:<7} {:>11} {:>9} {:>10} {:>10} {:>9} {:>9} {:>10} {:>10} {:>12}",
-        "tier", "lookups", "hit ratio", "hit p50", "hit p99", "promoted", "evicted", "resident", "read", "compile saved"
+        "tier",
+        "lookups",
+        "hit ratio",
+        "hit p50",
+        "hit p99",
+        "promoted",
+        "evicted",
+        "resident",
+        "read",
+        "compile saved"
     );
     let mut first_lookups = None;
     for tier in TIERS {
@@ -445,7 +483,12 @@ fn print_table(s: &Scrape, requests: u64, failures: u64, elapsed: Duration) {
         );
         // Hits only: memory hits are timed one in 128, misses always, so
         // mixing results would over-weight misses.
-        let load = [("cache", CACHE), ("tier", tier), ("op", "load"), ("result", "hit")];
+        let load = [
+            ("cache", CACHE),
+            ("tier", tier),
+            ("op", "load"),
+            ("result", "hit"),
+        ];
         let p50 = s.quantile("tierscope_operation_duration_seconds", &load, 0.5);
         let p99 = s.quantile("tierscope_operation_duration_seconds", &load, 0.99);
         let promoted = s.sum(

@@ -14,7 +14,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "tierscope", version, about = "Tiered, observable caches for compiled wasmer modules")]
+#[command(
+    name = "tierscope",
+    version,
+    about = "Tiered, observable caches for compiled wasmer modules"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
