@@ -233,23 +233,25 @@ impl MacKey {
     /// The keys listed in environment variable `var`: 64 hex digits each,
     /// separated by commas, the signing key first.
     pub fn list_from_env(var: &str) -> Result<Vec<MacKey>, RedisConfigError> {
-        let value = std::env::var(var).map_err(|e| RedisConfigError::MacKeyEnv {
+        let env_error = |reason: String| RedisConfigError::MacKeyEnv {
             var: var.to_string(),
-            reason: e.to_string(),
-        })?;
-        let keys = value
+            reason,
+        };
+        let value = std::env::var(var).map_err(|e| env_error(e.to_string()))?;
+        MacKey::list_from_str(&value).map_err(|e| env_error(e.to_string()))
+    }
+
+    /// The keys in `list`: 64 hex digits each, separated by commas, the
+    /// signing key first (the format of [`MAC_KEY_ENV`]).
+    pub fn list_from_str(list: &str) -> Result<Vec<MacKey>, RedisConfigError> {
+        let keys = list
             .split(',')
             .filter(|part| !part.trim().is_empty())
             .map(MacKey::from_hex)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| RedisConfigError::MacKeyEnv {
-                var: var.to_string(),
-                reason: e.to_string(),
-            })?;
+            .collect::<Result<Vec<_>, _>>()?;
         if keys.is_empty() {
-            return Err(RedisConfigError::MacKeyEnv {
-                var: var.to_string(),
-                reason: "no key in it".into(),
+            return Err(RedisConfigError::BadMacKey {
+                reason: "the list holds no key".into(),
             });
         }
         Ok(keys)
@@ -793,8 +795,8 @@ impl Breaker {
                     Ok(true)
                 } else {
                     Err(format!(
-                        "circuit breaker open (last failure: {last}); next probe in {:?}",
-                        until - now
+                        "circuit breaker open (last failure: {last}); next probe in {} ms",
+                        (until - now).as_millis() + 1
                     ))
                 }
             }
@@ -868,9 +870,10 @@ impl Call<'_> {
     /// Settle from an operation's result.
     fn settle_with<T>(self, result: &Result<T, CacheError>) {
         let verdict = match result {
-            Err(e @ (CacheError::Timeout { .. } | CacheError::Unavailable { .. })) => {
-                Verdict::Failed(e.to_string())
+            Err(CacheError::Timeout { op, after, .. }) => {
+                Verdict::Failed(format!("{op} timed out after {after:?}"))
             }
+            Err(CacheError::Unavailable { reason, .. }) => Verdict::Failed(reason.clone()),
             _ => Verdict::Answered,
         };
         self.settle(verdict);
@@ -1428,6 +1431,23 @@ mod tests {
         assert!(MacKey::from_hex("abcd").is_err());
         assert!(MacKey::from_hex(&"zz".repeat(32)).is_err());
         assert!(!format!("{:?}", key(7)).contains("0707"));
+    }
+
+    #[test]
+    fn key_lists_put_the_signing_key_first() {
+        let (a, b) = ("11".repeat(32), "22".repeat(32));
+        let keys = MacKey::list_from_str(&format!(" {a} ,{b},")).unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].0, [0x11; 32]);
+        assert_eq!(keys[1].0, [0x22; 32]);
+        assert!(MacKey::list_from_str(" , ").is_err());
+        assert!(MacKey::list_from_str(&format!("{a},nothex")).is_err());
+        let e = MacKey::list_from_env("TIERSCOPE_TEST_SURELY_UNSET_VARIABLE").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("$TIERSCOPE_TEST_SURELY_UNSET_VARIABLE"),
+            "{e}"
+        );
     }
 
     #[test]

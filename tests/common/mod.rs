@@ -1,6 +1,8 @@
 //! Shared test helpers.
 #![allow(dead_code)]
 
+pub mod servers;
+
 use std::sync::{
     Arc,
     atomic::{AtomicUsize, Ordering},

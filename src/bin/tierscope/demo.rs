@@ -57,6 +57,10 @@ pub struct DemoArgs {
     /// Number of generated modules (ignored with --modules).
     #[arg(long, default_value_t = 40, value_parser = value_parser!(u64).range(1..=10_000))]
     corpus: u64,
+    /// Largest generated module, in bytes of wasm (sizes spread
+    /// log-uniformly from 4 KB up to this; ignored with --modules).
+    #[arg(long, default_value = "400KB", value_parser = size::parse)]
+    max_wasm_bytes: u64,
     /// Zipf exponent of module popularity (higher: a few modules dominate).
     #[arg(long, default_value_t = 1.0, value_parser = parse_exponent)]
     zipf: f64,
@@ -154,10 +158,12 @@ fn read_modules(dir: &Path) -> Result<Vec<Wasm>, Failure> {
     Ok(out)
 }
 
-/// Module sizes spread log-uniformly from 4 KB to 400 KB of wasm (artifacts
-/// of about 25 KB to 2 MB, compiles of a few ms to 0.2 s), in a seeded order
-/// so popularity does not follow size.
-fn generate_corpus(n: u64, seed: u64, progress: &ProgressBar) -> Vec<Wasm> {
+/// Module sizes spread log-uniformly from 4 KB to `max` bytes of wasm (with
+/// the default 400 KB: artifacts of about 25 KB to 2 MB, compiles of a few ms
+/// to 0.2 s), in a seeded order so popularity does not follow size.
+fn generate_corpus(n: u64, max: u64, seed: u64, progress: &ProgressBar) -> Vec<Wasm> {
+    let min = 4_000f64.min(max as f64);
+    let spread = max as f64 / min;
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut sizes: Vec<usize> = (0..n)
         .map(|i| {
@@ -166,7 +172,7 @@ fn generate_corpus(n: u64, seed: u64, progress: &ProgressBar) -> Vec<Wasm> {
             } else {
                 0.0
             };
-            (4_000.0 * 100f64.powf(t)) as usize
+            (min * spread.powf(t)) as usize
         })
         .collect();
     for i in (1..sizes.len()).rev() {
@@ -240,8 +246,9 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
             pb.set_message("generating wasm modules");
             let seed = args.seed;
             let n = args.corpus;
+            let max = args.max_wasm_bytes;
             let pb2 = pb.clone();
-            let m = tokio::task::spawn_blocking(move || generate_corpus(n, seed, &pb2))
+            let m = tokio::task::spawn_blocking(move || generate_corpus(n, max, seed, &pb2))
                 .await
                 .map_err(|e| Failure::Runtime(format!("corpus generation failed: {e}")))?;
             pb.finish_and_clear();
