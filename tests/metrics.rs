@@ -3,13 +3,8 @@
 
 mod common;
 
-use std::{fs, time::Duration};
-
+use common::script::Script;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use tierscope::{
-    FileSystemCache, InstrumentExt, MemoryCache, ModuleCache, ModuleHash, ModuleLoader, corpus,
-};
-use wasmer::{Engine, Module};
 
 type Snapshot = Vec<(
     metrics_util::CompositeKey,
@@ -58,70 +53,16 @@ fn histogram_len(snap: &Snapshot, name: &str, labels: &[(&str, &str)]) -> usize 
     }
 }
 
-async fn until_in(memory: &MemoryCache, key: ModuleHash, engine: &Engine) {
-    for _ in 0..400 {
-        if memory.contains(key, engine).await.unwrap() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("the save after a compile never landed");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scripted_sequence_yields_exact_counts_per_tier() {
-    let engine = Engine::default();
-    let wasm_a = corpus::module(6_000, 901);
-    let wasm_b = corpus::module(6_000, 902);
-    let (a, b) = (ModuleHash::new(&wasm_a), ModuleHash::new(&wasm_b));
-    let w_a = Module::new(&engine, &wasm_a)
-        .unwrap()
-        .serialize()
-        .unwrap()
-        .len() as u64;
-    let w_b = Module::new(&engine, &wasm_b)
-        .unwrap()
-        .serialize()
-        .unwrap()
-        .len() as u64;
-    let dir = tempfile::tempdir().unwrap();
-    let memory = MemoryCache::builder(w_a + w_b - 1).shards(1).build();
-    let disk = FileSystemCache::open(dir.path(), 1 << 30).unwrap();
-
+    let script = Script::new();
+    let (w_a, w_b) = (script.w_a, script.w_b);
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    let loader = metrics::with_local_recorder(&recorder, || {
-        let stack = memory
-            .clone()
-            .instrumented("seq", "memory")
-            .with_fallback(disk.clone().instrumented("seq", "disk"));
-        ModuleLoader::new("seq", stack)
-    });
+    let loader = metrics::with_local_recorder(&recorder, || script.loader("seq"));
 
-    // 1. miss in both tiers, compile, save in both
-    loader.load_or_compile(&engine, &wasm_a).await.unwrap();
-    until_in(&memory, a, &engine).await;
-    // 2. memory hit
-    loader.load_or_compile(&engine, &wasm_a).await.unwrap();
-    // 3. explicit removal from memory, then a disk hit promoted to memory
-    assert!(memory.remove(a, &engine));
-    loader.load_or_compile(&engine, &wasm_a).await.unwrap();
-    assert!(memory.contains(a, &engine).await.unwrap());
-    // 4. B: miss, compile, save; memory has room for one: A is evicted
-    loader.load_or_compile(&engine, &wasm_b).await.unwrap();
-    until_in(&memory, b, &engine).await;
-    assert!(!memory.contains(a, &engine).await.unwrap());
-    // 5. B corrupt on disk and gone from memory: detected, removed, recompiled
-    let path = disk.entry_path(b, &engine);
-    let mut bytes = fs::read(&path).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x10;
-    fs::write(&path, bytes).unwrap();
-    assert!(memory.remove(b, &engine));
-    loader.load_or_compile(&engine, &wasm_b).await.unwrap();
-    until_in(&memory, b, &engine).await;
+    script.play(&loader).await;
 
-    tierscope::observe::flush();
     let s = snapshotter.snapshot().into_vec();
     let mem = |result| [("cache", "seq"), ("tier", "memory"), ("result", result)];
     let dsk = |result| [("cache", "seq"), ("tier", "disk"), ("result", result)];

@@ -1,6 +1,9 @@
 //! [`Instrumented`]: the spy decorator that records one tier's metrics.
 
-use std::{fmt, sync::Arc};
+use std::{
+    fmt,
+    sync::{Arc, OnceLock},
+};
 
 use metrics::{Counter, Gauge, Histogram};
 use parking_lot::RwLock;
@@ -200,8 +203,12 @@ struct TierGauges {
     eviction_age: Histogram,
     entries: Gauge,
     size: Gauge,
-    capacity: Gauge,
-    available: Gauge,
+    /// Registered when the tier first reports a bound (at attach): absent
+    /// for unbounded tiers, as the contract says.
+    capacity: OnceLock<Gauge>,
+    /// Registered when the tier first reports availability (tiers with a
+    /// circuit breaker do at attach): absent for the others.
+    available: OnceLock<Gauge>,
     cache: String,
     tier: String,
 }
@@ -229,8 +236,8 @@ impl TierGauges {
             eviction_age: metrics::histogram!(names::EVICTION_AGE, label::CACHE => c(), label::TIER => t()),
             entries: metrics::gauge!(names::ENTRIES, label::CACHE => c(), label::TIER => t()),
             size: metrics::gauge!(names::SIZE_BYTES, label::CACHE => c(), label::TIER => t()),
-            capacity: metrics::gauge!(names::CAPACITY_BYTES, label::CACHE => c(), label::TIER => t()),
-            available: metrics::gauge!(names::TIER_AVAILABLE, label::CACHE => c(), label::TIER => t()),
+            capacity: OnceLock::new(),
+            available: OnceLock::new(),
             cache: c(),
             tier: t(),
         }
@@ -252,12 +259,20 @@ impl TierObserver for TierGauges {
         self.entries.set(r.entries as f64);
         self.size.set(r.bytes as f64);
         if let Some(cap) = r.capacity {
-            self.capacity.set(cap as f64);
+            self.capacity
+                .get_or_init(|| {
+                    metrics::gauge!(names::CAPACITY_BYTES, label::CACHE => self.cache.clone(), label::TIER => self.tier.clone())
+                })
+                .set(cap as f64);
         }
     }
 
     fn available(&self, available: bool) {
-        self.available.set(if available { 1.0 } else { 0.0 });
+        self.available
+            .get_or_init(|| {
+                metrics::gauge!(names::TIER_AVAILABLE, label::CACHE => self.cache.clone(), label::TIER => self.tier.clone())
+            })
+            .set(if available { 1.0 } else { 0.0 });
     }
 }
 

@@ -12,3 +12,5 @@ pub mod prometheus;
 pub fn flush() {
     hot::publish();
 }
+#[cfg(feature = "opentelemetry")]
+pub mod otel;

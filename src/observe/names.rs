@@ -61,8 +61,40 @@ pub mod label {
     pub const TO: &str = "to";
 }
 
-/// Histograms, whose buckets the Prometheus set-up configures.
-pub const HISTOGRAMS: [&str; 3] = [OPERATION_DURATION, EVICTION_AGE, COMPILE_DURATION];
+/// Buckets (seconds) for operation latencies: resolve a 100 ns memory hit,
+/// a 50 us small-disk hit, a 1 ms large-disk hit and a 30 s compile.
+pub const LATENCY_BUCKETS: [f64; 22] = [
+    100e-9, 250e-9, 500e-9, 1e-6, 2.5e-6, 5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3,
+    2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 1.0, 5.0, 30.0,
+];
+
+/// Buckets (seconds) for compile durations: 1 ms to 60 s.
+pub const COMPILE_BUCKETS: [f64; 14] = [
+    1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1.0, 2.5, 5.0, 10.0, 60.0,
+];
+
+/// Buckets (seconds) for eviction ages: 1 s to a week.
+pub const AGE_BUCKETS: [f64; 12] = [
+    1.0,
+    10.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    4.0 * 3600.0,
+    12.0 * 3600.0,
+    86400.0,
+    2.0 * 86400.0,
+    4.0 * 86400.0,
+    7.0 * 86400.0,
+];
+
+/// Histograms, whose buckets the exporters configure.
+pub const HISTOGRAMS: [(&str, &[f64]); 3] = [
+    (OPERATION_DURATION, &LATENCY_BUCKETS),
+    (EVICTION_AGE, &AGE_BUCKETS),
+    (COMPILE_DURATION, &COMPILE_BUCKETS),
+];
 
 /// Every metric with its kind, unit and help text.
 pub const DESCRIPTIONS: [(&str, Kind, Unit, &str); 18] = [

@@ -25,34 +25,6 @@ pub use metrics_exporter_prometheus::{PrometheusHandle, PrometheusRecorder};
 
 use crate::observe::names;
 
-/// Buckets (seconds) for operation latencies: resolve a 100 ns memory hit,
-/// a 50 us small-disk hit, a 1 ms large-disk hit and a 30 s compile.
-pub const LATENCY_BUCKETS: [f64; 22] = [
-    100e-9, 250e-9, 500e-9, 1e-6, 2.5e-6, 5e-6, 10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3,
-    2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 1.0, 5.0, 30.0,
-];
-
-/// Buckets (seconds) for compile durations: 1 ms to 60 s.
-pub const COMPILE_BUCKETS: [f64; 14] = [
-    1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1.0, 2.5, 5.0, 10.0, 60.0,
-];
-
-/// Buckets (seconds) for eviction ages: 1 s to a week.
-pub const AGE_BUCKETS: [f64; 12] = [
-    1.0,
-    10.0,
-    60.0,
-    300.0,
-    900.0,
-    3600.0,
-    4.0 * 3600.0,
-    12.0 * 3600.0,
-    86400.0,
-    2.0 * 86400.0,
-    4.0 * 86400.0,
-    7.0 * 86400.0,
-];
-
 /// How often buffered histogram samples are folded into buckets.
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -63,10 +35,10 @@ pub fn builder() -> PrometheusBuilder {
         b.set_buckets_for_metric(Matcher::Full(name.to_string()), buckets)
             .expect("bucket lists are non-empty constants")
     };
-    let b = PrometheusBuilder::new().upkeep_timeout(UPKEEP_INTERVAL);
-    let b = set(b, names::OPERATION_DURATION, &LATENCY_BUCKETS);
-    let b = set(b, names::COMPILE_DURATION, &COMPILE_BUCKETS);
-    set(b, names::EVICTION_AGE, &AGE_BUCKETS)
+    names::HISTOGRAMS.iter().fold(
+        PrometheusBuilder::new().upkeep_timeout(UPKEEP_INTERVAL),
+        |b, (name, buckets)| set(b, name, buckets),
+    )
 }
 
 /// Describe every metric and set `tierscope_build_info`, on the recorder

@@ -1,6 +1,7 @@
 //! Shared test helpers.
 #![allow(dead_code)]
 
+pub mod script;
 pub mod servers;
 
 use std::sync::{
