@@ -65,3 +65,8 @@ pub use tier::{
     memory::{MemoryCache, MemoryCacheBuilder},
 };
 pub use wasmer_types::ModuleHash;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
