@@ -337,7 +337,9 @@ async fn a_tampered_value_is_refused_deleted_counted_and_recompiled() {
     // act: the loader meets the tampered value, recompiles and saves again
     let module = loader.load_or_compile(&engine, &wasm).await.unwrap();
     until_saved(&redis, key, &engine).await;
-    let third = loader.load_or_compile(&engine, &wasm).await;
+    // (through the tier, not the loader: the loader may still hold the
+    // flight that is saving, and would answer from it)
+    let third = loader.cache().load(key, &engine).await;
 
     // assert
     assert_eq!(exports(&module), ["add"]);
@@ -925,4 +927,52 @@ fn construction_without_a_key_says_why() {
     assert!(msg.contains("needs a MAC key"), "{msg}");
     assert!(msg.contains("TIERSCOPE_REDIS_KEY"), "{msg}");
     assert!(msg.contains("insecure_no_mac"), "{msg}");
+}
+
+#[tokio::test]
+async fn an_unreachable_cluster_is_a_clear_error_on_first_use_and_recovers() {
+    // arrange: a cluster target on a port where nothing listens yet
+    let engine = Engine::default();
+    let (key, module, _) = tiny(&engine, 16);
+    let timeout = Duration::from_millis(250);
+    let mut server = RedisServer::start_with(Options {
+        cluster: true,
+        ..Options::default()
+    });
+    server.stop();
+    let redis = RedisCache::builder(RedisTarget::cluster([server.url()]))
+        .mac_key(KEY)
+        .timeout(timeout)
+        .probe_interval(Duration::from_millis(100))
+        .build()
+        .unwrap();
+
+    // act
+    let started = Instant::now();
+    let err = redis.load(key, &engine).await.unwrap_err();
+    let elapsed = started.elapsed();
+
+    // assert: a failure naming the tier, in bound
+    match &err {
+        CacheError::Unavailable { tier, .. } | CacheError::Timeout { tier, .. } => {
+            assert_eq!(tier, "redis")
+        }
+        other => panic!("expected Unavailable or Timeout, got {other:?}"),
+    }
+    assert!(
+        elapsed < timeout + Duration::from_millis(200),
+        "{elapsed:?}"
+    );
+
+    // the cluster comes up: the tier recovers without being rebuilt
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match redis.save(key, &engine, &module).await {
+            Ok(()) => break,
+            Err(e) => assert!(Instant::now() < deadline, "never recovered: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(redis.load(key, &engine).await.is_ok());
 }

@@ -342,8 +342,8 @@ pub enum RedisTarget {
     /// A Redis Cluster by the URLs of some of its nodes.
     ClusterUrls(Vec<String>),
     /// A Redis Cluster through a configured client (its own connection and
-    /// response timeouts are replaced by the tier's).
-    Cluster(ClusterClient),
+    /// response timeouts are replaced by the tier's). Boxed: it is large.
+    Cluster(Box<ClusterClient>),
 }
 
 impl RedisTarget {
@@ -399,7 +399,7 @@ impl From<redis::Client> for RedisTarget {
 
 impl From<ClusterClient> for RedisTarget {
     fn from(client: ClusterClient) -> Self {
-        RedisTarget::Cluster(client)
+        RedisTarget::Cluster(Box::new(client))
     }
 }
 
@@ -592,7 +592,7 @@ impl RedisCacheBuilder {
                     .build()
                     .map_err(RedisConfigError::Target)?;
                 (
-                    Target::Cluster(client),
+                    Target::Cluster(Box::new(client)),
                     format!("cluster {}", addrs.join(",")),
                 )
             }
@@ -651,7 +651,7 @@ struct Shared {
 
 enum Target {
     Single(redis::Client),
-    Cluster(ClusterClient),
+    Cluster(Box<ClusterClient>),
 }
 
 /// A connection of either kind.
