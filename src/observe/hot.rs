@@ -21,7 +21,7 @@ use std::{
     cell::Cell,
     sync::{
         OnceLock,
-        atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
 };
@@ -44,22 +44,15 @@ const PER_SLOT: usize = 2;
 /// counting in it, so the sum over all blocks is always the total and no
 /// count is ever moved or lost. Only the owning thread writes a block.
 struct Block {
-    values: [AtomicU64; SLOTS * PER_SLOT],
-    tick: AtomicU32,
+    /// Per slot: hits, read bytes.
+    values: [[AtomicU64; PER_SLOT]; SLOTS],
 }
 
 impl Block {
     fn new() -> Self {
         Block {
-            values: std::array::from_fn(|_| AtomicU64::new(0)),
-            tick: AtomicU32::new(0),
+            values: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
         }
-    }
-
-    #[inline]
-    fn bump(cell: &AtomicU64, by: u64) {
-        // Owner-only writes: a plain load and store, no read-modify-write.
-        cell.store(cell.load(Relaxed).wrapping_add(by), Relaxed);
     }
 }
 
@@ -78,10 +71,9 @@ struct Registry {
 
 impl Registry {
     fn total(&self, slot: usize, which: usize) -> u64 {
-        let i = slot * PER_SLOT + which;
         self.blocks
             .iter()
-            .map(|b| b.values[i].load(Relaxed))
+            .map(|b| b.values[slot][which].load(Relaxed))
             .fold(0, u64::wrapping_add)
     }
 }
@@ -153,35 +145,39 @@ fn block() -> Option<&'static Block> {
     BLOCK.with(Cell::get).or_else(adopt_block)
 }
 
-/// Decides, before a lookup, whether to time it: one in `mask + 1` calls
-/// on each thread. Carries the thread's block to [`HotCounters::hit`].
+/// One operation on a tier's per-thread counters: started before the
+/// lookup (it decides whether to time it), finished by [`Probe::hit`].
 #[derive(Clone, Copy)]
-pub struct Probe {
-    block: Option<&'static Block>,
+pub struct Probe<'a> {
+    cells: Option<&'static [AtomicU64; PER_SLOT]>,
+    hits: u64,
     sampled: bool,
+    owner: &'a HotCounters,
 }
 
-impl Probe {
-    /// Start one operation; `mask` is the sampling period minus one (a
-    /// power of two minus one).
-    #[inline]
-    pub fn start(mask: u32) -> Probe {
-        let block = block();
-        let sampled = match block {
-            Some(b) => {
-                let t = b.tick.load(Relaxed).wrapping_add(1);
-                b.tick.store(t, Relaxed);
-                t & mask == 0
-            }
-            None => false,
-        };
-        Probe { block, sampled }
-    }
-
+impl Probe<'_> {
     /// Whether this operation should be timed.
     #[inline]
     pub fn sampled(&self) -> bool {
         self.sampled
+    }
+
+    /// Count one hit of `bytes` (0 when unknown).
+    #[inline]
+    pub fn hit(self, bytes: u64) {
+        match self.cells {
+            Some([hits, read]) => {
+                // Owner-only writes: plain loads and stores, no
+                // read-modify-write. `hits` was read by `probe`, on this
+                // thread, and nothing else writes it.
+                hits.store(self.hits.wrapping_add(1), Relaxed);
+                read.store(read.load(Relaxed).wrapping_add(bytes), Relaxed);
+            }
+            None => {
+                self.owner.handles[0].increment(1);
+                self.owner.handles[1].increment(bytes);
+            }
+        }
     }
 }
 
@@ -227,21 +223,26 @@ impl HotCounters {
         HotCounters { slot, handles }
     }
 
-    /// Count one hit of `bytes` (0 when unknown), on the thread that
-    /// started `probe`.
+    /// Start one operation. It is sampled (to be timed) when this thread's
+    /// hit count for the tier is a multiple of `mask + 1`; `mask` is a power
+    /// of two minus one.
     #[inline]
-    pub fn hit(&self, probe: &Probe, bytes: u64) {
-        match (self.slot, probe.block) {
-            (Some(slot), Some(block)) => {
-                Block::bump(&block.values[slot * PER_SLOT], 1);
-                if bytes != 0 {
-                    Block::bump(&block.values[slot * PER_SLOT + 1], bytes);
-                }
-            }
-            _ => {
-                self.handles[0].increment(1);
-                self.handles[1].increment(bytes);
-            }
+    pub fn probe(&self, mask: u64) -> Probe<'_> {
+        if let (Some(slot), Some(block)) = (self.slot, block()) {
+            let cells = &block.values[slot];
+            let hits = cells[0].load(Relaxed);
+            return Probe {
+                cells: Some(cells),
+                hits,
+                sampled: hits & mask == 0,
+                owner: self,
+            };
+        }
+        Probe {
+            cells: None,
+            hits: 0,
+            sampled: false,
+            owner: self,
         }
     }
 }
@@ -294,7 +295,7 @@ mod tests {
                 let hot = std::sync::Arc::clone(&hot);
                 std::thread::spawn(move || {
                     for _ in 0..1000 {
-                        hot.hit(&Probe::start(0), 10);
+                        hot.probe(0).hit(10);
                     }
                 })
             })
@@ -303,7 +304,7 @@ mod tests {
             t.join().unwrap();
         }
         for _ in 0..5 {
-            hot.hit(&Probe::start(0), 1);
+            hot.probe(0).hit(1);
         }
 
         publish();
@@ -328,12 +329,12 @@ mod tests {
         let first = metrics::with_local_recorder(&recorder, || {
             HotCounters::new(metrics::counter!("reuse_a"), metrics::counter!("reuse_ab"))
         });
-        first.hit(&Probe::start(0), 3);
+        first.probe(0).hit(3);
         drop(first);
         let second = metrics::with_local_recorder(&recorder, || {
             HotCounters::new(metrics::counter!("reuse_b"), metrics::counter!("reuse_bb"))
         });
-        second.hit(&Probe::start(0), 7);
+        second.probe(0).hit(7);
         publish();
         let values: std::collections::HashMap<_, _> = snap
             .snapshot()

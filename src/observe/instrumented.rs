@@ -15,7 +15,7 @@ use crate::{
     cache::{CacheError, ErrorKind, Hit, ModuleCache, TierName},
     engine::engine_key,
     observe::{
-        hot::{HotCounters, Probe},
+        hot::HotCounters,
         names::{self, label},
     },
     observer::{Eviction, EvictionCause, Residency, TierObserver},
@@ -109,7 +109,7 @@ const SAVE_ERR: usize = 1;
 struct TierMetrics {
     cache: String,
     tier: TierName,
-    sample_mask: u32,
+    sample_mask: u64,
     lookups: [Counter; 3],
     saves: [Counter; 2],
     duration: [[Histogram; 3]; 3],
@@ -155,7 +155,7 @@ impl TierMetrics {
         TierMetrics {
             hot: HotCounters::new(lookups[HIT].clone(), read_bytes),
             written_bytes: metrics::counter!(names::WRITTEN_BYTES, label::CACHE => c(), label::TIER => t()),
-            sample_mask: options.latency_sample_every - 1,
+            sample_mask: u64::from(options.latency_sample_every - 1),
             lookups,
             saves,
             duration,
@@ -350,7 +350,7 @@ impl<C: ModuleCache + Send + Sync> Instrumented<C> {
             Ok(mut hit) => {
                 m.duration[LOAD][HIT].record(elapsed);
                 let bytes = hit.bytes.or_else(|| sizes::lookup(key, engine_key(engine)));
-                m.hot.hit(&Probe::start(u32::MAX), bytes.unwrap_or(0));
+                m.hot.probe(u64::MAX).hit(bytes.unwrap_or(0));
                 span.record("result", "hit");
                 span.record("bytes", bytes);
                 if hit.tier.is_none() {
@@ -429,10 +429,10 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
     #[inline]
     fn load_now(&self, key: ModuleHash, engine: &Engine) -> Option<Hit> {
         let m = &*self.m;
-        let probe = Probe::start(m.sample_mask);
+        let probe = m.hot.probe(m.sample_mask);
         let start = probe.sampled().then(quanta::Instant::now);
-        let mut hit = self.inner.load_now(key, engine)?;
-        m.hot.hit(&probe, hit.bytes.unwrap_or(0));
+        let hit = self.inner.load_now(key, engine)?;
+        probe.hit(hit.bytes.unwrap_or(0));
         if let Some(start) = start {
             m.duration[LOAD][HIT].record(start.elapsed().as_secs_f64());
         }
@@ -441,14 +441,14 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
             span.record("result", "hit");
             span.record("bytes", hit.bytes);
         }
-        if hit.tier.is_none() {
-            hit.tier = Some(m.tier);
-        }
+        // `tier` is left as the inner tier set it: `load_traced` names this
+        // tier, and the loader's fast path never needs the name.
         Some(hit)
     }
 
     async fn load_traced(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
-        if let Some(hit) = self.load_now(key, engine) {
+        if let Some(mut hit) = self.load_now(key, engine) {
+            hit.tier.get_or_insert(self.m.tier);
             return Ok(hit);
         }
         self.load_slow(key, engine).await
