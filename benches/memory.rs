@@ -1,53 +1,79 @@
-//! Memory-tier hits, each beside its baseline in one run:
-//! - the floor: a `DashMap` get + `Module` clone;
-//! - the candidates for the tier's eviction policy: moka (TinyLFU) and
-//!   quick_cache (S3-FIFO/CLOCK-Pro), both weighted;
-//! - the tier itself, bare and instrumented with the Prometheus recorder
-//!   installed, through the synchronous hit path and through the async trait.
+//! Memory-tier hits, each beside its baseline in one run (the Prometheus
+//! recorder is installed for the whole run):
+//!
+//! - `memory_hit`: the floor (a `DashMap` get + `Module` clone), the
+//!   candidate policies (moka, quick_cache), the tier bare and instrumented,
+//!   synchronously (`load_now`) and through the async trait (`load`), and
+//!   the loader with a precomputed hash on a memory hit;
+//! - `hash`: SHA-256 of the wasm (what `load_or_compile` without a hash
+//!   adds), for 10 KB, 1 MB and 5 MB;
+//! - `threads`: memory hits from 1 and 2 threads, per-operation time of the
+//!   whole group (throughput ratio = time(1) / time(2) * 2).
 //!
 //! `cargo bench --bench memory`
 
-use std::hint::black_box;
+use std::{
+    hint::black_box,
+    sync::{Arc, Barrier},
+    time::{Duration, Instant},
+};
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use dashmap::DashMap;
 use futures::FutureExt;
 use tierscope::{
-    InstrumentExt, MemoryCache, ModuleCache, ModuleHash, corpus, engine::engine_key,
-    observe::prometheus, tier::memory::KeyHasher,
+    InstrumentExt, MemoryCache, ModuleCache, ModuleHash, ModuleLoader, corpus,
+    engine::{EngineKey, engine_key},
+    observe::prometheus,
+    tier::memory::KeyHasher,
 };
 use wasmer::{Engine, Module};
 
 const KEYS: usize = 64;
 
-fn setup() -> (Engine, Vec<(ModuleHash, Module)>) {
-    let engine = Engine::default();
-    let modules = (0..KEYS as u64)
-        .map(|i| {
-            let wasm = corpus::tiny(i);
-            (ModuleHash::new(&wasm), Module::new(&engine, &wasm).unwrap())
-        })
-        .collect();
-    (engine, modules)
+struct Fixture {
+    engine: Engine,
+    keys: Vec<ModuleHash>,
+    wasm: Vec<Vec<u8>>,
+    modules: Vec<Module>,
 }
 
-fn bench(c: &mut Criterion) {
-    // The recorder must exist before the instrumented tier registers handles.
-    let handle = prometheus::install().expect("install the Prometheus recorder");
-    let (engine, modules) = setup();
-    let keys: Vec<ModuleHash> = modules.iter().map(|(k, _)| *k).collect();
-    let ek = engine_key(&engine);
+fn fixture() -> Fixture {
+    let engine = Engine::default();
+    let wasm: Vec<Vec<u8>> = (0..KEYS as u64).map(corpus::tiny).collect();
+    let modules = wasm
+        .iter()
+        .map(|w| Module::new(&engine, w).unwrap())
+        .collect();
+    Fixture {
+        keys: wasm.iter().map(ModuleHash::new).collect(),
+        engine,
+        wasm,
+        modules,
+    }
+}
+
+fn fill(cache: &impl ModuleCache, f: &Fixture) {
+    for (k, m) in f.keys.iter().zip(&f.modules) {
+        futures::executor::block_on(cache.save(*k, &f.engine, m)).unwrap();
+    }
+}
+
+fn memory_hit(c: &mut Criterion) {
+    let f = fixture();
+    let engine = &f.engine;
+    let ek = engine_key(engine);
 
     // The floor gets the same cheap key hasher as the tier: apples to apples.
-    let floor: DashMap<(ModuleHash, tierscope::engine::EngineKey), Module, KeyHasher> =
+    let floor: DashMap<(ModuleHash, EngineKey), Module, KeyHasher> =
         DashMap::with_hasher(KeyHasher::default());
-    let moka_cache: moka::sync::Cache<(ModuleHash, tierscope::engine::EngineKey), Module> =
+    let moka_cache: moka::sync::Cache<(ModuleHash, EngineKey), Module> =
         moka::sync::Cache::builder()
             .weigher(|_, _| 1000)
             .max_capacity(1 << 30)
             .build();
     let quick: quick_cache::sync::Cache<
-        (ModuleHash, tierscope::engine::EngineKey),
+        (ModuleHash, EngineKey),
         Module,
         quick_cache::UnitWeighter,
         KeyHasher,
@@ -58,46 +84,137 @@ fn bench(c: &mut Criterion) {
         KeyHasher::default(),
         Default::default(),
     );
-    let bare = MemoryCache::new(1 << 30);
-    let spied = MemoryCache::new(1 << 30).instrumented("bench", "memory");
-    for (k, m) in &modules {
+    for (k, m) in f.keys.iter().zip(&f.modules) {
         floor.insert((*k, ek), m.clone());
         moka_cache.insert((*k, ek), m.clone());
         quick.insert((*k, ek), m.clone());
-        futures::executor::block_on(bare.save(*k, &engine, m)).unwrap();
-        futures::executor::block_on(spied.save(*k, &engine, m)).unwrap();
     }
+    let bare = MemoryCache::new(1 << 30);
+    let spied = MemoryCache::new(1 << 30).instrumented("bench", "memory");
+    fill(&bare, &f);
+    fill(&spied, &f);
+    let stack = MemoryCache::new(1 << 30)
+        .instrumented("bench-loader", "memory")
+        .with_fallback(MemoryCache::new(1 << 30).instrumented("bench-loader", "lower"));
+    fill(&stack, &f);
+    let loader = ModuleLoader::new("bench-loader", stack);
 
     let mut g = c.benchmark_group("memory_hit");
     let mut i = 0usize;
     let mut next = || {
         i = (i + 1) % KEYS;
-        keys[i]
+        i
     };
     g.bench_function("dashmap_get_clone_floor", |b| {
-        b.iter(|| black_box(floor.get(&(next(), engine_key(&engine))).map(|m| m.clone())))
+        b.iter(|| {
+            black_box(
+                floor
+                    .get(&(f.keys[next()], engine_key(engine)))
+                    .map(|m| m.clone()),
+            )
+        })
     });
     g.bench_function("moka_sync_get", |b| {
-        b.iter(|| black_box(moka_cache.get(&(next(), engine_key(&engine)))))
+        b.iter(|| black_box(moka_cache.get(&(f.keys[next()], engine_key(engine)))))
     });
     g.bench_function("quick_cache_get", |b| {
-        b.iter(|| black_box(quick.get(&(next(), engine_key(&engine)))))
+        b.iter(|| black_box(quick.get(&(f.keys[next()], engine_key(engine)))))
     });
     g.bench_function("tier_bare_load_now", |b| {
-        b.iter(|| black_box(bare.load_now(next(), &engine)))
+        b.iter(|| black_box(bare.load_now(f.keys[next()], engine)))
     });
     g.bench_function("tier_instrumented_load_now", |b| {
-        b.iter(|| black_box(spied.load_now(next(), &engine)))
+        b.iter(|| black_box(spied.load_now(f.keys[next()], engine)))
     });
     g.bench_function("tier_bare_load_async", |b| {
-        b.iter(|| black_box(bare.load(next(), &engine).now_or_never()))
+        b.iter(|| black_box(bare.load(f.keys[next()], engine).now_or_never()))
     });
     g.bench_function("tier_instrumented_load_async", |b| {
-        b.iter(|| black_box(spied.load(next(), &engine).now_or_never()))
+        b.iter(|| black_box(spied.load(f.keys[next()], engine).now_or_never()))
+    });
+    g.bench_function("loader_with_hash_memory_hit", |b| {
+        b.iter(|| {
+            let n = next();
+            black_box(
+                loader
+                    .load_or_compile_with_hash(engine, f.keys[n], &f.wasm[n])
+                    .now_or_never(),
+            )
+        })
     });
     g.finish();
+}
+
+fn hash(c: &mut Criterion) {
+    let mut g = c.benchmark_group("hash");
+    for (label, size) in [("10KB", 10_000usize), ("1MB", 1 << 20), ("5MB", 5 << 20)] {
+        let bytes: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(BenchmarkId::new("sha256_module_hash", label), |b| {
+            b.iter(|| black_box(ModuleHash::new(black_box(&bytes))))
+        });
+    }
+    g.finish();
+}
+
+/// Time `iters` memory hits spread over `threads` threads (wall time of the
+/// whole group, so per-operation time falls as threads scale).
+fn hits_on_threads(
+    cache: &Arc<dyn ModuleCache + Send + Sync>,
+    f: &Arc<Fixture>,
+    threads: usize,
+    iters: u64,
+) -> Duration {
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let per = iters / threads as u64;
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (cache, f, barrier) = (cache.clone(), f.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut i = t * 17;
+                for _ in 0..per {
+                    i = (i + 1) % KEYS;
+                    black_box(cache.load_now(f.keys[i], &f.engine));
+                }
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    for h in handles {
+        h.join().unwrap();
+    }
+    start.elapsed()
+}
+
+fn threads(c: &mut Criterion) {
+    let f = Arc::new(fixture());
+    let bare: Arc<dyn ModuleCache + Send + Sync> = Arc::new(MemoryCache::new(1 << 30));
+    let spied: Arc<dyn ModuleCache + Send + Sync> =
+        Arc::new(MemoryCache::new(1 << 30).instrumented("bench-threads", "memory"));
+    fill(&bare, &f);
+    fill(&spied, &f);
+    let mut g = c.benchmark_group("threads");
+    g.throughput(Throughput::Elements(1));
+    for (name, cache) in [("bare", &bare), ("instrumented", &spied)] {
+        for n in [1usize, 2] {
+            g.bench_function(BenchmarkId::new(name, format!("{n}_threads")), |b| {
+                b.iter_custom(|iters| hits_on_threads(cache, &f, n, iters.max(n as u64)))
+            });
+        }
+    }
+    g.finish();
+}
+
+fn all(c: &mut Criterion) {
+    // The recorder must exist before instrumented tiers register handles.
+    let handle = prometheus::install().expect("install the Prometheus recorder");
+    memory_hit(c);
+    hash(c);
+    threads(c);
     black_box(handle.render().len());
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, all);
 criterion_main!(benches);
