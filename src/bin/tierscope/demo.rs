@@ -386,18 +386,26 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
 
 #[cfg(feature = "redis")]
 async fn redis_tier(url: &str) -> Result<tierscope::Instrumented<tierscope::RedisCache>, Failure> {
-    let key = std::env::var("TIERSCOPE_REDIS_KEY").map_err(|_| {
-        Failure::Usage(
-            "--redis needs the MAC key in TIERSCOPE_REDIS_KEY (64 hex characters, e.g. from `openssl rand -hex 32`)".into(),
-        )
-    })?;
+    // The key comes from the environment, never the command line (which
+    // other users of the machine can read).
     let cache = tierscope::RedisCache::builder(url)
-        .mac_key_hex(&key)
-        .map_err(|e| Failure::Usage(format!("TIERSCOPE_REDIS_KEY: {e}")))?
+        .mac_keys_from_env()
+        .map_err(|e| {
+            Failure::Usage(format!(
+                "--redis: {e}; generate one with `openssl rand -hex 32`"
+            ))
+        })?
         .build()
+        .map_err(|e| Failure::Usage(format!("--redis {url}: {e}")))?;
+    // Instrument first, so availability is reported, then check the server
+    // answers: a wrong address or password is a clear error now, not later.
+    let cache = cache.instrumented(CACHE, "redis");
+    cache
+        .get_ref()
+        .ping()
         .await
-        .map_err(|e| Failure::Runtime(format!("redis tier: {e}")))?;
-    Ok(cache.instrumented(CACHE, "redis"))
+        .map_err(|e| Failure::Runtime(format!("--redis {url}: {e}")))?;
+    Ok(cache)
 }
 
 const TIERS: [&str; 3] = ["memory", "disk", "redis"];
