@@ -7,6 +7,8 @@
 //!   verified and deserialized on tokio's blocking pool);
 //! - the tier with everything inline (`blocking_threshold(u64::MAX)`), to
 //!   show what the hop to the blocking pool costs;
+//! - the two checks the tier adds, alone: the BLAKE3 keyed MAC over the
+//!   value and the XXH3-128 checksum of the artifact (in `entry::decode`);
 //!
 //! for a ~25 KB and a ~1 MB artifact. Each batch of iterations runs on a
 //! fresh engine (wasmer keeps code memory until its engine is dropped).
@@ -24,6 +26,7 @@ use std::{
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use futures::{FutureExt, future::BoxFuture};
+use redis::Commands;
 use redis_server::RedisServer;
 use tierscope::{ModuleCache, ModuleHash, RedisCache, corpus, entry, tier::redis::MAC_LEN};
 use wasmer::{Engine, Module};
@@ -135,6 +138,24 @@ fn bench(c: &mut Criterion) {
                 })
             });
         }
+        // Where the difference goes: the checks the tier adds, alone.
+        let value: Vec<u8> = server.connection().get(&redis_key).unwrap();
+        g.bench_function(BenchmarkId::new("part_blake3_keyed_mac", label), |b| {
+            b.iter(|| {
+                let mut h = blake3::Hasher::new_keyed(&key);
+                h.update(&(redis_key.len() as u64).to_le_bytes());
+                h.update(redis_key.as_bytes());
+                h.update(&value[..value.len() - MAC_LEN]);
+                black_box(h.finalize())
+            })
+        });
+        g.bench_function(BenchmarkId::new("part_xxh3_checksum", label), |b| {
+            b.iter(|| {
+                black_box(entry::checksum(
+                    &value[entry::HEADER_LEN..value.len() - MAC_LEN],
+                ))
+            })
+        });
     }
     g.finish();
 }

@@ -128,7 +128,8 @@
 //!
 //! Every command touches a single key (`GET`, `SET`, `EXISTS`, and a
 //! one-key script that deletes a bad value only if it is unchanged), so no
-//! hash tag is needed: entries spread over all slots.
+//! hash tag is needed: entries spread over all slots. (`contains` is an
+//! `EXISTS`: it does not fetch or verify the value.)
 //!
 //! ## Limits
 //!

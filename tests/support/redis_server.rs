@@ -100,7 +100,7 @@ impl RedisServer {
         }
         let child = cmd.spawn().unwrap_or_else(|e| {
             panic!(
-                "cannot start {}: {e}; these tests need a real Redis",
+                "cannot start {}: {e}; these tests need a real Redis (apt-get install -y redis-server, or point $REDIS_SERVER at the binary)",
                 redis_server_binary().display()
             )
         });
