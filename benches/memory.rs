@@ -158,24 +158,33 @@ fn hash(c: &mut Criterion) {
 }
 
 /// Time `iters` memory hits spread over `threads` threads (wall time of the
-/// whole group, so per-operation time falls as threads scale).
+/// whole group, so per-operation time falls as threads scale). With
+/// `shared_keys` every thread cycles over all keys; otherwise each thread
+/// has its own share of them (as when requests for different modules land
+/// on different threads).
 fn hits_on_threads(
     cache: &Arc<dyn ModuleCache + Send + Sync>,
     f: &Arc<Fixture>,
     threads: usize,
     iters: u64,
+    shared_keys: bool,
 ) -> Duration {
     let barrier = Arc::new(Barrier::new(threads + 1));
     let per = iters / threads as u64;
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let (cache, f, barrier) = (cache.clone(), f.clone(), barrier.clone());
+            let (span, base) = if shared_keys {
+                (KEYS, t * 17)
+            } else {
+                (KEYS / threads, t * (KEYS / threads))
+            };
             std::thread::spawn(move || {
                 barrier.wait();
-                let mut i = t * 17;
+                let mut i = 0;
                 for _ in 0..per {
-                    i = (i + 1) % KEYS;
-                    black_box(cache.load_now(f.keys[i], &f.engine));
+                    i = (i + 1) % span;
+                    black_box(cache.load_now(f.keys[(base + i) % KEYS], &f.engine));
                 }
             })
         })
@@ -198,10 +207,15 @@ fn threads(c: &mut Criterion) {
     let mut g = c.benchmark_group("threads");
     g.throughput(Throughput::Elements(1));
     for (name, cache) in [("bare", &bare), ("instrumented", &spied)] {
-        for n in [1usize, 2] {
-            g.bench_function(BenchmarkId::new(name, format!("{n}_threads")), |b| {
-                b.iter_custom(|iters| hits_on_threads(cache, &f, n, iters.max(n as u64)))
-            });
+        for shared in [false, true] {
+            for n in [1usize, 2] {
+                let keys = if shared { "shared_keys" } else { "own_keys" };
+                g.bench_function(BenchmarkId::new(name, format!("{keys}/{n}_threads")), |b| {
+                    b.iter_custom(|iters| {
+                        hits_on_threads(cache, &f, n, iters.max(n as u64), shared)
+                    })
+                });
+            }
         }
     }
     g.finish();

@@ -112,12 +112,15 @@ fn run_row(which: &str) {
             let installed = prometheus::install().expect("install the recorder");
             let cache = MemoryCache::new(1 << 30).instrumented("telemetry", "memory");
             let absent = ModuleHash::from_bytes([0xAB; 32]);
-            let g = row("tierscope: instrumented misses (all timed), install()", || {
-                for _ in 0..OPS {
-                    let r = futures::FutureExt::now_or_never(cache.load(absent, &engine));
-                    black_box(r);
-                }
-            });
+            let g = row(
+                "tierscope: instrumented misses (all timed), install()",
+                || {
+                    for _ in 0..OPS {
+                        let r = futures::FutureExt::now_or_never(cache.load(absent, &engine));
+                        black_box(r);
+                    }
+                },
+            );
             black_box(installed.render().len());
             g
         }

@@ -92,9 +92,12 @@ pub struct Observers {
 }
 
 impl Observers {
-    /// Attach one more observer and tell it the current residency.
-    pub fn attach(&self, observer: Arc<dyn TierObserver>, now: Residency) {
-        observer.resident(now);
+    /// Attach one more observer and tell it the current residency, when
+    /// the tier knows it (a remote tier does not).
+    pub fn attach(&self, observer: Arc<dyn TierObserver>, now: Option<Residency>) {
+        if let Some(now) = now {
+            observer.resident(now);
+        }
         self.list.write().push(observer);
     }
 

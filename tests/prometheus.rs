@@ -11,7 +11,8 @@
 
 #![cfg(all(feature = "cli", feature = "redis"))]
 
-mod common;
+#[path = "support/redis_server.rs"]
+mod redis_server;
 
 use std::{
     io::{Read, Write},
@@ -21,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::servers::{Server, free_port, require};
+use redis_server::{RedisServer, free_port};
 use serde_json::Value;
 
 const CACHE: &str = "modules";
@@ -157,30 +158,13 @@ impl Drop for Demo {
 fn every_dashboard_query_and_rule_has_data_in_a_real_prometheus() {
     let prometheus = require("prometheus");
     let promtool = require("promtool");
-    let redis_server = require("redis-server");
     let tmp = tempfile::tempdir().unwrap();
 
-    let redis_port = free_port();
-    let _redis = Server::start(
-        Command::new(&redis_server).args([
-            "--port",
-            &redis_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]),
-        "redis-server",
-    );
-    wait_until("redis-server", Duration::from_secs(20), || {
-        TcpStream::connect(("127.0.0.1", redis_port)).is_ok()
-    });
+    let redis = RedisServer::start();
 
     // 1. The demo, small modules and a small memory tier so that hits,
     //    misses, promotions and evictions all happen quickly.
-    let redis_url = format!("redis://127.0.0.1:{redis_port}");
+    let redis_url = redis.url();
     let metrics_port = free_port();
     let demo = Demo(
         Command::new(env!("CARGO_BIN_EXE_tierscope"))
@@ -375,4 +359,59 @@ fn every_dashboard_query_and_rule_has_data_in_a_real_prometheus() {
 
 fn file(p: &Path) -> String {
     p.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// The path of a binary the test needs. Fails (never skips) when missing,
+/// saying how to get it.
+pub fn require(binary: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(binary))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "`{binary}` is not installed; scripts/test installs it (Debian: apt-get install {})",
+            match binary {
+                "promtool" => "prometheus",
+                "redis-cli" => "redis-server",
+                other => other,
+            }
+        )
+    })
+}
+
+/// A running server, killed when dropped.
+pub struct Server {
+    child: Child,
+    name: String,
+}
+
+impl Server {
+    /// Start `command` with its output discarded (stderr kept).
+    pub fn start(command: &mut Command, name: &str) -> Server {
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Server {
+            child,
+            name: name.to_string(),
+        }
+    }
+
+    /// Still running?
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.kill().is_err() {
+            eprintln!("{} had already exited", self.name);
+        }
+        let _ = self.child.wait();
+    }
 }

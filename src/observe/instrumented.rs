@@ -201,8 +201,10 @@ struct TierGauges {
     evictions: [Counter; EvictionCause::ALL.len()],
     evicted_bytes: [Counter; EvictionCause::ALL.len()],
     eviction_age: Histogram,
-    entries: Gauge,
-    size: Gauge,
+    /// Registered when the tier first reports its residency (at attach):
+    /// absent for tiers that cannot know it (a remote tier).
+    entries: OnceLock<Gauge>,
+    size: OnceLock<Gauge>,
     /// Registered when the tier first reports a bound (at attach): absent
     /// for unbounded tiers, as the contract says.
     capacity: OnceLock<Gauge>,
@@ -234,8 +236,8 @@ impl TierGauges {
                 metrics::counter!(names::EVICTED_BYTES, label::CACHE => c(), label::TIER => t(), label::CAUSE => cause.as_str())
             }),
             eviction_age: metrics::histogram!(names::EVICTION_AGE, label::CACHE => c(), label::TIER => t()),
-            entries: metrics::gauge!(names::ENTRIES, label::CACHE => c(), label::TIER => t()),
-            size: metrics::gauge!(names::SIZE_BYTES, label::CACHE => c(), label::TIER => t()),
+            entries: OnceLock::new(),
+            size: OnceLock::new(),
             capacity: OnceLock::new(),
             available: OnceLock::new(),
             cache: c(),
@@ -256,13 +258,16 @@ impl TierObserver for TierGauges {
     }
 
     fn resident(&self, r: Residency) {
-        self.entries.set(r.entries as f64);
-        self.size.set(r.bytes as f64);
+        let gauge = |name: &'static str| metrics::gauge!(name, label::CACHE => self.cache.clone(), label::TIER => self.tier.clone());
+        self.entries
+            .get_or_init(|| gauge(names::ENTRIES))
+            .set(r.entries as f64);
+        self.size
+            .get_or_init(|| gauge(names::SIZE_BYTES))
+            .set(r.bytes as f64);
         if let Some(cap) = r.capacity {
             self.capacity
-                .get_or_init(|| {
-                    metrics::gauge!(names::CAPACITY_BYTES, label::CACHE => self.cache.clone(), label::TIER => self.tier.clone())
-                })
+                .get_or_init(|| gauge(names::CAPACITY_BYTES))
                 .set(cap as f64);
         }
     }

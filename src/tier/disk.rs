@@ -87,7 +87,6 @@ struct Shared {
     touch_interval: Duration,
     index: Mutex<Index>,
     observers: Observers,
-    tmp_counter: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -193,7 +192,6 @@ impl FileSystemCacheBuilder {
                     bytes: 0,
                 }),
                 observers: Observers::default(),
-                tmp_counter: AtomicU64::new(0),
             }),
         };
         cache.rescan()?;
@@ -536,7 +534,10 @@ impl FileSystemCache {
             path: dir.clone(),
             error,
         })?;
-        let n = shared.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        // Unique within the process (several caches may share a directory)
+        // and, with the pid, across processes.
+        static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = dir.join(format!("{TMP_PREFIX}{key}-{}-{n}", std::process::id()));
         let header = entry::encode_header(&key, &ident, &artifact);
         let written =
@@ -697,6 +698,8 @@ impl ModuleCache for FileSystemCache {
     }
 
     fn attach_observer(&self, observer: Arc<dyn TierObserver>) {
-        self.shared.observers.attach(observer, self.residency());
+        self.shared
+            .observers
+            .attach(observer, Some(self.residency()));
     }
 }

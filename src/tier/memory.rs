@@ -340,7 +340,9 @@ impl ModuleCache for MemoryCache {
     }
 
     fn attach_observer(&self, observer: Arc<dyn TierObserver>) {
-        self.shared.observers.attach(observer, self.residency());
+        self.shared
+            .observers
+            .attach(observer, Some(self.residency()));
     }
 }
 

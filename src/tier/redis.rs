@@ -162,7 +162,7 @@ use crate::{
     cache::{CacheError, Corruption, Hit, ModuleCache},
     engine::{EngineIdent, engine_key, ident_of},
     entry,
-    observer::{Eviction, EvictionCause, Observers, Residency, TierObserver},
+    observer::{Eviction, EvictionCause, Observers, TierObserver},
     sizes,
 };
 
@@ -1141,7 +1141,9 @@ fn open_value(
             value.len()
         )));
     }
-    let range = entry::decode(entry_bytes, key, ident).map_err(Rejected::Corrupt)?;
+    // The BLAKE3 hash just verified covers every byte of the entry: the
+    // header's own checksum would only repeat it.
+    let range = entry::decode_authenticated(entry_bytes, key, ident).map_err(Rejected::Corrupt)?;
     let artifact_len = (range.end - range.start) as u64;
     let artifact = value.slice(range);
     // SAFETY: before this point the value's BLAKE3 keyed MAC was verified
@@ -1150,8 +1152,8 @@ fn open_value(
     // and the whole entry, so the bytes were written by one of those nodes;
     // then `entry::decode` verified our magic and format version, that the
     // entry was written for this module hash under this engine
-    // configuration and wasmer version, its exact length, and the XXH3-128
-    // checksum taken of the `Module::serialize()` output at save time. The
+    // configuration and wasmer version, and its exact length (the XXH3
+    // checksum is skipped: the hash above already covers every byte). The
     // bytes are therefore an artifact this wasmer produced for this engine,
     // which is what `Module::deserialize` requires. (Under
     // `insecure_no_mac` the digest is unkeyed and the operator has accepted
@@ -1390,8 +1392,7 @@ impl ModuleCache for RedisCache {
         let s = &*self.shared;
         let _serial = s.report_lock.lock();
         // A client cannot know what the server holds: no residency.
-        s.observers
-            .attach(Arc::clone(&observer), Residency::default());
+        s.observers.attach(Arc::clone(&observer), None);
         observer.available(s.breaker.available());
     }
 }

@@ -2,7 +2,6 @@
 #![allow(dead_code)]
 
 pub mod script;
-pub mod servers;
 
 use std::sync::{
     Arc,
