@@ -26,7 +26,7 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let mut g = c.benchmark_group("disk_hit");
-    g.measurement_time(Duration::from_secs(4));
+    g.measurement_time(Duration::from_secs(3));
     for (label, wasm_size) in SIZES {
         let wasm = corpus::module(wasm_size, 11);
         let key = ModuleHash::new(&wasm);

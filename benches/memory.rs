@@ -100,6 +100,8 @@ fn memory_hit(c: &mut Criterion) {
     let loader = ModuleLoader::new("bench-loader", stack);
 
     let mut g = c.benchmark_group("memory_hit");
+    g.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
     let mut i = 0usize;
     let mut next = || {
         i = (i + 1) % KEYS;
@@ -142,11 +144,16 @@ fn memory_hit(c: &mut Criterion) {
             )
         })
     });
+    g.bench_function("loader_get_memory_hit", |b| {
+        b.iter(|| black_box(loader.get(engine, f.keys[next()])))
+    });
     g.finish();
 }
 
 fn hash(c: &mut Criterion) {
     let mut g = c.benchmark_group("hash");
+    g.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2));
     for (label, size) in [("10KB", 10_000usize), ("1MB", 1 << 20), ("5MB", 5 << 20)] {
         let bytes: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
         g.throughput(Throughput::Bytes(size as u64));
@@ -205,6 +212,8 @@ fn threads(c: &mut Criterion) {
     fill(&bare, &f);
     fill(&spied, &f);
     let mut g = c.benchmark_group("threads");
+    g.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
     g.throughput(Throughput::Elements(1));
     for (name, cache) in [("bare", &bare), ("instrumented", &spied)] {
         for shared in [false, true] {

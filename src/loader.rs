@@ -153,10 +153,19 @@ where
         key: ModuleHash,
         wasm: &[u8],
     ) -> Result<Module, LoadError> {
-        if let Some(hit) = self.inner.cache.load_now(key, engine) {
-            return Ok(hit.module);
+        if let Some(module) = self.get(engine, key) {
+            return Ok(module);
         }
-        self.slow_path(engine, key, wasm).await
+        // Boxed, so that this future stays small: creating and polling it
+        // on a memory hit costs a few words, not the whole slow path's state.
+        Box::pin(self.slow_path(engine, key, wasm)).await
+    }
+
+    /// The synchronous hit path: the module if a tier can serve it at once
+    /// (a memory hit), without a future, a task or an allocation.
+    #[inline]
+    pub fn get(&self, engine: &Engine, key: ModuleHash) -> Option<Module> {
+        self.inner.cache.load_now(key, engine).map(|hit| hit.module)
     }
 
     /// Like [`ModuleLoader::load_or_compile_with_hash`], but fetches the
@@ -170,10 +179,10 @@ where
     where
         F: FnOnce() -> bytes::Bytes + Send + 'static,
     {
-        if let Some(hit) = self.inner.cache.load_now(key, engine) {
-            return Ok(hit.module);
+        if let Some(module) = self.get(engine, key) {
+            return Ok(module);
         }
-        self.flight(engine, key, Box::new(wasm)).await
+        Box::pin(self.flight(engine, key, Box::new(wasm))).await
     }
 
     async fn slow_path(
