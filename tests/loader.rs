@@ -4,36 +4,33 @@ mod common;
 
 use std::sync::Arc;
 
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use common::snapshot::{counter, take};
+use metrics_util::debugging::{DebuggingRecorder, Snapshotter};
 use tierscope::{LoadError, MemoryCache, ModuleCache, ModuleHash, ModuleLoader, corpus};
 use wasmer::Engine;
 
-type Snapshot = Vec<(
-    metrics_util::CompositeKey,
-    Option<metrics::Unit>,
-    Option<metrics::SharedString>,
-    DebugValue,
-)>;
-
-/// Take a snapshot. Reading one resets the recorder's counters, so take
-/// one per phase and query it several times.
-fn take(snap: &Snapshotter) -> Snapshot {
-    snap.snapshot().into_vec()
-}
-
-fn counter(snap: &Snapshot, name: &str, labels: &[(&str, &str)]) -> u64 {
-    snap.iter()
-        .filter(|(k, _, _, _)| {
-            k.key().name() == name
-                && labels
-                    .iter()
-                    .all(|(lk, lv)| k.key().labels().any(|l| l.key() == *lk && l.value() == *lv))
+/// `n` tasks asking the loader for `wasm` at the same moment.
+fn all_at_once(
+    n: usize,
+    loader: &ModuleLoader<MemoryCache>,
+    engine: &Engine,
+    wasm: &Arc<[u8]>,
+) -> Vec<tokio::task::JoinHandle<Result<wasmer::Module, LoadError>>> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    (0..n)
+        .map(|_| {
+            let (loader, engine, wasm, barrier) = (
+                loader.clone(),
+                engine.clone(),
+                wasm.clone(),
+                barrier.clone(),
+            );
+            tokio::spawn(async move {
+                barrier.wait().await;
+                loader.load_or_compile(&engine, &wasm).await
+            })
         })
-        .map(|(_, _, _, v)| match v {
-            DebugValue::Counter(c) => *c,
-            other => panic!("{name} is not a counter: {other:?}"),
-        })
-        .sum()
+        .collect()
 }
 
 fn loader_with_recorder(name: &str) -> (ModuleLoader<MemoryCache>, Snapshotter) {
@@ -51,22 +48,7 @@ async fn sixty_four_concurrent_callers_cause_exactly_one_compile() {
     let engine = Engine::default();
     // Big enough that the compile takes a while (tens of ms).
     let wasm: Arc<[u8]> = corpus::module(400_000, 1).into();
-    let barrier = Arc::new(tokio::sync::Barrier::new(64));
-
-    let tasks: Vec<_> = (0..64)
-        .map(|_| {
-            let (loader, engine, wasm, barrier) = (
-                loader.clone(),
-                engine.clone(),
-                wasm.clone(),
-                barrier.clone(),
-            );
-            tokio::spawn(async move {
-                barrier.wait().await;
-                loader.load_or_compile(&engine, &wasm).await
-            })
-        })
-        .collect();
+    let tasks = all_at_once(64, &loader, &engine, &wasm);
     let mut modules = Vec::new();
     for t in tasks {
         modules.push(t.await.unwrap().unwrap());
@@ -103,22 +85,7 @@ async fn invalid_wasm_reaches_every_waiter_and_is_never_cached() {
     let engine = Engine::default();
     // Valid header, garbage body.
     let wasm: Arc<[u8]> = b"\0asm\x01\0\0\0\x01\xff\xff\xff\xff\x0f".to_vec().into();
-    let barrier = Arc::new(tokio::sync::Barrier::new(16));
-
-    let tasks: Vec<_> = (0..16)
-        .map(|_| {
-            let (loader, engine, wasm, barrier) = (
-                loader.clone(),
-                engine.clone(),
-                wasm.clone(),
-                barrier.clone(),
-            );
-            tokio::spawn(async move {
-                barrier.wait().await;
-                loader.load_or_compile(&engine, &wasm).await
-            })
-        })
-        .collect();
+    let tasks = all_at_once(16, &loader, &engine, &wasm);
 
     let key = ModuleHash::new(&wasm);
     for t in tasks {

@@ -3,55 +3,11 @@
 
 mod common;
 
-use common::script::Script;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-
-type Snapshot = Vec<(
-    metrics_util::CompositeKey,
-    Option<metrics::Unit>,
-    Option<metrics::SharedString>,
-    DebugValue,
-)>;
-
-fn value<'a>(snap: &'a Snapshot, name: &str, labels: &[(&str, &str)]) -> &'a DebugValue {
-    let found: Vec<_> = snap
-        .iter()
-        .filter(|(k, _, _, _)| {
-            k.key().name() == name
-                && labels
-                    .iter()
-                    .all(|(lk, lv)| k.key().labels().any(|l| l.key() == *lk && l.value() == *lv))
-        })
-        .collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "{name} {labels:?} matched {} series",
-        found.len()
-    );
-    &found[0].3
-}
-
-fn counter(snap: &Snapshot, name: &str, labels: &[(&str, &str)]) -> u64 {
-    match value(snap, name, labels) {
-        DebugValue::Counter(c) => *c,
-        other => panic!("{name} {labels:?}: {other:?}"),
-    }
-}
-
-fn gauge(snap: &Snapshot, name: &str, labels: &[(&str, &str)]) -> f64 {
-    match value(snap, name, labels) {
-        DebugValue::Gauge(g) => g.into_inner(),
-        other => panic!("{name} {labels:?}: {other:?}"),
-    }
-}
-
-fn histogram_len(snap: &Snapshot, name: &str, labels: &[(&str, &str)]) -> usize {
-    match value(snap, name, labels) {
-        DebugValue::Histogram(h) => h.len(),
-        other => panic!("{name} {labels:?}: {other:?}"),
-    }
-}
+use common::{
+    script::Script,
+    snapshot::{counter, gauge, histogram_len, take},
+};
+use metrics_util::debugging::DebuggingRecorder;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scripted_sequence_yields_exact_counts_per_tier() {
@@ -63,7 +19,7 @@ async fn a_scripted_sequence_yields_exact_counts_per_tier() {
 
     script.play(&loader).await;
 
-    let s = snapshotter.snapshot().into_vec();
+    let s = take(&snapshotter);
     let mem = |result| [("cache", "seq"), ("tier", "memory"), ("result", result)];
     let dsk = |result| [("cache", "seq"), ("tier", "disk"), ("result", result)];
     let lookups = "tierscope_lookups_total";

@@ -13,8 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::tiny;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use common::{
+    snapshot::{counter, gauge, take},
+    tiny,
+};
+use metrics_util::debugging::DebuggingRecorder;
 use parking_lot::Mutex;
 use redis::Commands;
 use redis_server::{Options, RedisServer, SilentServer, free_port};
@@ -95,51 +98,6 @@ impl TierObserver for Watch {
 }
 
 // --- metrics helpers (one snapshot per test: snapshots reset counters) ---
-
-type Snapshot = Vec<(
-    metrics_util::CompositeKey,
-    Option<metrics::Unit>,
-    Option<metrics::SharedString>,
-    DebugValue,
-)>;
-
-fn snapshot(snapshotter: &Snapshotter) -> Snapshot {
-    tierscope::observe::flush();
-    snapshotter.snapshot().into_vec()
-}
-
-fn value<'a>(snap: &'a Snapshot, name: &str, labels: &[(&str, &str)]) -> &'a DebugValue {
-    let found: Vec<_> = snap
-        .iter()
-        .filter(|(k, _, _, _)| {
-            k.key().name() == name
-                && labels
-                    .iter()
-                    .all(|(lk, lv)| k.key().labels().any(|l| l.key() == *lk && l.value() == *lv))
-        })
-        .collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "{name} {labels:?} matched {} series",
-        found.len()
-    );
-    &found[0].3
-}
-
-fn counter(snap: &Snapshot, name: &str, labels: &[(&str, &str)]) -> u64 {
-    match value(snap, name, labels) {
-        DebugValue::Counter(c) => *c,
-        other => panic!("{name} {labels:?}: {other:?}"),
-    }
-}
-
-fn gauge(snap: &Snapshot, name: &str, labels: &[(&str, &str)]) -> f64 {
-    match value(snap, name, labels) {
-        DebugValue::Gauge(g) => g.into_inner(),
-        other => panic!("{name} {labels:?}: {other:?}"),
-    }
-}
 
 /// One node: memory -> disk -> redis, each tier instrumented under `name`.
 struct Node {
@@ -258,7 +216,7 @@ async fn two_nodes_share_modules_through_redis() {
     assert!(b.disk.contains(key, &engine).await.unwrap());
     assert!(b.memory.contains(key, &engine).await.unwrap());
     let artifact = from_a.serialize().unwrap().len() as u64;
-    let s = snapshot(&snapshotter);
+    let s = take(&snapshotter);
     let lookups = |node, tier, result| {
         counter(
             &s,
@@ -346,7 +304,7 @@ async fn a_tampered_value_is_refused_deleted_counted_and_recompiled() {
     assert!(third.is_ok());
     let good = get_raw(&server, &rkey).unwrap();
     assert_ne!(good, value, "the bad value was replaced");
-    let s = snapshot(&snapshotter);
+    let s = take(&snapshotter);
     let labels = |k: &'static str, v: &'static str| [("cache", "solo"), ("tier", "redis"), (k, v)];
     assert_eq!(
         counter(
@@ -593,7 +551,7 @@ async fn redis_stopped_mid_workload_then_restarted() {
     // assert 2
     assert!(remote.is_ok(), "remote hits resume: {:?}", remote.err());
     assert_eq!(watch.availability(), [true, false, true]);
-    let s = snapshot(&snapshotter);
+    let s = take(&snapshotter);
     let errors = |op, kind| {
         counter(
             &s,

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod script;
+pub mod snapshot;
 
 use std::sync::{
     Arc,
