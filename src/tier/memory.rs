@@ -5,8 +5,10 @@
 //! quick_cache's CLOCK-Pro/S3-FIFO hybrid: new entries enter a probation
 //! queue and only entries hit again earn a place in the main queue, so a
 //! scan of one-off modules cannot flush the hot set. It was chosen over moka
-//! (TinyLFU) and a hand-rolled LRU by benchmark: see `benches/memory.rs`
-//! and BENCHMARKS.md.
+//! (TinyLFU) by benchmark, beside an unbounded `DashMap` floor: see
+//! `benches/memory.rs` and BENCHMARKS.md. Its read locks are sharded
+//! (crossbeam's `ShardedLock`), so hits on several threads do not contend
+//! on a lock word.
 
 use std::{fmt, sync::Arc, time::Instant};
 
