@@ -277,7 +277,19 @@ pub fn publish() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+    use std::collections::HashMap;
+
+    fn counters(snap: &Snapshotter) -> HashMap<String, u64> {
+        snap.snapshot()
+            .into_vec()
+            .into_iter()
+            .filter_map(|(k, _, _, v)| match v {
+                DebugValue::Counter(c) => Some((k.key().name().to_string(), c)),
+                _ => None,
+            })
+            .collect()
+    }
 
     #[test]
     fn counts_from_many_threads_including_exited_ones_add_up() {
@@ -309,15 +321,7 @@ mod tests {
 
         publish();
 
-        let values: std::collections::HashMap<_, _> = snap
-            .snapshot()
-            .into_vec()
-            .into_iter()
-            .filter_map(|(k, _, _, v)| match v {
-                DebugValue::Counter(c) => Some((k.key().name().to_string(), c)),
-                _ => None,
-            })
-            .collect();
+        let values = counters(&snap);
         assert_eq!(values["hot_test_hits"], 4005);
         assert_eq!(values["hot_test_bytes"], 40005);
     }
@@ -336,15 +340,7 @@ mod tests {
         });
         second.probe(0).hit(7);
         publish();
-        let values: std::collections::HashMap<_, _> = snap
-            .snapshot()
-            .into_vec()
-            .into_iter()
-            .filter_map(|(k, _, _, v)| match v {
-                DebugValue::Counter(c) => Some((k.key().name().to_string(), c)),
-                _ => None,
-            })
-            .collect();
+        let values = counters(&snap);
         assert_eq!(values["reuse_a"], 1);
         assert_eq!(values["reuse_b"], 1);
         assert_eq!(values["reuse_bb"], 7);
