@@ -146,14 +146,6 @@ fn variable_values(dashboard: &Value, tiers: &[&str]) -> Vec<(String, String)> {
     vars
 }
 
-struct Demo(Child);
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn every_dashboard_query_and_rule_has_data_in_a_real_prometheus() {
     let prometheus = require("prometheus");
@@ -166,7 +158,7 @@ fn every_dashboard_query_and_rule_has_data_in_a_real_prometheus() {
     //    misses, promotions and evictions all happen quickly.
     let redis_url = redis.url();
     let metrics_port = free_port();
-    let demo = Demo(
+    let demo = Server::start(
         Command::new(env!("CARGO_BIN_EXE_tierscope"))
             .args([
                 "demo",
@@ -192,11 +184,8 @@ fn every_dashboard_query_and_rule_has_data_in_a_real_prometheus() {
                 "--redis",
                 &redis_url,
             ])
-            .env("TIERSCOPE_REDIS_KEY", "5".repeat(64))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the demo"),
+            .env("TIERSCOPE_REDIS_KEY", "5".repeat(64)),
+        "the demo",
     );
     wait_until("the demo's /metrics", Duration::from_secs(120), || {
         http_get(metrics_port, "/metrics")
@@ -399,11 +388,6 @@ impl Server {
             child,
             name: name.to_string(),
         }
-    }
-
-    /// Still running?
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
     }
 }
 
