@@ -141,9 +141,11 @@ pub trait ModuleCache: Debug {
     /// its modules must not take capacity any more, and the engine can only
     /// be freed once nothing holds them. Tiers that hold bytes, not code
     /// (disk, Redis), ignore it (the default); combinators forward it to
-    /// every tier.
-    fn forget_engine(&self, engine: &Engine) {
+    /// every tier. Returns the keys of the entries dropped, so the caller
+    /// can warm them up again under a newer engine.
+    fn forget_engine(&self, engine: &Engine) -> Vec<ModuleHash> {
         let _ = engine;
+        Vec::new()
     }
 }
 
@@ -200,7 +202,7 @@ where
         (**self).expect_promotions_from(lower)
     }
 
-    fn forget_engine(&self, engine: &Engine) {
+    fn forget_engine(&self, engine: &Engine) -> Vec<ModuleHash> {
         (**self).forget_engine(engine)
     }
 }

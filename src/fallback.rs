@@ -199,8 +199,9 @@ where
         self.fallback.expect_promotions_from(lower);
     }
 
-    fn forget_engine(&self, engine: &Engine) {
-        self.primary.forget_engine(engine);
-        self.fallback.forget_engine(engine);
+    fn forget_engine(&self, engine: &Engine) -> Vec<ModuleHash> {
+        let mut keys = self.primary.forget_engine(engine);
+        keys.extend(self.fallback.forget_engine(engine));
+        keys
     }
 }

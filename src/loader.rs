@@ -381,7 +381,7 @@ where
                             inner.save(key, &engine, &module).await;
                             let bytes = sizes::lookup(key, engine_key(&engine)).unwrap_or(wasm_len);
                             note_code_loaded(&engine, bytes);
-                            inner.after_load(generation.as_ref());
+                            inner.after_load(generation.as_ref()).await;
                             drop(guard);
                         }
                         None => {
@@ -389,7 +389,7 @@ where
                             // caller arriving after the answer starts afresh
                             // (an error is never cached).
                             drop(guard);
-                            inner.after_load(generation.as_ref());
+                            inner.after_load(generation.as_ref()).await;
                             let _ = tx.send(result);
                         }
                     }
@@ -486,15 +486,56 @@ impl<C: ModuleCache + Send + Sync> Inner<C> {
     /// After a flight of `generation`: retire it if its evicted code passed
     /// the budget, and drop in-process entries of retired generations
     /// (including one this flight may have saved after a retirement).
-    fn after_load(&self, generation: Option<&Arc<Generation>>) {
+    ///
+    /// The entries a retirement drops from the memory tier are loaded again
+    /// into the new generation's engine, from the tiers below, before this
+    /// flight ends: the hot set survives the switch (as disk hits and
+    /// promotions, not as compiles or later misses). The caller whose load
+    /// crossed the budget pays for it, once per generation.
+    async fn after_load(&self, generation: Option<&Arc<Generation>>) {
         let Some(generation) = generation else {
             return;
         };
         if let Some(retired) = self.generations.after_load(generation) {
-            self.cache.forget_engine(retired.engine());
+            let keys = self.cache.forget_engine(retired.engine());
+            if !keys.is_empty() {
+                self.warm_up(keys).await;
+            }
         } else if generation.is_retired() {
+            // A flight of a retired generation saved after the switch.
             self.cache.forget_engine(generation.engine());
         }
+        self.generations.refresh();
+    }
+
+    /// Load `keys` into the current generation through the cache (a lower
+    /// tier's hit is promoted into the memory tier), skipping what is
+    /// already there. Failures are only logged: warming up is an
+    /// optimisation, the next request loads the module anyway.
+    async fn warm_up(&self, keys: Vec<ModuleHash>) {
+        let generation = self.generations.with_current(Arc::clone);
+        let engine = generation.engine();
+        let mut warmed = 0usize;
+        for key in keys.iter().rev() {
+            if generation.is_retired() {
+                break;
+            }
+            if self.cache.load_now(*key, engine).is_some() {
+                continue;
+            }
+            match self.cache.load_traced(*key, engine).await {
+                Ok(_) => warmed += 1,
+                Err(e) => {
+                    tracing::debug!(%key, error = &e as &dyn std::error::Error, "warm-up load failed")
+                }
+            }
+        }
+        tracing::debug!(
+            generation = generation.number(),
+            warmed,
+            asked = keys.len(),
+            "new engine generation warmed up"
+        );
         self.generations.refresh();
     }
 }

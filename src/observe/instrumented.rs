@@ -517,8 +517,8 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
         self.inner.expect_promotions_from(lower);
     }
 
-    fn forget_engine(&self, engine: &Engine) {
-        self.inner.forget_engine(engine);
+    fn forget_engine(&self, engine: &Engine) -> Vec<ModuleHash> {
+        self.inner.forget_engine(engine)
     }
 }
 

@@ -8,6 +8,12 @@
 //! - [`install`]: no listener; the returned [`PrometheusHandle`] renders the
 //!   exposition text for the application's own HTTP server.
 //!
+//! Both also export the process's own metrics (`process_resident_memory_bytes`,
+//! CPU, open files, ...) through the `metrics-process` crate, refreshed every
+//! [`PROCESS_INTERVAL`] and on [`collect_process_metrics`]: resident memory
+//! is what an operator paged for an OOM kill looks at first, beside
+//! `tierscope_engine_code_bytes`.
+//!
 //! Install the recorder **before** building caches: the spy registers its
 //! metric handles at construction.
 //!
@@ -31,6 +37,21 @@ use crate::observe::names;
 /// holds under 5 MiB of samples (see BENCHMARKS.md).
 pub const UPKEEP_INTERVAL: Duration = Duration::from_millis(50);
 
+/// How often the process metrics are refreshed.
+pub const PROCESS_INTERVAL: Duration = Duration::from_secs(1);
+
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: std::sync::OnceLock<metrics_process::Collector> = std::sync::OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+/// Refresh the process metrics (`process_resident_memory_bytes` and the
+/// other `process_*` gauges of the `metrics-process` crate) on the current
+/// recorder now.
+pub fn collect_process_metrics() {
+    process_collector().collect();
+}
+
 /// A [`PrometheusBuilder`] with tierscope's buckets set for every
 /// histogram of the contract. Add your own settings, then build it.
 pub fn builder() -> PrometheusBuilder {
@@ -49,6 +70,8 @@ pub fn builder() -> PrometheusBuilder {
 fn announce() {
     names::describe_all();
     names::record_build_info();
+    process_collector().describe();
+    collect_process_metrics();
 }
 
 /// Install the recorder globally without a listener and start a thread
@@ -66,6 +89,7 @@ pub fn install_with(builder: PrometheusBuilder) -> Result<PrometheusHandle, Buil
     metrics::set_global_recorder(recorder)?;
     spawn_upkeep(handle.clone());
     announce();
+    spawn_process_collector();
     Ok(handle)
 }
 
@@ -109,7 +133,22 @@ pub fn serve_with(
     };
     metrics::set_global_recorder(recorder)?;
     announce();
+    spawn_process_collector();
     Ok(handle)
+}
+
+fn spawn_process_collector() {
+    let spawned = std::thread::Builder::new()
+        .name("tierscope-process".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(PROCESS_INTERVAL);
+                collect_process_metrics();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the process metrics thread");
+    }
 }
 
 fn spawn_upkeep(handle: PrometheusHandle) {

@@ -283,24 +283,26 @@ impl MemoryCache {
     }
 
     /// Drop every entry whose code belongs to `engine` (each reported with
-    /// cause `explicit`); returns how many. Called when an engine is
-    /// retired (see [`crate::EngineGenerations`]), so that a retired
-    /// engine's modules stop taking capacity and the engine can be freed.
-    pub fn forget_engine(&self, engine: EngineId) -> usize {
+    /// cause `explicit`); returns their keys, most recently inserted last.
+    /// Called when an engine is retired (see [`crate::EngineGenerations`]),
+    /// so that a retired engine's modules stop taking capacity and the
+    /// engine can be freed.
+    pub fn forget_engine(&self, engine: EngineId) -> Vec<ModuleHash> {
         let cache = &self.shared.cache;
         let keys: Vec<Key> = cache
             .iter()
             .filter(|(k, _)| k.1 == engine)
             .map(|(k, _)| k)
             .collect();
-        let dropped: Vec<Dropped> = keys
+        let mut dropped: Vec<(ModuleHash, Dropped)> = keys
             .into_iter()
             .filter_map(|k| cache.remove(&k))
-            .map(|(k, e)| Dropped::of(k, &e))
+            .map(|(k, e)| (k.0, Dropped::of(k, &e)))
             .collect();
-        let n = dropped.len();
-        self.report(EvictionCause::Explicit, &dropped);
-        n
+        dropped.sort_by_key(|(_, d)| d.inserted);
+        let reported: Vec<Dropped> = dropped.iter().map(|(_, d)| *d).collect();
+        self.report(EvictionCause::Explicit, &reported);
+        dropped.into_iter().map(|(k, _)| k).collect()
     }
 
     fn report(&self, cause: EvictionCause, evicted: &[Dropped]) {
@@ -387,8 +389,8 @@ impl ModuleCache for MemoryCache {
         Ok(())
     }
 
-    fn forget_engine(&self, engine: &Engine) {
-        MemoryCache::forget_engine(self, engine.id());
+    fn forget_engine(&self, engine: &Engine) -> Vec<ModuleHash> {
+        MemoryCache::forget_engine(self, engine.id())
     }
 
     fn attach_observer(&self, observer: Arc<dyn TierObserver>) {

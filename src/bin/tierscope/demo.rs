@@ -15,8 +15,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::{RngExt, SeedableRng, rngs::SmallRng};
 use rand_distr::Zipf;
 use tierscope::{
-    FileSystemCache, InstrumentExt, MemoryCache, ModuleCache, ModuleHash, ModuleLoader, corpus,
-    observe::prometheus,
+    EngineGenerations, FileSystemCache, InstrumentExt, MemoryCache, ModuleCache, ModuleHash,
+    ModuleLoader, corpus,
+    observe::{names, prometheus},
 };
 use wasmer::Engine;
 
@@ -46,6 +47,10 @@ pub struct DemoArgs {
     /// Bound of the disk tier (e.g. 1GiB).
     #[arg(long, default_value = "1GiB", value_parser = size::parse)]
     disk_bytes: u64,
+    /// Evicted machine code one engine may keep before a fresh engine
+    /// replaces it (see "Engines and memory" in the README).
+    #[arg(long, default_value = "64MiB", value_parser = size::parse)]
+    code_budget: u64,
     /// Concurrent tasks asking for modules.
     #[arg(long, default_value_t = 4, value_parser = value_parser!(u64).range(1..=1024))]
     concurrency: u64,
@@ -282,11 +287,11 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
         #[cfg(not(feature = "redis"))]
         Some(_) => unreachable!("checked before the runtime starts"),
     };
-    let loader = ModuleLoader::new(CACHE, memory.with_fallback(lower));
-    let engine = Engine::default();
+    let engines = EngineGenerations::new(Engine::default).code_budget(args.code_budget);
+    let loader = ModuleLoader::with_engines(CACHE, memory.with_fallback(lower), engines);
 
     eprintln!(
-        "tierscope demo: {} modules ({}), memory {} -> disk {} at {}{}, {} tasks for {} s",
+        "tierscope demo: {} modules ({}), memory {} -> disk {} at {}{}, code budget {}, {} tasks for {} s",
         modules.len(),
         size::human(total_wasm as f64),
         size::human(args.memory_bytes as f64),
@@ -297,6 +302,7 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
         } else {
             ""
         },
+        size::human(args.code_budget as f64),
         args.concurrency,
         args.duration,
     );
@@ -311,17 +317,14 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
     let started = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..args.concurrency {
-        let (loader, engine, modules) = (loader.clone(), engine.clone(), modules.clone());
+        let (loader, modules) = (loader.clone(), modules.clone());
         let (stop, requests, failures) = (stop.clone(), requests.clone(), failures.clone());
         let mut rng = SmallRng::seed_from_u64(args.seed ^ (t + 1).wrapping_mul(0x9E37_79B9));
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let i = rng.sample(zipf) as usize - 1;
                 let m = &modules[i];
-                match loader
-                    .load_or_compile_with_hash(&engine, m.key, &m.bytes)
-                    .await
-                {
+                match loader.load_with_hash(m.key, &m.bytes).await {
                     Ok(_) => requests.fetch_add(1, Ordering::Relaxed),
                     Err(e) => {
                         tracing::warn!(module = %m.name, error = %e, "load failed");
@@ -349,6 +352,7 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
             _ = tokio::signal::ctrl_c() => { interrupted = true; break; }
         }
         tierscope::observe::flush();
+        prometheus::collect_process_metrics();
         let scrape = Scrape::parse(&metrics.render());
         pb.set_message(progress_line(
             &scrape,
@@ -364,6 +368,7 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
     let elapsed = started.elapsed();
     pb.finish_and_clear();
     tierscope::observe::flush();
+    prometheus::collect_process_metrics();
     let scrape = Scrape::parse(&metrics.render());
     print_table(
         &scrape,
@@ -432,6 +437,11 @@ fn progress_line(s: &Scrape, requests: u64, elapsed: Duration) -> String {
     let evictions = s.sum("tierscope_evictions_total", &[("cache", CACHE)]);
     line.push_str(&format!(
         " | compiles {compiles:.0} | promotions {promotions:.0} | evictions {evictions:.0}"
+    ));
+    line.push_str(&format!(
+        " | rss {} | engine gen {:.0}",
+        size::human(s.sum(RESIDENT_MEMORY, &[])),
+        s.sum(names::ENGINE_GENERATIONS, &[("cache", CACHE)]),
     ));
     line
 }
@@ -544,4 +554,23 @@ fn print_table(s: &Scrape, requests: u64, failures: u64, elapsed: Duration) {
         s.sum("tierscope_coalesced_total", &cache),
         overall.map_or("-".into(), |o| format!("{:.3}%", 100.0 * o)),
     );
+    let code = |state: &str| {
+        size::human(s.sum(
+            names::ENGINE_CODE_BYTES,
+            &[("cache", CACHE), ("state", state)],
+        ))
+    };
+    println!(
+        "resident memory {}; engine generations {:.0} started, {:.0} alive; engine code: cached {}, evicted {} (budget {}), retired {}",
+        size::human(s.sum(RESIDENT_MEMORY, &[])),
+        s.sum(names::ENGINE_GENERATIONS, &cache),
+        s.sum(names::ENGINE_GENERATIONS_ALIVE, &cache),
+        code("cached"),
+        code("evicted"),
+        size::human(s.sum(names::ENGINE_CODE_BUDGET, &cache)),
+        code("retired"),
+    );
 }
+
+/// The process's resident memory, exported by `metrics-process`.
+const RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
