@@ -12,7 +12,9 @@
 //! - [`Instrumented`]: the spy decorator recording per-tier metrics through
 //!   the `metrics` facade (names in [`observe::names`]).
 //! - [`ModuleLoader`]: wasm bytes to a [`Module`] through the tiers,
-//!   compiling once per key however many callers ask.
+//!   compiling once per key however many callers ask, into engines it
+//!   recycles ([`EngineGenerations`]) so that code memory stays bounded;
+//!   each result is a [`LoadedModule`], the module with its engine.
 //!
 //! ```
 //! use tierscope::{FileSystemCache, InstrumentExt, MemoryCache, ModuleCache, ModuleLoader};
@@ -27,12 +29,12 @@
 //!     );
 //! let loader = ModuleLoader::new("modules", cache);
 //!
-//! let engine = wasmer::Engine::default();
 //! let wasm = wat::parse_str(r#"(module (func (export "add") (param i32 i32) (result i32)
 //!     local.get 0 local.get 1 i32.add))"#)?;
-//! let module = loader.load_or_compile(&engine, &wasm).await?; // compiles, saves to both tiers
-//! let again = loader.load_or_compile(&engine, &wasm).await?;  // a memory hit
-//! assert_eq!(module, again);
+//! let module = loader.load(&wasm).await?; // compiles, saves to both tiers
+//! let again = loader.load(&wasm).await?;  // a memory hit
+//! assert_eq!(*module, *again);
+//! let mut store = module.store(); // a store of the engine holding the code
 //! # Ok::<_, Box<dyn std::error::Error>>(())
 //! # }).unwrap();
 //! ```
