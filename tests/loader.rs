@@ -203,3 +203,111 @@ async fn a_failing_tier_still_yields_a_module() {
 
     assert_eq!(module.exports().count(), 1);
 }
+
+/// A tier whose first `load` panics, then behaves as an empty memory tier.
+#[derive(Debug)]
+struct PanicsOnce {
+    panicked: std::sync::atomic::AtomicBool,
+    inner: MemoryCache,
+}
+
+#[async_trait::async_trait]
+impl ModuleCache for PanicsOnce {
+    async fn load(
+        &self,
+        key: ModuleHash,
+        engine: &Engine,
+    ) -> Result<wasmer::Module, tierscope::CacheError> {
+        if !self
+            .panicked
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("a tier bug");
+        }
+        self.inner.load(key, engine).await
+    }
+    async fn contains(
+        &self,
+        key: ModuleHash,
+        engine: &Engine,
+    ) -> Result<bool, tierscope::CacheError> {
+        self.inner.contains(key, engine).await
+    }
+    async fn save(
+        &self,
+        key: ModuleHash,
+        engine: &Engine,
+        module: &wasmer::Module,
+    ) -> Result<(), tierscope::CacheError> {
+        self.inner.save(key, engine, module).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_leader_fails_its_callers_once_and_the_next_call_starts_afresh() {
+    // Arrange
+    let tier = PanicsOnce {
+        panicked: Default::default(),
+        inner: MemoryCache::new(64 << 20),
+    };
+    let loader = ModuleLoader::new("panicking-tier", tier);
+    let engine = Engine::default();
+    let wasm = corpus::tiny(77);
+
+    // Act
+    let first = loader.load_or_compile(&engine, &wasm).await;
+    let mut later = Vec::new();
+    for _ in 0..3 {
+        later.push(loader.load_or_compile(&engine, &wasm).await);
+    }
+
+    // Assert
+    assert!(matches!(first, Err(LoadError::Task { .. })), "{first:?}");
+    for r in later {
+        r.expect("a fresh flight after the panicked one");
+    }
+    assert_eq!(loader.in_flight(), 0, "no finished flight is kept");
+}
+
+#[test]
+fn a_runtime_shut_down_mid_flight_does_not_poison_the_module() {
+    // Arrange: a compile that takes a while, on runtime A.
+    let loader = ModuleLoader::new("shutdown", MemoryCache::new(64 << 20));
+    let engine = Engine::default();
+    let wasm = corpus::module(150_000, 9);
+    let runtime_a = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // Act: start the load on A, shut A down after 100 ms.
+    let (l, e, w) = (loader.clone(), engine.clone(), wasm.clone());
+    let _ = runtime_a.block_on(async move {
+        tokio::time::timeout(std::time::Duration::from_millis(100), async move {
+            l.load_or_compile(&e, &w).await
+        })
+        .await
+    });
+    runtime_a.shutdown_timeout(std::time::Duration::from_millis(0));
+    // The compile on A's blocking pool may still be finishing: wait for
+    // the flight to go (its task is dropped, its guard removes it).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while loader.in_flight() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    eprintln!("flights after shutdown: {}", loader.in_flight());
+    let runtime_b = tokio::runtime::Runtime::new().unwrap();
+    let result = runtime_b.block_on(async {
+        let r = loader.load_or_compile(&engine, &wasm).await;
+        // B's own flight ends after its save.
+        while loader.in_flight() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        r
+    });
+
+    // Assert
+    result.expect("runtime B compiles the module");
+    assert_eq!(loader.in_flight(), 0);
+}
