@@ -48,6 +48,7 @@ pub mod engine;
 pub mod entry;
 pub mod fallback;
 pub mod loader;
+pub mod mac;
 pub mod observe;
 pub mod observer;
 pub mod sizes;

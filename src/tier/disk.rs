@@ -61,6 +61,7 @@ use crate::{
     cache::{CacheError, Hit, ModuleCache},
     engine::{EngineIdent, engine_key, ident_of},
     entry,
+    mac::MacKey,
     observer::{Eviction, EvictionCause, Observers, Residency, TierObserver},
     sizes,
 };
@@ -134,6 +135,8 @@ pub struct FileSystemCacheBuilder {
     inline_io: bool,
     temp_grace: Duration,
     touch_interval: Duration,
+    shared_directory: bool,
+    mac_keys: Vec<MacKey>,
 }
 
 impl FileSystemCacheBuilder {
@@ -172,6 +175,18 @@ impl FileSystemCacheBuilder {
     /// Default 60 s; zero refreshes on every hit.
     pub fn touch_interval(mut self, interval: Duration) -> Self {
         self.touch_interval = interval;
+        self
+    }
+
+    /// Accept a root or namespace directory that other users may write to.
+    pub fn shared_directory(mut self, on: bool) -> Self {
+        self.shared_directory = on;
+        self
+    }
+
+    /// Sign entries with a keyed MAC.
+    pub fn mac_key(mut self, key: impl Into<MacKey>) -> Self {
+        self.mac_keys.push(key.into());
         self
     }
 
@@ -214,6 +229,8 @@ impl FileSystemCache {
             inline_io: false,
             temp_grace: TMP_GRACE,
             touch_interval: TOUCH_INTERVAL,
+            shared_directory: false,
+            mac_keys: Vec::new(),
         }
     }
 
