@@ -178,7 +178,10 @@ mod tests {
         assert!(MacKey::from_hex("abcd").is_err());
         assert!(MacKey::list_from_str(" , ").is_err());
         let e = MacKey::list_from_env("TIERSCOPE_TEST_SURELY_UNSET_VARIABLE").unwrap_err();
-        assert!(e.to_string().contains("$TIERSCOPE_TEST_SURELY_UNSET_VARIABLE"));
+        assert!(
+            e.to_string()
+                .contains("$TIERSCOPE_TEST_SURELY_UNSET_VARIABLE")
+        );
     }
 
     #[test]

@@ -29,7 +29,13 @@ struct Mount(PathBuf);
 impl Mount {
     fn tmpfs(dir: &Path, size: &str) -> Result<Self, String> {
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(dir)
             .output()
             .map_err(|e| format!("cannot run mount: {e}"))?;
@@ -127,19 +133,32 @@ async fn a_full_disk_fails_saves_cleanly_and_recovers() {
     settle().await;
     let s = take(&snapshotter);
     let disk_labels = |result| [("cache", "full"), ("tier", "disk"), ("result", result)];
-    assert_eq!(counter(&s, "tierscope_saves_total", &disk_labels("error")), 1);
+    assert_eq!(
+        counter(&s, "tierscope_saves_total", &disk_labels("error")),
+        1
+    );
     assert_eq!(
         counter(
             &s,
             "tierscope_errors_total",
-            &[("cache", "full"), ("tier", "disk"), ("op", "save"), ("kind", "io")]
+            &[
+                ("cache", "full"),
+                ("tier", "disk"),
+                ("op", "save"),
+                ("kind", "io")
+            ]
         ),
         1
     );
     assert!(!disk.entry_path(k2, &engine).exists());
     let leftovers: Vec<_> = walk(&root)
         .into_iter()
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".tmp-"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".tmp-")
+        })
         .collect();
     assert!(leftovers.is_empty(), "partial files left: {leftovers:?}");
     assert_eq!(disk.residency().entries, 1);
@@ -163,7 +182,10 @@ async fn a_full_disk_fails_saves_cleanly_and_recovers() {
     settle().await;
     let s = take(&snapshotter);
     assert_eq!(counter(&s, "tierscope_saves_total", &disk_labels("ok")), 1);
-    assert_eq!(counter(&s, "tierscope_saves_total", &disk_labels("error")), 0);
+    assert_eq!(
+        counter(&s, "tierscope_saves_total", &disk_labels("error")),
+        0
+    );
     assert!(disk.entry_path(k3, &engine).exists());
     assert!(disk.load(k3, &engine).await.is_ok());
     assert_eq!(disk.residency().entries, 2);

@@ -144,7 +144,10 @@ fn sparse_entry(path: &Path, header: &[u8]) {
     f.set_len(1 << 30).unwrap();
 }
 
-async fn oversized_case(capacity: u64, header: impl Fn(ModuleHash, &Engine) -> Vec<u8>) -> Corruption {
+async fn oversized_case(
+    capacity: u64,
+    header: impl Fn(ModuleHash, &Engine) -> Vec<u8>,
+) -> Corruption {
     let engine = Engine::default();
     let (key, module, _) = tiny(&engine, 903);
     let tmp = tempfile::tempdir().unwrap();
@@ -196,7 +199,13 @@ async fn a_length_the_header_does_not_claim_is_refused_before_it_is_read() {
     })
     .await;
     assert!(
-        matches!(reason, Corruption::TrailingBytes { actual: 1073741824, expected: 228 }),
+        matches!(
+            reason,
+            Corruption::TrailingBytes {
+                actual: 1073741824,
+                expected: 228
+            }
+        ),
         "{reason:?}"
     );
     // Zeros: no magic, found from the first 128 bytes.
@@ -309,13 +318,20 @@ async fn a_world_or_group_writable_directory_is_refused() {
     assert!(msg.contains("shared_directory"), "{msg}");
 
     chmod(&root, 0o770);
-    assert!(FileSystemCache::open(&root, 1 << 30).is_err(), "group-writable");
+    assert!(
+        FileSystemCache::open(&root, 1 << 30).is_err(),
+        "group-writable"
+    );
 
     // A namespace directory made writable by others, under a private root.
     chmod(&root, 0o700);
     let cache = open(&root, 1 << 30);
     cache.save(key, &engine, &module).await.unwrap();
-    let ns = cache.entry_path(key, &engine).parent().unwrap().to_path_buf();
+    let ns = cache
+        .entry_path(key, &engine)
+        .parent()
+        .unwrap()
+        .to_path_buf();
     chmod(&ns, 0o757);
     let err = FileSystemCache::open(&root, 1 << 30).unwrap_err();
     assert!(err.to_string().contains(&ns.display().to_string()), "{err}");
@@ -421,7 +437,10 @@ async fn with_a_mac_key_a_forged_entry_in_a_shared_directory_is_refused() {
     assert_eq!(exports(&a), ["module_a"]);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let again = shared_cache(&root, Some(mac));
-    assert_eq!(exports(&again.load(key_a, &engine).await.unwrap()), ["module_a"]);
+    assert_eq!(
+        exports(&again.load(key_a, &engine).await.unwrap()),
+        ["module_a"]
+    );
     // A node with another key does not accept it.
     let other = shared_cache(&root, Some(MacKey::new([0x11; 32])));
     let err = other.load(key_a, &engine).await.unwrap_err();

@@ -927,7 +927,11 @@ fn rel_path(key: &ModuleHash, ident: &EngineIdent) -> String {
 
 /// What the disk MAC covers: a domain, the entry's relative path (namespace
 /// and key), the header with its MAC field zeroed, the artifact.
-fn mac_parts<'a>(rel: &'a str, header: &'a [u8; entry::HEADER_LEN], artifact: &'a [u8]) -> [&'a [u8]; 4] {
+fn mac_parts<'a>(
+    rel: &'a str,
+    header: &'a [u8; entry::HEADER_LEN],
+    artifact: &'a [u8],
+) -> [&'a [u8]; 4] {
     // `header` is passed with its MAC field zeroed by the callers.
     [MAC_DOMAIN, rel.as_bytes(), header, artifact]
 }
@@ -1223,7 +1227,10 @@ fn open_lock_file(root: &Path, shared: bool) -> Option<File> {
         Ok(_) => None,
         Err(e) => {
             if e.kind() != io::ErrorKind::NotFound {
-                warn_once(&root.join(LOCK_NAME), &format!("cannot open lock file: {e}"));
+                warn_once(
+                    &root.join(LOCK_NAME),
+                    &format!("cannot open lock file: {e}"),
+                );
             }
             None
         }
@@ -1387,7 +1394,10 @@ mod tests {
         assert!(!is_namespace_name("a b-wasmer1-ts1"));
         let key = ModuleHash::from_bytes([0xAB; 32]);
         assert!(is_entry_name(&format!("{key}.bin")));
-        assert!(!is_entry_name(&format!("{}.bin", key.to_string().to_lowercase())));
+        assert!(!is_entry_name(&format!(
+            "{}.bin",
+            key.to_string().to_lowercase()
+        )));
         assert!(!is_entry_name("image.bin"));
         assert!(is_temp_name(&format!(".tmp-{key}-12-0")));
         assert!(!is_temp_name(&format!(".tmp-{key}-12")));
