@@ -41,6 +41,11 @@
 //! bound ([`FileSystemCacheBuilder::max_entry_bytes`]) before anything is
 //! allocated for the artifact.
 //!
+//! `contains` answers from the entry's header and length alone (a regular
+//! file, valid header for this key and engine, exactly the announced
+//! length): it does not read the artifact, so a `load` may still find the
+//! checksum or MAC wrong.
+//!
 //! ## Crash safety
 //!
 //! A save writes a temporary file in the same directory, holding an
@@ -878,8 +883,9 @@ impl FileSystemCache {
         // Make the entry visible, learn what others wrote, and evict, all
         // under the directory lock so the bound holds for the directory.
         let replaced = self.with_dir_lock(|this, others_changed| {
-            if others_changed {
-                this.scan_into_index()?;
+            if others_changed && let Err(e) = this.scan_into_index() {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
             }
             if let Err(error) = fs::rename(&tmp, &path) {
                 let _ = fs::remove_file(&tmp);
@@ -1352,9 +1358,10 @@ impl ModuleCache for FileSystemCache {
             .await
     }
 
-    /// See [`FileSystemCache`]'s `contains_blocking`: a regular file with a
-    /// valid header for this key and engine, of the announced length (the
-    /// checksum and MAC are verified by `load` only).
+    /// True when a regular file with a valid header for this key and engine,
+    /// of exactly the announced length, is at the entry path (checked on the
+    /// blocking pool). The checksum and MAC are verified by `load` only; a
+    /// file that fails these checks is removed and answers `false`.
     async fn contains(&self, key: ModuleHash, engine: &Engine) -> Result<bool, CacheError> {
         let engine = engine.clone();
         self.blocking(move |this| this.contains_blocking(key, &engine))
