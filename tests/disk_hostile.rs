@@ -350,9 +350,20 @@ async fn with_a_mac_key_a_forged_entry_in_a_shared_directory_is_refused() {
     let a = loader.load_or_compile(&engine, &wasm_a).await.unwrap();
     assert_eq!(exports(&a), ["module_a"]);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let again = shared_cache(&root, Some(mac));
+    let again = shared_cache(&root, Some(mac.clone()));
     assert_eq!(
         exports(&again.load(key_a, &engine).await.unwrap()),
+        ["module_a"]
+    );
+    // Rotation: a new signing key first, the old one still accepted.
+    let rotated = FileSystemCache::builder(&root)
+        .capacity(1 << 30)
+        .shared_directory(true)
+        .mac_keys([MacKey::new([0x77; 32]), mac])
+        .open()
+        .unwrap();
+    assert_eq!(
+        exports(&rotated.load(key_a, &engine).await.unwrap()),
         ["module_a"]
     );
     // A node with another key does not accept it.

@@ -345,6 +345,13 @@ impl FileSystemCacheBuilder {
             }),
         };
         cache.ensure_trusted_root()?;
+        if cache.shared.shared_directory && cache.shared.mac.is_none() {
+            tracing::warn!(
+                dir = %cache.shared.root.display(),
+                "shared cache directory without a MAC key: whoever can write to it can run code \
+                 in this process (set FileSystemCacheBuilder::mac_key)"
+            );
+        }
         cache.rescan()?;
         Ok(cache)
     }
