@@ -22,8 +22,11 @@ use crate::{FallbackCache, observer::TierObserver};
 /// ## Deterministic ID
 ///
 /// Every tier in this crate keys entries on the module hash **and** on the
-/// engine's [`Engine::deterministic_id()`]: a module compiled under one
-/// engine configuration is never served to another.
+/// engine: tiers holding bytes (disk, Redis) on the engine's
+/// [`Engine::deterministic_id()`], so a module compiled under one engine
+/// configuration is never served to another; tiers holding live [`Module`]s
+/// (memory) on the engine *instance*, because a module's machine code lives
+/// in the engine that loaded it and is freed with that engine.
 ///
 /// ## Assumptions
 ///
@@ -131,6 +134,17 @@ pub trait ModuleCache: Debug {
     fn expect_promotions_from(&self, lower: &[TierName]) {
         let _ = lower;
     }
+
+    /// Drop every in-process entry whose machine code belongs to `engine`.
+    ///
+    /// Called when an engine is retired (see [`crate::EngineGenerations`]):
+    /// its modules must not take capacity any more, and the engine can only
+    /// be freed once nothing holds them. Tiers that hold bytes, not code
+    /// (disk, Redis), ignore it (the default); combinators forward it to
+    /// every tier.
+    fn forget_engine(&self, engine: &Engine) {
+        let _ = engine;
+    }
 }
 
 #[async_trait::async_trait]
@@ -184,6 +198,10 @@ where
 
     fn expect_promotions_from(&self, lower: &[TierName]) {
         (**self).expect_promotions_from(lower)
+    }
+
+    fn forget_engine(&self, engine: &Engine) {
+        (**self).forget_engine(engine)
     }
 }
 

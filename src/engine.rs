@@ -7,11 +7,35 @@
 //! [`Engine`] instance (by [`wasmer::EngineId`], shared by its clones) is
 //! mapped to a small copyable [`EngineKey`]. A one-entry thread-local
 //! cache makes the common case (one engine per process) a thread-local read.
+//!
+//! Engine *configuration* identifies bytes (disk and Redis entries are
+//! portable between engines of one configuration). Engine *instance*
+//! ([`EngineId`]) identifies code: wasmer keeps a module's machine code in
+//! the engine that compiled or deserialized it, and a [`wasmer::Module`] does
+//! not keep that engine alive. In-process tiers therefore key by instance
+//! (see [`crate::MemoryCache`]).
+//!
+//! ## Process-wide tables
+//!
+//! - Configurations (`by_id`, `idents`): one entry per distinct engine
+//!   configuration ever seen: a handful per process (configurations come
+//!   from code, not traffic), so unbounded by design.
+//! - Instances (`by_engine`): at most [`MAX_TRACKED_INSTANCES`] engine
+//!   instances, least recently looked up dropped first; a dropped one is
+//!   looked up again (one `deterministic_id()` call) if it comes back.
+//!   Runtimes that create an engine per tenant or request stay bounded.
+//! - Code ledgers: one weak entry per engine generation that asked for
+//!   accounting ([`crate::EngineGenerations`]); dead entries are pruned on
+//!   every registration, so the table holds only live generations.
 
 use std::{
     cell::Cell,
     collections::HashMap,
-    sync::{Arc, OnceLock},
+    num::NonZeroUsize,
+    sync::{
+        Arc, OnceLock, Weak,
+        atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering},
+    },
 };
 
 use parking_lot::RwLock;
@@ -84,16 +108,32 @@ impl EngineIdent {
     }
 }
 
-#[derive(Default)]
+/// How many engine instances the identity table remembers (least recently
+/// looked up dropped first).
+pub const MAX_TRACKED_INSTANCES: usize = 1024;
+
 struct Registry {
-    by_engine: HashMap<EngineId, EngineKey>,
+    by_engine: lru::LruCache<EngineId, EngineKey>,
     by_id: HashMap<(String, String), EngineKey>,
     idents: Vec<Arc<EngineIdent>>,
 }
 
 fn registry() -> &'static RwLock<Registry> {
     static REGISTRY: OnceLock<RwLock<Registry>> = OnceLock::new();
-    REGISTRY.get_or_init(Default::default)
+    REGISTRY.get_or_init(|| {
+        RwLock::new(Registry {
+            by_engine: lru::LruCache::new(
+                NonZeroUsize::new(MAX_TRACKED_INSTANCES).unwrap_or(NonZeroUsize::MIN),
+            ),
+            by_id: HashMap::new(),
+            idents: Vec::new(),
+        })
+    })
+}
+
+/// Engine instances the identity table remembers now (for tests and docs).
+pub fn tracked_instances() -> usize {
+    registry().read().by_engine.len()
 }
 
 thread_local! {
@@ -116,7 +156,7 @@ pub fn engine_key(engine: &Engine) -> EngineKey {
 
 #[cold]
 fn engine_key_slow(engine: &Engine, id: EngineId) -> EngineKey {
-    if let Some(key) = registry().read().by_engine.get(&id) {
+    if let Some(key) = registry().read().by_engine.peek(&id) {
         return *key;
     }
     let ids = (engine.deterministic_id(), engine.artifact_format());
@@ -131,7 +171,7 @@ fn engine_key_slow(engine: &Engine, id: EngineId) -> EngineKey {
             key
         }
     };
-    reg.by_engine.insert(id, key);
+    reg.by_engine.put(id, key);
     key
 }
 
@@ -144,6 +184,82 @@ pub fn engine_ident(key: EngineKey) -> Arc<EngineIdent> {
 /// The identity of an engine (cold paths: disk and remote tiers).
 pub fn ident_of(engine: &Engine) -> Arc<EngineIdent> {
     engine_ident(engine_key(engine))
+}
+
+/// Code bytes one engine holds: loaded into it (compiled or deserialized)
+/// and held by in-process tiers (resident in a memory tier). The
+/// difference is code the engine keeps for modules no cache holds any more:
+/// wasmer frees an engine's code only when the engine is dropped (wasmer
+/// #4377), so that difference is what eviction churn leaks.
+///
+/// Bytes are serialized artifact bytes, the same unit every tier weighs
+/// entries in: a close proxy for the machine code and metadata the engine
+/// maps (wasmer exposes no in-memory size, wasmer #3249).
+#[derive(Debug, Default)]
+pub(crate) struct CodeLedger {
+    loaded: AtomicU64,
+    held: AtomicI64,
+}
+
+impl CodeLedger {
+    /// Bytes of code loaded into the engine since it was tracked.
+    pub(crate) fn loaded(&self) -> u64 {
+        self.loaded.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of that code resident in in-process tiers now.
+    pub(crate) fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    /// Bytes the engine retains for modules no tier holds.
+    pub(crate) fn unheld(&self) -> u64 {
+        self.loaded().saturating_sub(self.held())
+    }
+}
+
+/// Ledgers by engine instance; `LEDGERS_LIVE` lets the common case (no
+/// generations in use) skip the lock.
+fn ledgers() -> &'static RwLock<HashMap<EngineId, Weak<CodeLedger>>> {
+    static LEDGERS: OnceLock<RwLock<HashMap<EngineId, Weak<CodeLedger>>>> = OnceLock::new();
+    LEDGERS.get_or_init(Default::default)
+}
+static LEDGERS_LIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Start accounting the code of `engine`; accounting stops when the
+/// returned ledger is dropped.
+pub(crate) fn track_code(engine: &Engine) -> Arc<CodeLedger> {
+    let ledger = Arc::new(CodeLedger::default());
+    let mut table = ledgers().write();
+    table.retain(|_, weak| weak.strong_count() > 0);
+    table.insert(engine.id(), Arc::downgrade(&ledger));
+    LEDGERS_LIVE.store(table.len(), Ordering::Relaxed);
+    ledger
+}
+
+fn with_ledger(id: EngineId, f: impl FnOnce(&CodeLedger)) {
+    if LEDGERS_LIVE.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    if let Some(ledger) = ledgers().read().get(&id).and_then(Weak::upgrade) {
+        f(&ledger);
+    }
+}
+
+/// `bytes` of code were just loaded into `engine` (a compile, or a
+/// deserialize by a tier). A no-op for untracked engines.
+pub(crate) fn note_code_loaded(engine: &Engine, bytes: u64) {
+    with_ledger(engine.id(), |l| {
+        l.loaded.fetch_add(bytes, Ordering::Relaxed);
+    });
+}
+
+/// An in-process tier now holds `delta` more (or fewer) bytes of the code
+/// of engine `id`.
+pub(crate) fn note_code_held(id: EngineId, delta: i64) {
+    with_ledger(id, |l| {
+        l.held.fetch_add(delta, Ordering::Relaxed);
+    });
 }
 
 #[cfg(test)]
@@ -167,6 +283,40 @@ mod tests {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         );
+    }
+
+    #[test]
+    fn instance_table_is_bounded_however_many_engines_come_and_go() {
+        let first = Engine::default();
+        let key = engine_key(&first);
+        for _ in 0..(MAX_TRACKED_INSTANCES + 200) {
+            let e = Engine::default();
+            assert_eq!(engine_key(&e), key);
+        }
+        assert!(tracked_instances() <= MAX_TRACKED_INSTANCES);
+        // A forgotten instance is looked up again, same answer.
+        LAST.with(|c| c.set(None));
+        assert_eq!(engine_key(&first), key);
+    }
+
+    #[test]
+    fn ledgers_account_only_tracked_engines_and_die_with_their_owner() {
+        let engine = Engine::default();
+        let ledger = track_code(&engine);
+        note_code_loaded(&engine, 100);
+        note_code_held(engine.id(), 60);
+        assert_eq!(
+            (ledger.loaded(), ledger.held(), ledger.unheld()),
+            (100, 60, 40)
+        );
+        note_code_held(engine.id(), -60);
+        assert_eq!(ledger.unheld(), 100);
+        let untracked = Engine::default();
+        note_code_loaded(&untracked, 5);
+        assert_eq!(ledger.loaded(), 100);
+        drop(ledger);
+        let _other = track_code(&untracked); // prunes the dead entry
+        assert!(!ledgers().read().contains_key(&engine.id()));
     }
 
     #[test]

@@ -198,4 +198,9 @@ where
         self.primary.expect_promotions_from(lower);
         self.fallback.expect_promotions_from(lower);
     }
+
+    fn forget_engine(&self, engine: &Engine) {
+        self.primary.forget_engine(engine);
+        self.fallback.forget_engine(engine);
+    }
 }

@@ -47,6 +47,7 @@ pub mod corpus;
 pub mod engine;
 pub mod entry;
 pub mod fallback;
+pub mod generations;
 pub mod loader;
 pub mod mac;
 pub mod observe;
@@ -56,6 +57,7 @@ pub mod tier;
 
 pub use cache::{CacheError, Corruption, ErrorKind, Hit, ModuleCache, TierName};
 pub use fallback::FallbackCache;
+pub use generations::{EngineGenerations, Generation, LoadedModule};
 pub use loader::{LoadError, ModuleLoader};
 pub use observe::instrumented::{InstrumentExt, InstrumentOptions, Instrumented};
 pub use observer::{Eviction, EvictionCause, Residency, TierObserver};

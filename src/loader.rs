@@ -1,7 +1,14 @@
 //! [`ModuleLoader`]: wasm bytes in, a [`Module`] out, through the tiers,
 //! compiling once per key however many callers ask at the same moment.
 
-use std::{collections::HashMap, fmt, sync::Arc};
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use futures::{
     FutureExt,
@@ -10,13 +17,15 @@ use futures::{
 use metrics::{Counter, Histogram};
 use parking_lot::Mutex;
 use tracing::Instrument as _;
-use wasmer::{CompileError, Engine, Module};
+use wasmer::{CompileError, Engine, EngineId, Module};
 use wasmer_types::ModuleHash;
 
 use crate::{
     cache::ModuleCache,
-    engine::{EngineKey, engine_key},
+    engine::{engine_key, note_code_loaded},
+    generations::{EngineGenerations, Generation, Generations, LoadedModule},
     observe::names::{self, label},
+    sizes,
 };
 
 /// Why [`ModuleLoader`] could not produce a module. Cheap to clone: every
@@ -47,10 +56,16 @@ pub enum LoadError {
 
 type Flight = Shared<BoxFuture<'static, Result<Module, LoadError>>>;
 
+/// Flights in progress, by module and engine *instance*: a module loaded
+/// into one engine is never handed to a caller of another.
+type InFlight = HashMap<(ModuleHash, EngineId), (u64, Flight)>;
+
 struct Inner<C> {
     cache: C,
     name: String,
-    inflight: Mutex<HashMap<(ModuleHash, EngineKey), Flight>>,
+    inflight: Mutex<InFlight>,
+    next_flight: AtomicU64,
+    generations: Generations,
     compiled_ok: Counter,
     compiled_err: Counter,
     compile_duration: Histogram,
@@ -59,6 +74,15 @@ struct Inner<C> {
 
 /// Loads modules through a cache, compiling on a miss.
 ///
+/// - [`ModuleLoader::load`] (and `_with_hash`, `_lazy`) load into the
+///   loader's own engine, managed in [`EngineGenerations`]: each result is
+///   a [`LoadedModule`], the module paired with the engine that holds its
+///   code, and code memory stays bounded under eviction churn. This is the
+///   API to use unless you manage engines yourself.
+/// - [`ModuleLoader::load_or_compile`] (and `_with_hash`, `_lazy`) load into
+///   an engine of yours: the memory tier keys by engine instance, so a
+///   module is only served to callers of the engine that holds its code,
+///   but recycling that engine is up to you.
 /// - A memory hit is answered synchronously through
 ///   [`ModuleCache::load_now`]: no task, no allocation.
 /// - Otherwise one caller per (module, engine) becomes the leader: it asks
@@ -67,7 +91,9 @@ struct Inner<C> {
 ///   counted by the tiers' spies, never fatal). Every other caller asking
 ///   meanwhile waits for the leader's result (`tierscope_coalesced_total`).
 ///   The work runs in its own task, so a cancelled caller never strands the
-///   others.
+///   others; if that task dies (a panic in a tier or in wasmer, or the
+///   runtime shutting down), its callers get [`LoadError::Task`] and the
+///   next call starts afresh.
 /// - Invalid wasm reaches every waiter as [`LoadError::Compile`] and is not
 ///   cached.
 ///
@@ -77,10 +103,11 @@ struct Inner<C> {
 /// use tierscope::{MemoryCache, ModuleLoader};
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let loader = ModuleLoader::new("modules", MemoryCache::new(64 << 20));
-/// let engine = wasmer::Engine::default();
-/// let module = loader.load_or_compile(&engine, b"(module)").await.unwrap();
-/// let again = loader.load_or_compile(&engine, b"(module)").await.unwrap();
-/// assert_eq!(module, again);
+/// let module = loader.load(b"(module)").await.unwrap();
+/// let again = loader.load(b"(module)").await.unwrap();
+/// assert_eq!(*module, *again);
+/// let store = module.store(); // always a store of the module's own engine
+/// # let _ = store;
 /// # });
 /// ```
 pub struct ModuleLoader<C> {
@@ -101,6 +128,7 @@ impl<C: fmt::Debug> fmt::Debug for ModuleLoader<C> {
             .field("name", &self.inner.name)
             .field("cache", &self.inner.cache)
             .field("in_flight", &self.inner.inflight.lock().len())
+            .field("generations", &self.inner.generations)
             .finish()
     }
 }
@@ -110,8 +138,15 @@ where
     C: ModuleCache + Send + Sync + 'static,
 {
     /// A loader for the cache stack `cache`, named `name` in metrics (the
-    /// `cache` label; use the same name as its tiers).
+    /// `cache` label; use the same name as its tiers), loading into
+    /// generations of `Engine::default()` with the default code budget.
     pub fn new(name: impl Into<String>, cache: C) -> Self {
+        Self::with_engines(name, cache, EngineGenerations::default())
+    }
+
+    /// A loader whose own engines come from `engines` (factory and code
+    /// budget).
+    pub fn with_engines(name: impl Into<String>, cache: C, engines: EngineGenerations) -> Self {
         let name = name.into();
         names::describe_all();
         let compiled =
@@ -121,11 +156,13 @@ where
             inner: Arc::new(Inner {
                 compile_duration: metrics::histogram!(names::COMPILE_DURATION, label::CACHE => name.clone()),
                 coalesced: metrics::counter!(names::COALESCED, label::CACHE => name.clone()),
+                generations: Generations::new(&name, engines),
                 compiled_ok,
                 compiled_err,
                 cache,
                 name,
                 inflight: Mutex::new(HashMap::new()),
+                next_flight: AtomicU64::new(0),
             }),
         }
     }
@@ -135,7 +172,91 @@ where
         &self.inner.cache
     }
 
-    /// Hash `wasm` (SHA-256, the [`ModuleHash`]) and load or compile it.
+    /// Flights (compiles or lower-tier loads) in progress now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.inflight.lock().len()
+    }
+
+    /// The engine new loads go to now (the current generation's). Modules
+    /// from [`ModuleLoader::load`] carry their own; use this one only for
+    /// work that is not tied to a loaded module.
+    pub fn engine(&self) -> Engine {
+        self.inner.generations.with_current(|g| g.engine().clone())
+    }
+
+    /// The current engine generation (started on first use).
+    pub fn generation(&self) -> Arc<Generation> {
+        self.inner.generations.with_current(Arc::clone)
+    }
+
+    /// Hash `wasm` and load or compile it into the loader's engine.
+    ///
+    /// Hashing costs about 0.55 ms per MB, more than a disk hit: callers that
+    /// already know the hash should use [`ModuleLoader::load_with_hash`].
+    pub async fn load(&self, wasm: &[u8]) -> Result<LoadedModule, LoadError> {
+        let key = ModuleHash::new(wasm);
+        self.load_with_hash(key, wasm).await
+    }
+
+    /// Load or compile `wasm`, whose hash the caller already knows, into
+    /// the loader's engine. `key` must be `ModuleHash::new(wasm)`: it is
+    /// trusted, not checked.
+    pub async fn load_with_hash(
+        &self,
+        key: ModuleHash,
+        wasm: &[u8],
+    ) -> Result<LoadedModule, LoadError> {
+        if let Some(loaded) = self.get_loaded(key) {
+            return Ok(loaded);
+        }
+        let wasm = bytes::Bytes::copy_from_slice(wasm);
+        Box::pin(self.managed_flight(key, Box::new(move || wasm))).await
+    }
+
+    /// Like [`ModuleLoader::load_with_hash`], but fetches the wasm bytes
+    /// only when a compile is needed (e.g. from a registry).
+    pub async fn load_lazy<F>(&self, key: ModuleHash, wasm: F) -> Result<LoadedModule, LoadError>
+    where
+        F: FnOnce() -> bytes::Bytes + Send + 'static,
+    {
+        if let Some(loaded) = self.get_loaded(key) {
+            return Ok(loaded);
+        }
+        Box::pin(self.managed_flight(key, Box::new(wasm))).await
+    }
+
+    /// The synchronous hit path of [`ModuleLoader::load`]: the module if a
+    /// tier can serve it at once (a memory hit) in the current generation,
+    /// without a future, a task or an allocation.
+    #[inline]
+    pub fn get_loaded(&self, key: ModuleHash) -> Option<LoadedModule> {
+        self.inner.generations.with_current(|g| {
+            self.inner
+                .cache
+                .load_now(key, g.engine())
+                .map(|hit| LoadedModule::new(hit.module, Arc::clone(g)))
+        })
+    }
+
+    async fn managed_flight(
+        &self,
+        key: ModuleHash,
+        wasm: Box<dyn FnOnce() -> bytes::Bytes + Send>,
+    ) -> Result<LoadedModule, LoadError> {
+        let generation = self.generation();
+        let module = self
+            .flight(
+                generation.engine(),
+                key,
+                wasm,
+                Some(Arc::clone(&generation)),
+            )
+            .await?;
+        Ok(LoadedModule::new(module, generation))
+    }
+
+    /// Hash `wasm` (SHA-256, the [`ModuleHash`]) and load or compile it
+    /// into `engine`, an engine the caller manages (see the type's docs).
     ///
     /// Hashing costs about 0.55 ms per MB, more than a disk hit: callers that
     /// already know the hash should use
@@ -145,8 +266,9 @@ where
         self.load_or_compile_with_hash(engine, key, wasm).await
     }
 
-    /// Load or compile `wasm`, whose hash the caller already knows. `key`
-    /// must be `ModuleHash::new(wasm)`: it is trusted, not checked.
+    /// Load or compile `wasm`, whose hash the caller already knows, into
+    /// `engine`. `key` must be `ModuleHash::new(wasm)`: it is trusted, not
+    /// checked.
     pub async fn load_or_compile_with_hash(
         &self,
         engine: &Engine,
@@ -161,8 +283,9 @@ where
         Box::pin(self.slow_path(engine, key, wasm)).await
     }
 
-    /// The synchronous hit path: the module if a tier can serve it at once
-    /// (a memory hit), without a future, a task or an allocation.
+    /// The synchronous hit path for an engine of the caller's: the module
+    /// if a tier can serve it at once (a memory hit), without a future, a
+    /// task or an allocation.
     #[inline]
     pub fn get(&self, engine: &Engine, key: ModuleHash) -> Option<Module> {
         self.inner.cache.load_now(key, engine).map(|hit| hit.module)
@@ -182,7 +305,7 @@ where
         if let Some(module) = self.get(engine, key) {
             return Ok(module);
         }
-        Box::pin(self.flight(engine, key, Box::new(wasm))).await
+        Box::pin(self.flight(engine, key, Box::new(wasm), None)).await
     }
 
     async fn slow_path(
@@ -192,7 +315,7 @@ where
         wasm: &[u8],
     ) -> Result<Module, LoadError> {
         let wasm = bytes::Bytes::copy_from_slice(wasm);
-        self.flight(engine, key, Box::new(move || wasm)).await
+        self.flight(engine, key, Box::new(move || wasm), None).await
     }
 
     async fn flight(
@@ -200,46 +323,19 @@ where
         engine: &Engine,
         key: ModuleHash,
         wasm: Box<dyn FnOnce() -> bytes::Bytes + Send>,
+        generation: Option<Arc<Generation>>,
     ) -> Result<Module, LoadError> {
-        let slot = (key, engine_key(engine));
-        let flight = {
+        let slot = (key, engine.id());
+        let (flight, work) = {
             let mut inflight = self.inner.inflight.lock();
             match inflight.get(&slot) {
-                Some(f) => {
+                Some((_, f)) => {
                     self.inner.coalesced.increment(1);
-                    f.clone()
+                    (f.clone(), None)
                 }
                 None => {
-                    let inner = Arc::clone(&self.inner);
-                    let engine = engine.clone();
-                    let span = tracing::debug_span!("tierscope.load_or_compile", cache = %self.inner.name, %key);
+                    let id = self.inner.next_flight.fetch_add(1, Ordering::Relaxed);
                     let (tx, rx) = futures::channel::oneshot::channel();
-                    // The work runs in its own task: a cancelled caller
-                    // never strands the others. Waiters are answered as
-                    // soon as the module exists; the save happens after.
-                    tokio::spawn(
-                        async move {
-                            let slot = (key, engine_key(&engine));
-                            let (result, compiled) = inner.lead(key, &engine, wasm).await;
-                            match compiled {
-                                Some(module) => {
-                                    // Callers arriving during the save join
-                                    // this flight and get the module at once.
-                                    let _ = tx.send(result);
-                                    inner.save(key, &engine, &module).await;
-                                    inner.inflight.lock().remove(&slot);
-                                }
-                                None => {
-                                    // Nothing to save: a caller arriving
-                                    // after the answer starts afresh (an
-                                    // error is never cached).
-                                    inner.inflight.lock().remove(&slot);
-                                    let _ = tx.send(result);
-                                }
-                            }
-                        }
-                        .instrument(span),
-                    );
                     let f = rx
                         .map(move |received| {
                             received.unwrap_or_else(|_| {
@@ -251,12 +347,77 @@ where
                         })
                         .boxed()
                         .shared();
-                    inflight.insert(slot, f.clone());
-                    f
+                    inflight.insert(slot, (id, f.clone()));
+                    (f, Some((id, tx)))
                 }
             }
         };
+        // Spawned after the map's lock is released: a runtime that is
+        // shutting down drops the task at once, and its guard takes the lock.
+        if let Some((id, tx)) = work {
+            let inner = Arc::clone(&self.inner);
+            let engine = engine.clone();
+            let span =
+                tracing::debug_span!("tierscope.load_or_compile", cache = %self.inner.name, %key);
+            // The work runs in its own task: a cancelled caller never
+            // strands the others. Waiters are answered as soon as the module
+            // exists; the save happens after.
+            tokio::spawn(
+                async move {
+                    // Removes this flight (and only this one) from the map
+                    // however the task ends: answered, panicked, or dropped
+                    // by a runtime shutting down.
+                    let guard = FlightGuard {
+                        inflight: &inner.inflight,
+                        slot,
+                        id,
+                    };
+                    let (result, compiled) = inner.lead(key, &engine, wasm).await;
+                    match compiled {
+                        Some((module, wasm_len)) => {
+                            // Callers arriving during the save join this
+                            // flight and get the module at once.
+                            let _ = tx.send(result);
+                            inner.save(key, &engine, &module).await;
+                            let bytes = sizes::lookup(key, engine_key(&engine)).unwrap_or(wasm_len);
+                            note_code_loaded(&engine, bytes);
+                            inner.after_load(generation.as_ref());
+                            drop(guard);
+                        }
+                        None => {
+                            // Nothing to save: remove the flight first, so a
+                            // caller arriving after the answer starts afresh
+                            // (an error is never cached).
+                            drop(guard);
+                            inner.after_load(generation.as_ref());
+                            let _ = tx.send(result);
+                        }
+                    }
+                }
+                .instrument(span),
+            );
+        }
         flight.await
+    }
+}
+
+/// Removes one flight from the in-flight map when dropped, if the entry
+/// is still that flight.
+struct FlightGuard<'a> {
+    inflight: &'a Mutex<InFlight>,
+    slot: (ModuleHash, EngineId),
+    id: u64,
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        let mut inflight = self.inflight.lock();
+        if inflight
+            .get(&self.slot)
+            .is_some_and(|(id, _)| *id == self.id)
+        {
+            inflight.remove(&self.slot);
+        }
     }
 }
 
@@ -266,7 +427,7 @@ impl<C: ModuleCache + Send + Sync> Inner<C> {
         key: ModuleHash,
         engine: &Engine,
         wasm: Box<dyn FnOnce() -> bytes::Bytes + Send>,
-    ) -> (Result<Module, LoadError>, Option<Module>) {
+    ) -> (Result<Module, LoadError>, Option<(Module, u64)>) {
         match self.cache.load_traced(key, engine).await {
             Ok(hit) => return (Ok(hit.module), None),
             Err(e) if e.is_not_found() => {}
@@ -280,15 +441,15 @@ impl<C: ModuleCache + Send + Sync> Inner<C> {
         let start = quanta::Instant::now();
         let compiled = tokio::task::spawn_blocking(move || {
             let wasm = wasm();
-            Module::new(&compile_engine, &wasm)
+            Module::new(&compile_engine, &wasm).map(|m| (m, wasm.len() as u64))
         })
         .await;
         let elapsed = start.elapsed().as_secs_f64();
-        let module = match compiled {
-            Ok(Ok(module)) => {
+        let (module, wasm_len) = match compiled {
+            Ok(Ok(compiled)) => {
                 self.compiled_ok.increment(1);
                 self.compile_duration.record(elapsed);
-                module
+                compiled
             }
             Ok(Err(e)) => {
                 self.compiled_err.increment(1);
@@ -307,7 +468,7 @@ impl<C: ModuleCache + Send + Sync> Inner<C> {
                 return (Err(error), None);
             }
         };
-        (Ok(module.clone()), Some(module))
+        (Ok(module.clone()), Some((module, wasm_len)))
     }
 
     /// Save a freshly compiled module; a failure is logged (and counted by
@@ -320,5 +481,20 @@ impl<C: ModuleCache + Send + Sync> Inner<C> {
                 "compiled module could not be saved in every tier",
             );
         }
+    }
+
+    /// After a flight of `generation`: retire it if its evicted code passed
+    /// the budget, and drop in-process entries of retired generations
+    /// (including one this flight may have saved after a retirement).
+    fn after_load(&self, generation: Option<&Arc<Generation>>) {
+        let Some(generation) = generation else {
+            return;
+        };
+        if let Some(retired) = self.generations.after_load(generation) {
+            self.cache.forget_engine(retired.engine());
+        } else if generation.is_retired() {
+            self.cache.forget_engine(generation.engine());
+        }
+        self.generations.refresh();
     }
 }

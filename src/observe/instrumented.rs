@@ -516,6 +516,10 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
         }
         self.inner.expect_promotions_from(lower);
     }
+
+    fn forget_engine(&self, engine: &Engine) {
+        self.inner.forget_engine(engine);
+    }
 }
 
 /// Extension method: `tier.instrumented("modules", "disk")`.

@@ -40,6 +40,17 @@ pub const COALESCED: &str = "tierscope_coalesced_total";
 pub const TIER_AVAILABLE: &str = "tierscope_tier_available";
 /// Which build is running (value 1).
 pub const BUILD_INFO: &str = "tierscope_build_info";
+/// Machine code an engine generation keeps, by `state` = `cached` (held by
+/// an in-process tier), `evicted` (no tier holds it; the engine keeps it
+/// until it is retired) or `retired` (generations retired but still in use).
+pub const ENGINE_CODE_BYTES: &str = "tierscope_engine_code_bytes";
+/// Evicted code a generation may keep before a fresh engine replaces it.
+pub const ENGINE_CODE_BUDGET: &str = "tierscope_engine_code_budget_bytes";
+/// Engine generations started (the first included).
+pub const ENGINE_GENERATIONS: &str = "tierscope_engine_generations_total";
+/// Engine generations alive now: the current one plus retired ones callers
+/// still use.
+pub const ENGINE_GENERATIONS_ALIVE: &str = "tierscope_engine_generations_alive";
 
 /// Label keys.
 pub mod label {
@@ -59,6 +70,8 @@ pub mod label {
     pub const FROM: &str = "from";
     /// Promotion target tier.
     pub const TO: &str = "to";
+    /// State of engine code: `cached`, `evicted`, `retired`.
+    pub const STATE: &str = "state";
 }
 
 /// Buckets (seconds) for operation latencies: resolve a 100 ns memory hit,
@@ -97,7 +110,7 @@ pub const HISTOGRAMS: [(&str, &[f64]); 3] = [
 ];
 
 /// Every metric with its kind, unit and help text.
-pub const DESCRIPTIONS: [(&str, Kind, Unit, &str); 18] = [
+pub const DESCRIPTIONS: [(&str, Kind, Unit, &str); 22] = [
     (
         LOOKUPS,
         Kind::Counter,
@@ -205,6 +218,30 @@ pub const DESCRIPTIONS: [(&str, Kind, Unit, &str); 18] = [
         Kind::Gauge,
         Unit::Count,
         "which tierscope and wasmer build is running (value 1)",
+    ),
+    (
+        ENGINE_CODE_BYTES,
+        Kind::Gauge,
+        Unit::Bytes,
+        "machine code kept by engine generations (artifact bytes), by state (cached, evicted, retired)",
+    ),
+    (
+        ENGINE_CODE_BUDGET,
+        Kind::Gauge,
+        Unit::Bytes,
+        "evicted code one engine generation may keep before a fresh engine replaces it",
+    ),
+    (
+        ENGINE_GENERATIONS,
+        Kind::Counter,
+        Unit::Count,
+        "engine generations started, the first included",
+    ),
+    (
+        ENGINE_GENERATIONS_ALIVE,
+        Kind::Gauge,
+        Unit::Count,
+        "engine generations alive: the current one plus retired ones still in use",
     ),
 ];
 

@@ -75,6 +75,22 @@ pub fn otel_name(prometheus: &str) -> (Cow<'static, str>, &'static str) {
         (names::COALESCED, "tierscope.coalesced", "{call}"),
         (names::TIER_AVAILABLE, "tierscope.tier.available", "1"),
         (names::BUILD_INFO, "tierscope.build.info", "1"),
+        (names::ENGINE_CODE_BYTES, "tierscope.engine.code.size", "By"),
+        (
+            names::ENGINE_CODE_BUDGET,
+            "tierscope.engine.code.budget",
+            "By",
+        ),
+        (
+            names::ENGINE_GENERATIONS,
+            "tierscope.engine.generations",
+            "{generation}",
+        ),
+        (
+            names::ENGINE_GENERATIONS_ALIVE,
+            "tierscope.engine.generations.alive",
+            "{generation}",
+        ),
     ];
     match known.iter().find(|(p, _, _)| *p == prometheus) {
         Some((_, otel, unit)) => (Cow::Borrowed(otel), unit),
@@ -93,6 +109,7 @@ pub fn otel_attribute(label: &str) -> Cow<'static, str> {
         names::label::KIND => "error.type".into(),
         names::label::FROM => "cache.promotion.from".into(),
         names::label::TO => "cache.promotion.to".into(),
+        names::label::STATE => "tierscope.code.state".into(),
         "version" => "tierscope.version".into(),
         "wasmer_version" => "wasmer.version".into(),
         other => other.to_string().into(),

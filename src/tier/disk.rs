@@ -735,7 +735,10 @@ impl FileSystemCache {
         #[allow(unsafe_code)]
         let module = unsafe { Module::deserialize(engine, artifact) };
         let module = match module {
-            Ok(m) => m,
+            Ok(m) => {
+                crate::engine::note_code_loaded(engine, artifact_len);
+                m
+            }
             Err(e) => {
                 self.discard_corrupt(&rel, &path, file_len);
                 return Err(CacheError::Deserialize(e));

@@ -13,17 +13,21 @@
 use std::{fmt, sync::Arc, time::Instant};
 
 use quick_cache::{Lifecycle, OptionsBuilder, Weighter, sync::Cache};
-use wasmer::{Engine, Module};
+use wasmer::{Engine, EngineId, Module};
 use wasmer_types::ModuleHash;
 
 use crate::{
     cache::{CacheError, Hit, ModuleCache},
-    engine::{EngineKey, engine_key},
+    engine::{engine_key, note_code_held},
     observer::{Eviction, EvictionCause, Observers, Residency, TierObserver},
     sizes,
 };
 
-type Key = (ModuleHash, EngineKey);
+/// Entries are keyed by engine *instance*, not configuration: a module's
+/// machine code lives in the engine that loaded it and a `Module` does not
+/// keep that engine alive, so a module is only ever served to callers of
+/// the very engine that holds its code.
+type Key = (ModuleHash, EngineId);
 
 #[derive(Clone)]
 struct Entry {
@@ -48,10 +52,28 @@ impl Weighter<Key, Entry> for ByArtifactBytes {
 struct CollectEvictions;
 
 impl Lifecycle<Key, Entry> for CollectEvictions {
-    type RequestState = Vec<(u64, Instant)>;
+    type RequestState = Vec<Dropped>;
 
-    fn on_evict(&self, state: &mut Self::RequestState, _key: Key, val: Entry) {
-        state.push((val.bytes, val.inserted));
+    fn on_evict(&self, state: &mut Self::RequestState, key: Key, val: Entry) {
+        state.push(Dropped::of(key, &val));
+    }
+}
+
+/// What is reported of an entry that left the tier.
+#[derive(Clone, Copy)]
+struct Dropped {
+    engine: EngineId,
+    bytes: u64,
+    inserted: Instant,
+}
+
+impl Dropped {
+    fn of(key: Key, entry: &Entry) -> Self {
+        Dropped {
+            engine: key.1,
+            bytes: entry.bytes,
+            inserted: entry.inserted,
+        }
     }
 }
 
@@ -161,8 +183,11 @@ impl MemoryCacheBuilder {
 
     /// Share of each shard for entries that were hit since admission
     /// (quick_cache's hot queue), between 0.5 and 0.99. Default 0.9.
+    /// Values outside the range are clamped into it; NaN keeps the default.
     pub fn hot_allocation(mut self, share: f64) -> Self {
-        self.hot_allocation = share.clamp(0.5, 0.99);
+        if !share.is_nan() {
+            self.hot_allocation = share.clamp(0.5, 0.99);
+        }
         self
     }
 
@@ -237,9 +262,9 @@ impl MemoryCache {
     /// Drop one entry (reported with cause `explicit`). Returns whether it
     /// was present.
     pub fn remove(&self, key: ModuleHash, engine: &Engine) -> bool {
-        match self.shared.cache.remove(&(key, engine_key(engine))) {
-            Some((_, entry)) => {
-                self.report(EvictionCause::Explicit, &[(entry.bytes, entry.inserted)]);
+        match self.shared.cache.remove(&(key, engine.id())) {
+            Some((key, entry)) => {
+                self.report(EvictionCause::Explicit, &[Dropped::of(key, &entry)]);
                 true
             }
             None => false,
@@ -252,22 +277,46 @@ impl MemoryCache {
             .shared
             .cache
             .drain()
-            .map(|(_, e)| (e.bytes, e.inserted))
+            .map(|(k, e)| Dropped::of(k, &e))
             .collect();
         self.report(EvictionCause::Explicit, &drained);
     }
 
-    fn report(&self, cause: EvictionCause, evicted: &[(u64, Instant)]) {
+    /// Drop every entry whose code belongs to `engine` (each reported with
+    /// cause `explicit`); returns how many. Called when an engine is
+    /// retired (see [`crate::EngineGenerations`]), so that a retired
+    /// engine's modules stop taking capacity and the engine can be freed.
+    pub fn forget_engine(&self, engine: EngineId) -> usize {
+        let cache = &self.shared.cache;
+        let keys: Vec<Key> = cache
+            .iter()
+            .filter(|(k, _)| k.1 == engine)
+            .map(|(k, _)| k)
+            .collect();
+        let dropped: Vec<Dropped> = keys
+            .into_iter()
+            .filter_map(|k| cache.remove(&k))
+            .map(|(k, e)| Dropped::of(k, &e))
+            .collect();
+        let n = dropped.len();
+        self.report(EvictionCause::Explicit, &dropped);
+        n
+    }
+
+    fn report(&self, cause: EvictionCause, evicted: &[Dropped]) {
+        for d in evicted {
+            note_code_held(d.engine, -(d.bytes as i64));
+        }
         let obs = &self.shared.observers;
         if obs.is_empty() {
             return;
         }
         let now = Instant::now();
-        for &(bytes, inserted) in evicted {
+        for d in evicted {
             obs.evicted(Eviction {
                 cause,
-                bytes,
-                age: Some(now.saturating_duration_since(inserted)),
+                bytes: d.bytes,
+                age: Some(now.saturating_duration_since(d.inserted)),
             });
         }
         obs.resident(self.residency());
@@ -275,13 +324,14 @@ impl MemoryCache {
 
     fn insert(&self, key: Key, module: &Module, bytes: u64) {
         let cache = &self.shared.cache;
-        let replaced = cache.remove(&key).map(|(_, e)| (e.bytes, e.inserted));
+        let replaced = cache.remove(&key).map(|(k, e)| Dropped::of(k, &e));
         let mut evicted = Vec::new();
         let entry = Entry {
             module: module.clone(),
             bytes,
             inserted: Instant::now(),
         };
+        note_code_held(key.1, bytes as i64);
         cache.insert_with_lifecycle(key, entry, &mut evicted);
         if let Some(old) = replaced {
             self.report(EvictionCause::Replaced, &[old]);
@@ -315,18 +365,15 @@ impl ModuleCache for MemoryCache {
 
     #[inline]
     fn load_now(&self, key: ModuleHash, engine: &Engine) -> Option<Hit> {
-        self.shared
-            .cache
-            .get(&(key, engine_key(engine)))
-            .map(|e| Hit {
-                module: e.module,
-                tier: None,
-                bytes: Some(e.bytes),
-            })
+        self.shared.cache.get(&(key, engine.id())).map(|e| Hit {
+            module: e.module,
+            tier: None,
+            bytes: Some(e.bytes),
+        })
     }
 
     async fn contains(&self, key: ModuleHash, engine: &Engine) -> Result<bool, CacheError> {
-        Ok(self.shared.cache.contains_key(&(key, engine_key(engine))))
+        Ok(self.shared.cache.contains_key(&(key, engine.id())))
     }
 
     async fn save(
@@ -335,10 +382,13 @@ impl ModuleCache for MemoryCache {
         engine: &Engine,
         module: &Module,
     ) -> Result<(), CacheError> {
-        let ekey = engine_key(engine);
-        let bytes = sizes::weigh(key, ekey, module)?;
-        self.insert((key, ekey), module, bytes);
+        let bytes = sizes::weigh(key, engine_key(engine), module)?;
+        self.insert((key, engine.id()), module, bytes);
         Ok(())
+    }
+
+    fn forget_engine(&self, engine: &Engine) {
+        MemoryCache::forget_engine(self, engine.id());
     }
 
     fn attach_observer(&self, observer: Arc<dyn TierObserver>) {
@@ -353,9 +403,6 @@ impl MemoryCache {
     /// allocation. `None` is a miss.
     #[inline]
     pub fn get(&self, key: ModuleHash, engine: &Engine) -> Option<Module> {
-        self.shared
-            .cache
-            .get(&(key, engine_key(engine)))
-            .map(|e| e.module)
+        self.shared.cache.get(&(key, engine.id())).map(|e| e.module)
     }
 }

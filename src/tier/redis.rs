@@ -1091,6 +1091,9 @@ fn open_value(
     // that whoever writes to Redis is trusted.)
     #[allow(unsafe_code)]
     let module = unsafe { Module::deserialize(engine, artifact) };
+    if module.is_ok() {
+        crate::engine::note_code_loaded(engine, artifact_len);
+    }
     module
         .map(|m| (m, artifact_len))
         .map_err(Rejected::Deserialize)

@@ -1,0 +1,409 @@
+//! Engine generations: bounded code memory under eviction churn, and a
+//! module always paired with the engine that holds its code.
+//!
+//! ## Why
+//!
+//! wasmer keeps a module's machine code in the [`Engine`] that compiled or
+//! deserialized it and frees it only when that engine is dropped (wasmer
+//! #4377). A [`Module`] does not keep its engine alive. Two consequences for
+//! a cache:
+//!
+//! - **Churn leaks.** Every time the memory tier evicts a module and a
+//!   lower tier serves it again, the module is deserialized once more into
+//!   the engine: the engine now holds two copies of the code, one of which
+//!   nothing uses. The memory tier's byte bound bounds what it *holds*, not
+//!   what the engine *keeps*.
+//! - **Engines must travel with modules.** A module served to a `Store` of
+//!   another engine runs code the other engine may already have freed.
+//!
+//! ## What this does
+//!
+//! [`EngineGenerations`] owns the engine a [`crate::ModuleLoader`] loads
+//! into. It accounts, per generation, the code loaded into the engine and
+//! the part of it the in-process tiers still hold; the rest (evicted code
+//! the engine keeps) is bounded by a budget
+//! ([`EngineGenerations::code_budget`]). Past the budget a fresh engine of
+//! the same configuration (from the factory) becomes current:
+//!
+//! - new loads use it; disk and Redis entries stay valid (same
+//!   configuration, same deterministic id), so the switch costs one disk
+//!   hit per module the memory tier held, not a compile;
+//! - the in-process tiers drop the old generation's entries
+//!   ([`crate::ModuleCache::forget_engine`]);
+//! - the old engine is released when nothing uses it: each
+//!   [`LoadedModule`] keeps its generation (and so its engine) alive, so
+//!   modules callers still hold keep working, and the old engine's memory
+//!   returns once they are dropped.
+//!
+//! Resident code is then at most about the memory tier's capacity plus the
+//! budget, plus whatever retired generations callers still use.
+//!
+//! ## Metrics
+//!
+//! `tierscope_engine_code_bytes{state}` (`cached`, `evicted`, `retired`),
+//! `tierscope_engine_code_budget_bytes`, `tierscope_engine_generations_total`
+//! and `tierscope_engine_generations_alive`, all labelled with the loader's
+//! `cache` name (see `docs/metrics.md`).
+
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use metrics::{Counter, Gauge};
+use parking_lot::RwLock;
+use wasmer::{Engine, Module, Store};
+
+use crate::{
+    engine::{CodeLedger, track_code},
+    observe::names::{self, label},
+};
+
+/// Default for [`EngineGenerations::code_budget`]: 256 MiB of evicted code.
+pub const DEFAULT_CODE_BUDGET: u64 = 256 << 20;
+
+type Factory = Arc<dyn Fn() -> Engine + Send + Sync>;
+
+/// The engines a [`crate::ModuleLoader`] loads into, one generation at a
+/// time (see the [module docs](self)).
+///
+/// ```
+/// use tierscope::{EngineGenerations, MemoryCache, ModuleLoader};
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let engines = EngineGenerations::new(wasmer::Engine::default).code_budget(64 << 20);
+/// let loader = ModuleLoader::with_engines("modules", MemoryCache::new(32 << 20), engines);
+/// let loaded = loader.load(b"(module (func (export \"f\")))").await.unwrap();
+/// let mut store = loaded.store(); // a store of the engine that holds the code
+/// let instance = wasmer::Instance::new(&mut store, &loaded, &wasmer::imports! {}).unwrap();
+/// # let _ = instance;
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct EngineGenerations {
+    factory: Factory,
+    budget: u64,
+}
+
+impl EngineGenerations {
+    /// Generations whose engines come from `factory` (called once per
+    /// generation; every engine it returns must have the same
+    /// configuration, or disk and Redis entries will not be shared across
+    /// generations).
+    pub fn new<F>(factory: F) -> Self
+    where
+        F: Fn() -> Engine + Send + Sync + 'static,
+    {
+        EngineGenerations {
+            factory: Arc::new(factory),
+            budget: DEFAULT_CODE_BUDGET,
+        }
+    }
+
+    /// How many bytes of evicted code (code the engine keeps for modules
+    /// no in-process tier holds) a generation may accumulate before a fresh
+    /// engine replaces it. Default [`DEFAULT_CODE_BUDGET`]. `u64::MAX`
+    /// never recycles; `0` recycles at the first eviction. A smaller budget
+    /// means lower resident memory and more disk hits after each switch.
+    pub fn code_budget(mut self, bytes: u64) -> Self {
+        self.budget = bytes;
+        self
+    }
+
+    /// The configured budget.
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+}
+
+impl Default for EngineGenerations {
+    /// Generations of `Engine::default()`.
+    fn default() -> Self {
+        EngineGenerations::new(Engine::default)
+    }
+}
+
+impl fmt::Debug for EngineGenerations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EngineGenerations")
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The metric handles of one loader's generations.
+struct GenerationGauges {
+    cached: Gauge,
+    evicted: Gauge,
+    retired: Gauge,
+    alive: Gauge,
+    started: Counter,
+    /// Code of retired generations that are still alive.
+    retired_bytes: AtomicU64,
+    alive_count: AtomicU64,
+}
+
+impl GenerationGauges {
+    fn new(cache: &str, budget: u64) -> Self {
+        let code = |state: &'static str| metrics::gauge!(names::ENGINE_CODE_BYTES, label::CACHE => cache.to_string(), label::STATE => state);
+        metrics::gauge!(names::ENGINE_CODE_BUDGET, label::CACHE => cache.to_string())
+            .set(budget as f64);
+        GenerationGauges {
+            cached: code("cached"),
+            evicted: code("evicted"),
+            retired: code("retired"),
+            alive: metrics::gauge!(names::ENGINE_GENERATIONS_ALIVE, label::CACHE => cache.to_string()),
+            started: metrics::counter!(names::ENGINE_GENERATIONS, label::CACHE => cache.to_string()),
+            retired_bytes: AtomicU64::new(0),
+            alive_count: AtomicU64::new(0),
+        }
+    }
+}
+
+/// One engine and the accounting of the code it holds.
+pub struct Generation {
+    number: u64,
+    engine: Engine,
+    ledger: Arc<CodeLedger>,
+    retired: AtomicBool,
+    /// Bytes added to the `retired` gauge when this generation retired.
+    retired_bytes: AtomicU64,
+    gauges: Arc<GenerationGauges>,
+}
+
+impl Generation {
+    /// The engine of this generation.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// 1 for the first generation, then 2, 3, ...
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// Bytes of code loaded into this generation's engine so far.
+    pub fn loaded_code_bytes(&self) -> u64 {
+        self.ledger.loaded()
+    }
+
+    /// Bytes of that code the in-process tiers hold now.
+    pub fn cached_code_bytes(&self) -> u64 {
+        self.ledger.held()
+    }
+
+    /// Bytes of code the engine keeps for modules no tier holds.
+    pub fn evicted_code_bytes(&self) -> u64 {
+        self.ledger.unheld()
+    }
+
+    /// Whether a newer generation has replaced this one.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        let g = &self.gauges;
+        if self.retired.load(Ordering::Acquire) {
+            let bytes = self.retired_bytes.load(Ordering::Relaxed);
+            let left = g
+                .retired_bytes
+                .fetch_sub(bytes, Ordering::Relaxed)
+                .saturating_sub(bytes);
+            g.retired.set(left as f64);
+        }
+        let alive = g
+            .alive_count
+            .fetch_sub(1, Ordering::Relaxed)
+            .saturating_sub(1);
+        g.alive.set(alive as f64);
+    }
+}
+
+impl fmt::Debug for Generation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Generation")
+            .field("number", &self.number)
+            .field("loaded", &self.ledger.loaded())
+            .field("cached", &self.ledger.held())
+            .field("retired", &self.is_retired())
+            .finish()
+    }
+}
+
+/// The live state: the current generation of one loader.
+pub(crate) struct Generations {
+    config: EngineGenerations,
+    current: RwLock<Option<Arc<Generation>>>,
+    next_number: AtomicU64,
+    gauges: Arc<GenerationGauges>,
+}
+
+impl Generations {
+    pub(crate) fn new(cache: &str, config: EngineGenerations) -> Self {
+        let gauges = Arc::new(GenerationGauges::new(cache, config.budget));
+        Generations {
+            config,
+            current: RwLock::new(None),
+            next_number: AtomicU64::new(1),
+            gauges,
+        }
+    }
+
+    fn start(&self) -> Arc<Generation> {
+        let engine = (self.config.factory)();
+        let ledger = track_code(&engine);
+        let g = &self.gauges;
+        g.started.increment(1);
+        let alive = g.alive_count.fetch_add(1, Ordering::Relaxed) + 1;
+        g.alive.set(alive as f64);
+        Arc::new(Generation {
+            number: self.next_number.fetch_add(1, Ordering::Relaxed),
+            engine,
+            ledger,
+            retired: AtomicBool::new(false),
+            retired_bytes: AtomicU64::new(0),
+            gauges: Arc::clone(&self.gauges),
+        })
+    }
+
+    /// Run `f` with the current generation (started on first use).
+    #[inline]
+    pub(crate) fn with_current<R>(&self, f: impl FnOnce(&Arc<Generation>) -> R) -> R {
+        if let Some(current) = self.current.read().as_ref() {
+            return f(current);
+        }
+        let mut slot = self.current.write();
+        let current = slot.get_or_insert_with(|| self.start());
+        f(current)
+    }
+
+    /// After code was loaded into `generation`: if it is the current one
+    /// and its evicted code passed the budget, start a new generation and
+    /// return the retired one (whose in-process entries the caller must
+    /// drop). Also refreshes the gauges.
+    pub(crate) fn after_load(&self, generation: &Arc<Generation>) -> Option<Arc<Generation>> {
+        let retired = if generation.ledger.unheld() > self.config.budget && !generation.is_retired()
+        {
+            let mut slot = self.current.write();
+            match slot.as_ref() {
+                Some(cur) if Arc::ptr_eq(cur, generation) => {
+                    let fresh = self.start();
+                    let old = slot.replace(fresh);
+                    drop(slot);
+                    let bytes = generation.ledger.loaded();
+                    generation.retired_bytes.store(bytes, Ordering::Relaxed);
+                    generation.retired.store(true, Ordering::Release);
+                    let total = self
+                        .gauges
+                        .retired_bytes
+                        .fetch_add(bytes, Ordering::Relaxed)
+                        + bytes;
+                    self.gauges.retired.set(total as f64);
+                    tracing::info!(
+                        generation = generation.number,
+                        loaded_bytes = bytes,
+                        evicted_bytes = generation.ledger.unheld(),
+                        budget = self.config.budget,
+                        "engine generation retired: its evicted code passed the budget"
+                    );
+                    old
+                }
+                _ => None,
+            }
+        } else {
+            None
+        };
+        self.refresh();
+        retired
+    }
+
+    /// Set the current generation's code gauges.
+    pub(crate) fn refresh(&self) {
+        if let Some(cur) = self.current.read().as_ref() {
+            self.gauges.cached.set(cur.ledger.held() as f64);
+            self.gauges.evicted.set(cur.ledger.unheld() as f64);
+        }
+    }
+}
+
+impl fmt::Debug for Generations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Generations")
+            .field("config", &self.config)
+            .field("current", &self.current.read())
+            .finish()
+    }
+}
+
+/// A module together with the engine that holds its machine code.
+///
+/// Build stores with [`LoadedModule::store`] (or from
+/// [`LoadedModule::engine`]): a store of any other engine must not
+/// instantiate it. Holding a `LoadedModule` (or any clone) keeps its
+/// engine generation alive, so the code stays valid even after the loader
+/// has moved on to a newer generation. It dereferences to the [`Module`].
+#[derive(Clone)]
+pub struct LoadedModule {
+    module: Module,
+    generation: Arc<Generation>,
+}
+
+impl LoadedModule {
+    pub(crate) fn new(module: Module, generation: Arc<Generation>) -> Self {
+        LoadedModule { module, generation }
+    }
+
+    /// The module.
+    pub fn module(&self) -> &Module {
+        &self.module
+    }
+
+    /// The engine that holds the module's code: build every store that
+    /// instantiates this module from it.
+    pub fn engine(&self) -> &Engine {
+        &self.generation.engine
+    }
+
+    /// A new store of the module's engine.
+    pub fn store(&self) -> Store {
+        Store::new(self.generation.engine.clone())
+    }
+
+    /// The engine generation the module belongs to.
+    pub fn generation(&self) -> &Generation {
+        &self.generation
+    }
+
+    /// The module and its engine. The module's code lives as long as the
+    /// engine (or a store built from it) does.
+    pub fn into_parts(self) -> (Module, Engine) {
+        (self.module, self.generation.engine.clone())
+    }
+}
+
+impl std::ops::Deref for LoadedModule {
+    type Target = Module;
+    fn deref(&self) -> &Module {
+        &self.module
+    }
+}
+
+impl AsRef<Module> for LoadedModule {
+    fn as_ref(&self) -> &Module {
+        &self.module
+    }
+}
+
+impl fmt::Debug for LoadedModule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedModule")
+            .field("module", &self.module.name())
+            .field("generation", &self.generation.number)
+            .finish()
+    }
+}
