@@ -1238,15 +1238,29 @@ fn open_lock_file(root: &Path, shared: bool) -> Option<File> {
     }
     #[cfg(not(unix))]
     let _ = shared;
-    match options.open(root.join(LOCK_NAME)) {
+    let path = root.join(LOCK_NAME);
+    let opened = match options.open(&path) {
+        // Another user's lock file in a shared directory: a read-only
+        // descriptor still takes the lock (the generation then cannot be
+        // written, so this instance rescans before each change).
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            let mut read_only = OpenOptions::new();
+            read_only.read(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                read_only.custom_flags(no_follow_flags());
+            }
+            read_only.open(&path)
+        }
+        other => other,
+    };
+    match opened {
         Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => Some(f),
         Ok(_) => None,
         Err(e) => {
             if e.kind() != io::ErrorKind::NotFound {
-                warn_once(
-                    &root.join(LOCK_NAME),
-                    &format!("cannot open lock file: {e}"),
-                );
+                warn_once(&path, &format!("cannot open lock file: {e}"));
             }
             None
         }
