@@ -308,6 +308,18 @@ pub enum Corruption {
     /// The artifact's checksum does not match the header.
     #[error("checksum mismatch")]
     Checksum,
+    /// Not a regular file (a FIFO, a device, a socket, a directory or a
+    /// symbolic link): never opened for reading nor followed.
+    #[error("not a regular file")]
+    NotARegularFile,
+    /// Larger than the tier accepts: refused before being read.
+    #[error("{actual} bytes, above the {limit}-byte limit")]
+    Oversized {
+        /// Bytes present.
+        actual: u64,
+        /// The tier's limit.
+        limit: u64,
+    },
 }
 
 /// Possible errors that may occur during [`ModuleCache`] operations.

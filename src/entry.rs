@@ -11,13 +11,18 @@
 //!     40    16  engine context: binds deterministic id, artifact format,
 //!               wasmer version and entry format version
 //!     56    32  module hash (the cache key)
-//!     88    40  reserved, zero (keeps the artifact 128-byte aligned, as
+//!     88    32  disk MAC: BLAKE3 keyed hash of the entry (this field
+//!               zeroed) when the disk tier has a MAC key, else zero
+//!    120     8  reserved, zero (keeps the artifact 128-byte aligned, as
 //!               wasmer's archive reader needs 8-byte alignment)
 //!    128     n  the artifact (`Module::serialize()` output)
 //! ```
 //!
 //! [`decode`] checks, in order: length of the header, magic, format version,
 //! engine context, key, announced length against actual length, checksum.
+//! [`decode_header`] checks the header alone and returns the announced
+//! length, so a reader can compare it with the file's length (and its own
+//! bound) before reading, or allocating for, the artifact.
 //! Any failure is a [`Corruption`]; it never panics on any input (a property
 //! test feeds it arbitrary bytes).
 
@@ -33,6 +38,10 @@ pub const MAGIC: [u8; 8] = *b"TIERSCP\0";
 
 /// Bytes before the artifact.
 pub const HEADER_LEN: usize = 128;
+
+/// Where the disk tier's MAC lives in the header (zero when unsigned). The
+/// MAC is computed with this field zeroed; [`decode`] does not read it.
+pub const MAC_RANGE: std::ops::Range<usize> = 88..120;
 
 /// XXH3-128 of an artifact: the checksum in every header. XXH3 runs at
 /// about 22 GB/s here, so verifying a 7 MB artifact costs ~0.3 ms against
@@ -82,14 +91,16 @@ pub fn decode_authenticated(
     check(entry, key, ident, false)
 }
 
-fn check(
-    entry: &[u8],
+/// Check a header alone (the first [`HEADER_LEN`] bytes of `header`): magic,
+/// format version, engine context and key. Returns the artifact length it
+/// announces, not yet compared with anything.
+pub fn decode_header(
+    header: &[u8],
     key: &ModuleHash,
     ident: &EngineIdent,
-    checksum_artifact: bool,
-) -> Result<std::ops::Range<usize>, Corruption> {
-    let header = entry.get(..HEADER_LEN).ok_or(Corruption::Truncated {
-        actual: entry.len() as u64,
+) -> Result<u64, Corruption> {
+    let header = header.get(..HEADER_LEN).ok_or(Corruption::Truncated {
+        actual: header.len() as u64,
         expected: HEADER_LEN as u64,
     })?;
     if header[0..8] != MAGIC {
@@ -110,7 +121,17 @@ fn check(
     }
     let mut len = [0u8; 8];
     len.copy_from_slice(&header[16..24]);
-    let announced = u64::from_le_bytes(len);
+    Ok(u64::from_le_bytes(len))
+}
+
+fn check(
+    entry: &[u8],
+    key: &ModuleHash,
+    ident: &EngineIdent,
+    checksum_artifact: bool,
+) -> Result<std::ops::Range<usize>, Corruption> {
+    let announced = decode_header(entry, key, ident)?;
+    let header = &entry[..HEADER_LEN];
     let actual = (entry.len() - HEADER_LEN) as u64;
     if actual < announced {
         return Err(Corruption::Truncated {
@@ -178,6 +199,26 @@ mod tests {
             decode_authenticated(&entry, &key, &ident),
             Err(Corruption::BadMagic)
         );
+    }
+
+    #[test]
+    fn the_header_alone_announces_the_length() {
+        let (key, ident, artifact) = fixture();
+        let entry = encode(&key, &ident, &artifact);
+        assert_eq!(decode_header(&entry[..HEADER_LEN], &key, &ident), Ok(1000));
+        assert!(matches!(
+            decode_header(&entry[..HEADER_LEN - 1], &key, &ident),
+            Err(Corruption::Truncated { .. })
+        ));
+        let other = ModuleHash::from_bytes([8; 32]);
+        assert_eq!(
+            decode_header(&entry, &other, &ident),
+            Err(Corruption::WrongKey)
+        );
+        // The MAC field is not part of the structural checks.
+        let mut signed = entry.clone();
+        signed[MAC_RANGE].fill(0xAB);
+        assert!(decode(&signed, &key, &ident).is_ok());
     }
 
     #[test]

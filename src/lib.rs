@@ -51,6 +51,7 @@ pub mod entry;
 pub mod fallback;
 pub mod generations;
 pub mod loader;
+pub mod mac;
 pub mod observe;
 pub mod observer;
 pub mod sizes;

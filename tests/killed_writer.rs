@@ -75,7 +75,8 @@ fn files(dir: &Path) -> Vec<PathBuf> {
             let p = e.path();
             if p.is_dir() {
                 out.extend(files(&p));
-            } else {
+            } else if e.file_name() != ".tierscope-lock" {
+                // (the tier's advisory lock file is neither entry nor temp)
                 out.push(p);
             }
         }

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! <dir>/                                  mode 0700, created on first save
+//!   .tierscope-lock                       advisory lock around changes
 //!   <deterministic id>-<artifact format>-wasmer<version>-ts<format>/
 //!     <MODULE HASH>.bin                   header + artifact (see [`crate::entry`])
 //!     .tmp-<MODULE HASH>-<pid>-<n>        a write in progress
@@ -13,6 +14,37 @@
 //! version and tierscope's entry format: a cache written by another wasmer
 //! never reaches this one's deserializer (wasmer #3193), and the header
 //! repeats the binding so a file copied across namespaces is still refused.
+//!
+//! Only namespace-shaped directories are scanned, and only files with
+//! tierscope's magic number (and temporary files of tierscope's own pattern)
+//! are ever evicted: anything else in the directory (a stray file, another
+//! program's data) is left alone and reported once with `tracing::warn!`.
+//!
+//! ## Trust
+//!
+//! Entries become executable code, so whoever can write to the directory
+//! can run code in this process. [`FileSystemCacheBuilder::open`] therefore
+//! refuses a root or namespace directory that is group- or world-writable or
+//! owned by another user (the error names the path, its mode and owner); a
+//! root that does not exist yet is checked the same way when first used.
+//! A directory shared on purpose needs [`FileSystemCacheBuilder::shared_directory`],
+//! and should then carry a keyed MAC ([`FileSystemCacheBuilder::mac_key`]):
+//! every entry is signed (BLAKE3 keyed hash in the header, see
+//! [`crate::mac`]) and an entry that fails is [`CacheError::Integrity`],
+//! removed and never deserialized. Without a key, a shared directory trusts
+//! everyone who can write to it.
+//!
+//! Entries are opened without following symbolic links and without blocking
+//! (`O_NOFOLLOW | O_NONBLOCK`), and must be regular files: a FIFO, socket,
+//! device or link at an entry path is [`Corruption::NotARegularFile`]. The
+//! file's length is compared with the header's claim and the tier's entry
+//! bound ([`FileSystemCacheBuilder::max_entry_bytes`]) before anything is
+//! allocated for the artifact.
+//!
+//! `contains` answers from the entry's header and length alone (a regular
+//! file, valid header for this key and engine, exactly the announced
+//! length): it does not read the artifact, so a `load` may still find the
+//! checksum or MAC wrong.
 //!
 //! ## Crash safety
 //!
@@ -24,7 +56,9 @@
 //! process holds their lock. Every read verifies the header and checksum
 //! before the artifact reaches wasmer, so even a torn write after a power
 //! loss (no `fsync` unless [`FileSystemCacheBuilder::sync_data`]) is caught
-//! as [`CacheError::Corrupt`], removed, and recompiled by the loader.
+//! as [`CacheError::Corrupt`], removed, and recompiled by the loader. A
+//! write that fails (a full disk) removes its temporary file and is an
+//! error of the save alone: loads go on.
 //!
 //! ## Bound
 //!
@@ -32,21 +66,28 @@
 //! recently used entries go first. Recency survives a restart through file
 //! modification times: `open` rebuilds the index by scanning the directory,
 //! and a hit refreshes its file's mtime (at most once a minute per entry).
+//! A modification time in the future (a clock set back, a `touch`) is
+//! clamped to the time of the scan, so such a file still ages and goes.
 //! Entries of other namespaces (older wasmer versions) count against the
 //! bound and, never being read, are the first to go.
 //!
-//! Several processes may share one directory. Each enforces the bound over
-//! the entries it knows (found at open, or written or read since); files
-//! that another process deleted are simply forgotten. Call
-//! [`FileSystemCache::rescan`] to pick up what other processes wrote.
+//! Several instances and processes may share one directory, and the bound
+//! holds for the directory: every change (a new entry, evictions) happens
+//! under an advisory lock (`flock` on `.tierscope-lock`) that also carries a
+//! generation number. An instance that finds the generation moved since its
+//! last change rescans the directory before adding an entry and evicting, so
+//! it evicts what others wrote too. Between changes, the directory holds at
+//! most the bound plus the temporary files being written. Files that another
+//! process deleted are simply forgotten.
 
 use std::{
+    collections::HashSet,
     fs::{self, File, OpenOptions},
     io::{self, Read, Write},
     path::{Path, PathBuf},
     sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
+        Arc, OnceLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, SystemTime},
 };
@@ -58,19 +99,27 @@ use wasmer::{Engine, Module};
 use wasmer_types::ModuleHash;
 
 use crate::{
-    cache::{CacheError, Hit, ModuleCache},
+    cache::{CacheError, Corruption, Hit, ModuleCache},
     engine::{EngineIdent, engine_key, ident_of},
     entry,
+    mac::{KeyRing, MAC_LEN, MacKey},
     observer::{Eviction, EvictionCause, Observers, Residency, TierObserver},
     sizes,
 };
 
 const ENTRY_EXT: &str = "bin";
 const TMP_PREFIX: &str = ".tmp-";
+const LOCK_NAME: &str = ".tierscope-lock";
 /// Default for [`FileSystemCacheBuilder::temp_grace`].
 const TMP_GRACE: Duration = Duration::from_secs(10);
 /// Default for [`FileSystemCacheBuilder::touch_interval`].
 const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
+/// Default for [`FileSystemCacheBuilder::max_entry_bytes`].
+pub const DEFAULT_MAX_ENTRY_BYTES: u64 = 1 << 30;
+/// Domain separation for the disk MAC.
+const MAC_DOMAIN: &[u8] = b"tierscope disk entry mac v1";
+/// At most this many foreign paths are remembered (each reported once).
+const MAX_REPORTED: usize = 4096;
 
 /// A filesystem tier. Cheap to clone (clones share the index).
 #[derive(Clone)]
@@ -81,12 +130,28 @@ pub struct FileSystemCache {
 struct Shared {
     root: PathBuf,
     capacity: Option<u64>,
+    /// Largest entry file read or written (header included).
+    max_entry: u64,
     sync_data: bool,
     inline_io: bool,
     temp_grace: Duration,
     touch_interval: Duration,
+    shared_directory: bool,
+    mac: Option<KeyRing>,
+    /// The root was found private (or `shared_directory` is on).
+    root_trusted: AtomicBool,
+    dir_lock: Mutex<DirLock>,
     index: Mutex<Index>,
     observers: Observers,
+}
+
+/// This instance's handle on the directory's advisory lock.
+#[derive(Default)]
+struct DirLock {
+    file: Option<File>,
+    /// The generation this instance last saw or wrote: another value means
+    /// someone else changed the directory since.
+    seen: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -105,6 +170,13 @@ struct Index {
 }
 
 impl Index {
+    fn empty() -> Self {
+        Index {
+            lru: LruCache::unbounded(),
+            bytes: 0,
+        }
+    }
+
     fn insert(&mut self, rel: String, meta: Meta) -> Option<Meta> {
         self.bytes += meta.bytes;
         let old = self.lru.push(rel.clone(), meta);
@@ -125,15 +197,40 @@ impl Index {
     }
 }
 
+/// A cache directory that other users could write to.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "refusing cache directory \"{}\" (mode {mode:04o}, owner uid {owner}; this process runs as uid {euid}): {why}, \
+     so other users could plant entries that this process would run as code. Make it private \
+     (chmod 0700, owned by uid {euid}), or opt in with FileSystemCacheBuilder::shared_directory(true) \
+     and sign entries with a mac_key",
+    path.display()
+)]
+pub struct UnsafeDirectory {
+    /// The directory.
+    pub path: PathBuf,
+    /// Its permission bits.
+    pub mode: u32,
+    /// Its owner.
+    pub owner: u32,
+    /// This process' effective uid.
+    pub euid: u32,
+    /// What is wrong with it.
+    pub why: &'static str,
+}
+
 /// Builder for [`FileSystemCache`].
 #[derive(Debug, Clone)]
 pub struct FileSystemCacheBuilder {
     root: PathBuf,
     capacity: Option<u64>,
+    max_entry_bytes: Option<u64>,
     sync_data: bool,
     inline_io: bool,
     temp_grace: Duration,
     touch_interval: Duration,
+    shared_directory: bool,
+    mac_keys: Vec<MacKey>,
 }
 
 impl FileSystemCacheBuilder {
@@ -141,6 +238,15 @@ impl FileSystemCacheBuilder {
     /// unbounded (not recommended: wasmer #4093).
     pub fn capacity(mut self, bytes: u64) -> Self {
         self.capacity = Some(bytes);
+        self
+    }
+
+    /// The largest entry file (header included) the tier writes or reads;
+    /// a larger file found at an entry path is [`Corruption::Oversized`],
+    /// refused before it is read, and removed. Default: the capacity, at
+    /// most [`DEFAULT_MAX_ENTRY_BYTES`] (1 GiB).
+    pub fn max_entry_bytes(mut self, bytes: u64) -> Self {
+        self.max_entry_bytes = Some(bytes);
         self
     }
 
@@ -175,25 +281,77 @@ impl FileSystemCacheBuilder {
         self
     }
 
-    /// Open the tier: scan the directory (if it exists) to rebuild the LRU
-    /// index, remove temporary files left by crashed writers, and evict
-    /// down to the bound.
+    /// Accept a root or namespace directory that is group- or
+    /// world-writable or owned by another user. Off by default: such a
+    /// directory is refused, since whoever can write to it can run code in
+    /// this process. When sharing on purpose, also set a [`mac_key`] (the
+    /// same on every process that shares the directory). New directories
+    /// are then created with mode 0770 and entries with 0640 (less the
+    /// umask), so the group can read and evict them.
+    ///
+    /// [`mac_key`]: FileSystemCacheBuilder::mac_key
+    pub fn shared_directory(mut self, on: bool) -> Self {
+        self.shared_directory = on;
+        self
+    }
+
+    /// Sign every entry with a BLAKE3 keyed MAC under `key`, and accept only
+    /// entries that carry a valid one: an entry forged by someone without
+    /// the key (or written unsigned) is [`CacheError::Integrity`], never
+    /// deserialized, removed and recompiled. Called several times, the first
+    /// key signs and any key is accepted (for rotation). Every process
+    /// sharing the directory needs the key: unsigned and signed writers on
+    /// one directory would remove each other's entries.
+    pub fn mac_key(mut self, key: impl Into<MacKey>) -> Self {
+        self.mac_keys.push(key.into());
+        self
+    }
+
+    /// [`mac_key`](FileSystemCacheBuilder::mac_key) for each key, the
+    /// signing key first.
+    pub fn mac_keys(mut self, keys: impl IntoIterator<Item = MacKey>) -> Self {
+        self.mac_keys.extend(keys);
+        self
+    }
+
+    /// Open the tier: check that the directory (if it exists) is private
+    /// (see [`shared_directory`](FileSystemCacheBuilder::shared_directory)),
+    /// scan it to rebuild the LRU index, remove temporary files left by
+    /// crashed writers, and evict down to the bound.
     pub fn open(self) -> Result<FileSystemCache, CacheError> {
+        let default_max = self
+            .capacity
+            .unwrap_or(DEFAULT_MAX_ENTRY_BYTES)
+            .min(DEFAULT_MAX_ENTRY_BYTES);
+        let max_entry = self
+            .max_entry_bytes
+            .unwrap_or(default_max)
+            .min(self.capacity.unwrap_or(u64::MAX));
         let cache = FileSystemCache {
             shared: Arc::new(Shared {
                 root: self.root,
                 capacity: self.capacity,
+                max_entry,
                 sync_data: self.sync_data,
                 inline_io: self.inline_io,
                 temp_grace: self.temp_grace,
                 touch_interval: self.touch_interval,
-                index: Mutex::new(Index {
-                    lru: LruCache::unbounded(),
-                    bytes: 0,
-                }),
+                shared_directory: self.shared_directory,
+                mac: KeyRing::new(self.mac_keys),
+                root_trusted: AtomicBool::new(self.shared_directory),
+                dir_lock: Mutex::new(DirLock::default()),
+                index: Mutex::new(Index::empty()),
                 observers: Observers::default(),
             }),
         };
+        cache.ensure_trusted_root()?;
+        if cache.shared.shared_directory && cache.shared.mac.is_none() {
+            tracing::warn!(
+                dir = %cache.shared.root.display(),
+                "shared cache directory without a MAC key: whoever can write to it can run code \
+                 in this process (set FileSystemCacheBuilder::mac_key)"
+            );
+        }
         cache.rescan()?;
         Ok(cache)
     }
@@ -210,10 +368,13 @@ impl FileSystemCache {
         FileSystemCacheBuilder {
             root: dir.into(),
             capacity: None,
+            max_entry_bytes: None,
             sync_data: false,
             inline_io: false,
             temp_grace: TMP_GRACE,
             touch_interval: TOUCH_INTERVAL,
+            shared_directory: false,
+            mac_keys: Vec::new(),
         }
     }
 
@@ -246,71 +407,11 @@ impl FileSystemCache {
     /// learn entries other processes wrote, remove abandoned temporary
     /// files, then evict down to the bound. Returns the number of entries.
     pub fn rescan(&self) -> Result<usize, CacheError> {
-        let shared = &self.shared;
-        let mut found: Vec<(String, Meta)> = Vec::new();
-        let namespaces = match fs::read_dir(&shared.root) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                *shared.index.lock() = Index {
-                    lru: LruCache::unbounded(),
-                    bytes: 0,
-                };
-                return Ok(0);
-            }
-            Err(error) => {
-                return Err(CacheError::FileRead {
-                    path: shared.root.clone(),
-                    error,
-                });
-            }
-        };
-        for ns in namespaces.flatten() {
-            if !ns.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let ns_name = ns.file_name().to_string_lossy().into_owned();
-            let Ok(files) = fs::read_dir(ns.path()) else {
-                continue;
-            };
-            for file in files.flatten() {
-                let name = file.file_name().to_string_lossy().into_owned();
-                if name.starts_with(TMP_PREFIX) {
-                    remove_if_abandoned(&file.path(), shared.temp_grace);
-                    continue;
-                }
-                if Path::new(&name).extension().is_none_or(|e| e != ENTRY_EXT) {
-                    continue;
-                }
-                // Files may vanish under us (another process evicting).
-                let Ok(md) = file.metadata() else { continue };
-                if !md.is_file() {
-                    continue;
-                }
-                let touched = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                found.push((
-                    format!("{ns_name}/{name}"),
-                    Meta {
-                        bytes: md.len(),
-                        touched,
-                        created: md.created().ok(),
-                    },
-                ));
-            }
-        }
-        // Least recently touched first, so the LRU order matches the files'.
-        found.sort_by_key(|(_, m)| m.touched);
-        let count = found.len();
-        {
-            let mut index = shared.index.lock();
-            *index = Index {
-                lru: LruCache::unbounded(),
-                bytes: 0,
-            };
-            for (rel, meta) in found {
-                index.insert(rel, meta);
-            }
-        }
-        self.enforce_bound(None);
+        let count = self.with_dir_lock(|this, _| {
+            let count = this.scan_into_index()?;
+            let evicted = this.enforce_bound(None);
+            Ok((count, evicted > 0))
+        })?;
         self.shared.observers.resident(self.residency());
         Ok(count)
     }
@@ -347,33 +448,198 @@ impl FileSystemCache {
         obs.resident(self.residency());
     }
 
-    /// Evict least recently used entries until the bound holds. `keep` is
-    /// never evicted (the entry just written).
-    fn enforce_bound(&self, keep: Option<&str>) {
-        let Some(capacity) = self.shared.capacity else {
-            return;
+    /// Check, once, that the root is private (unless shared on purpose).
+    /// A root that does not exist yet is fine: it is checked when it does.
+    fn ensure_trusted_root(&self) -> Result<(), CacheError> {
+        let shared = &self.shared;
+        if shared.root_trusted.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        match fs::metadata(&shared.root) {
+            Ok(md) => {
+                check_private(&shared.root, &md)?;
+                shared.root_trusted.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(CacheError::FileRead {
+                path: shared.root.clone(),
+                error,
+            }),
+        }
+    }
+
+    /// Run `f` holding the directory's advisory lock (when the directory
+    /// exists and the lock file can be opened; otherwise unlocked, which only
+    /// weakens the bound across instances). `f` learns whether someone else
+    /// changed the directory since this instance last did, and returns
+    /// whether it changed the directory itself.
+    fn with_dir_lock<T>(
+        &self,
+        f: impl FnOnce(&Self, bool) -> Result<(T, bool), CacheError>,
+    ) -> Result<T, CacheError> {
+        let shared = &self.shared;
+        let mut lock = shared.dir_lock.lock();
+        if lock.file.is_none() {
+            lock.file = open_lock_file(&shared.root, shared.shared_directory);
+        }
+        let Some(file) = lock.file.as_ref() else {
+            return f(self, true).map(|(t, _)| t);
         };
+        if let Err(e) = file.lock() {
+            warn_once(&shared.root.join(LOCK_NAME), &format!("cannot lock: {e}"));
+            return f(self, true).map(|(t, _)| t);
+        }
+        let generation = read_generation(file);
+        let others_changed = lock.seen != Some(generation);
+        let result = f(self, others_changed);
+        let mut seen = generation;
+        if matches!(result, Ok((_, true))) {
+            seen = generation.wrapping_add(1);
+            write_generation(file, seen);
+        }
+        let _ = file.unlock();
+        lock.seen = Some(seen);
+        result.map(|(t, _)| t)
+    }
+
+    /// Scan the directory and replace the index with what it holds, keeping
+    /// the recency this instance knows better than the files' mtimes.
+    fn scan_into_index(&self) -> Result<usize, CacheError> {
+        let shared = &self.shared;
+        let known: std::collections::HashMap<String, Meta> = shared
+            .index
+            .lock()
+            .lru
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let mut found = self.scan(&known)?;
+        // Least recently touched first, so the LRU order matches the files'.
+        found.sort_by_key(|(_, m)| m.touched);
+        let count = found.len();
+        let mut index = shared.index.lock();
+        *index = Index::empty();
+        for (rel, meta) in found {
+            index.insert(rel, meta);
+        }
+        Ok(count)
+    }
+
+    fn scan(
+        &self,
+        known: &std::collections::HashMap<String, Meta>,
+    ) -> Result<Vec<(String, Meta)>, CacheError> {
+        let shared = &self.shared;
+        let mut found: Vec<(String, Meta)> = Vec::new();
+        let namespaces = match fs::read_dir(&shared.root) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
+            Err(error) => {
+                return Err(CacheError::FileRead {
+                    path: shared.root.clone(),
+                    error,
+                });
+            }
+        };
+        let now = SystemTime::now();
+        for ns in namespaces.flatten() {
+            let ns_name = ns.file_name().to_string_lossy().into_owned();
+            if ns_name == LOCK_NAME {
+                continue;
+            }
+            let is_dir = ns.file_type().is_ok_and(|t| t.is_dir());
+            if !is_dir || !is_namespace_name(&ns_name) {
+                warn_once(&ns.path(), "not a cache namespace directory: left alone");
+                continue;
+            }
+            if !shared.shared_directory {
+                // Files may vanish under us (another process evicting).
+                let Ok(md) = fs::symlink_metadata(ns.path()) else {
+                    continue;
+                };
+                check_private(&ns.path(), &md)?;
+            }
+            let Ok(files) = fs::read_dir(ns.path()) else {
+                continue;
+            };
+            for file in files.flatten() {
+                let name = file.file_name().to_string_lossy().into_owned();
+                let path = file.path();
+                if is_temp_name(&name) {
+                    remove_if_abandoned(&path, shared.temp_grace);
+                    continue;
+                }
+                if !is_entry_name(&name) {
+                    warn_once(&path, "not a cache entry: left alone");
+                    continue;
+                }
+                // `DirEntry::metadata` does not follow links.
+                let Ok(md) = file.metadata() else { continue };
+                if !md.is_file() {
+                    warn_once(&path, "not a regular file: left alone until read");
+                    continue;
+                }
+                let rel = format!("{ns_name}/{name}");
+                let known = known.get(&rel).filter(|m| m.bytes == md.len());
+                if known.is_none() && !has_magic(&path) {
+                    warn_once(&path, "no tierscope magic number: left alone until read");
+                    continue;
+                }
+                let mut touched = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                if touched > now {
+                    // A clock set back, or a `touch`: age it from now on.
+                    touched = now;
+                    set_mtime(&path, now);
+                }
+                if let Some(k) = known {
+                    touched = touched.max(k.touched);
+                }
+                found.push((
+                    rel,
+                    Meta {
+                        bytes: md.len(),
+                        touched,
+                        created: known.and_then(|k| k.created).or(md.created().ok()),
+                    },
+                ));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Evict least recently used entries until the bound holds. `keep` is
+    /// never evicted (the entry just written). Returns how many files went.
+    /// Callers hold the directory lock.
+    fn enforce_bound(&self, keep: Option<&str>) -> usize {
+        let Some(capacity) = self.shared.capacity else {
+            return 0;
+        };
+        let mut evicted = 0;
         loop {
             let victim = {
                 let mut index = self.shared.index.lock();
                 if index.bytes <= capacity {
-                    return;
+                    return evicted;
                 }
                 let Some((rel, meta)) = index.lru.pop_lru() else {
-                    return;
+                    return evicted;
                 };
                 index.bytes -= meta.bytes;
                 if keep == Some(rel.as_str()) {
                     // Only the newest entry is left and it alone exceeds the
                     // bound: put it back (saves refuse such entries first).
                     index.insert(rel, meta);
-                    return;
+                    return evicted;
                 }
                 (rel, meta)
             };
             let path = self.shared.root.join(&victim.0);
             match fs::remove_file(&path) {
-                Ok(()) => self.report(EvictionCause::Capacity, victim.1),
+                Ok(()) => {
+                    evicted += 1;
+                    self.report(EvictionCause::Capacity, victim.1);
+                }
                 // Another process got there first: nothing of ours to report.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => tracing::warn!(
@@ -400,23 +666,21 @@ impl FileSystemCache {
     }
 
     fn load_blocking(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
+        self.ensure_trusted_root()?;
         let ekey = engine_key(engine);
         let ident = ident_of(engine);
         let rel = rel_path(&key, &ident);
         let path = self.shared.root.join(&rel);
-        let (data, md_times) = match read_entry(&path) {
+        let (data, md_times) = match read_entry(&path, &key, &ident, self.shared.max_entry) {
             Ok(v) => v,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(Refused::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
                 // Perhaps deleted by another process: forget it.
                 self.shared.index.lock().remove(&rel);
                 return Err(CacheError::NotFound);
             }
-            Err(error) => return Err(CacheError::FileRead { path, error }),
-        };
-        let range = match entry::decode(&data, &key, &ident) {
-            Ok(range) => range,
-            Err(reason) => {
-                self.discard_corrupt(&rel, &path, data.len() as u64);
+            Err(Refused::Io(error)) => return Err(CacheError::FileRead { path, error }),
+            Err(Refused::Corrupt(reason, bytes)) => {
+                self.discard_corrupt(&rel, &path, bytes);
                 return Err(CacheError::Corrupt {
                     location: path.display().to_string(),
                     reason,
@@ -424,16 +688,50 @@ impl FileSystemCache {
             }
         };
         let file_len = data.len() as u64;
+        let verified = match &self.shared.mac {
+            Some(ring) => {
+                if !verify_mac(ring, &rel, &data) {
+                    self.discard_corrupt(&rel, &path, file_len);
+                    return Err(CacheError::Integrity {
+                        location: path.display().to_string(),
+                        reason: format!(
+                            "MAC mismatch ({file_len} bytes): the entry was forged, tampered with, \
+                             written unsigned, or signed with a key this process does not hold"
+                        ),
+                    });
+                }
+                // The keyed hash covers every byte: the checksum would only
+                // repeat its verdict.
+                entry::decode_authenticated(&data, &key, &ident)
+            }
+            None => entry::decode(&data, &key, &ident),
+        };
+        let range = match verified {
+            Ok(range) => range,
+            Err(reason) => {
+                self.discard_corrupt(&rel, &path, file_len);
+                return Err(CacheError::Corrupt {
+                    location: path.display().to_string(),
+                    reason,
+                });
+            }
+        };
         let artifact_len = (range.end - range.start) as u64;
         sizes::record(key, ekey, artifact_len);
         let artifact = Bytes::from(data).slice(range);
-        // SAFETY: `entry::decode` verified, before this point, that the
-        // bytes carry our magic and format version, were written for this
-        // exact module hash under this engine configuration and wasmer
+        // SAFETY: the file was opened without following links, is a
+        // regular file, and before this point `entry::decode` verified that
+        // the bytes carry our magic and format version, were written for
+        // this exact module hash under this engine configuration and wasmer
         // version, have exactly the announced length, and match the XXH3-128
         // checksum taken of the `Module::serialize()` output when it was
-        // saved. The bytes are therefore the artifact this wasmer produced
-        // for this engine, which is what `Module::deserialize` requires.
+        // saved (with a MAC key configured, the BLAKE3 keyed MAC over the
+        // entry path and every byte was verified instead of the checksum,
+        // so the entry was written by a holder of the key). The directory
+        // was checked to be writable only by this user, unless the operator
+        // opted into a shared directory. The bytes are therefore the
+        // artifact this wasmer produced for this engine, which is what
+        // `Module::deserialize` requires.
         #[allow(unsafe_code)]
         let module = unsafe { Module::deserialize(engine, artifact) };
         let module = match module {
@@ -454,6 +752,28 @@ impl FileSystemCache {
         })
     }
 
+    /// Whether a plausible entry is at `key`'s path: a regular file whose
+    /// header is valid for this key and engine and whose length matches the
+    /// header's claim and the entry bound. The checksum and MAC are not
+    /// verified (that needs the whole file): a later `load` may still find
+    /// the entry corrupt. A file that fails these checks is removed as a
+    /// load would.
+    fn contains_blocking(&self, key: ModuleHash, engine: &Engine) -> Result<bool, CacheError> {
+        self.ensure_trusted_root()?;
+        let ident = ident_of(engine);
+        let rel = rel_path(&key, &ident);
+        let path = self.shared.root.join(&rel);
+        match check_entry_file(&path, &key, &ident, self.shared.max_entry) {
+            Ok(_) => Ok(true),
+            Err(Refused::Io(e)) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(Refused::Io(error)) => Err(CacheError::FileRead { path, error }),
+            Err(Refused::Corrupt(_, bytes)) => {
+                self.discard_corrupt(&rel, &path, bytes);
+                Ok(false)
+            }
+        }
+    }
+
     /// Record a hit in the index and, now and then, in the file's mtime.
     fn note_hit(&self, rel: String, path: &Path, bytes: u64, times: FileTimes) {
         let now = SystemTime::now();
@@ -461,33 +781,43 @@ impl FileSystemCache {
         let meta = match index.lru.get_mut(&rel) {
             Some(meta) => meta,
             None => {
-                // Written by another process since we scanned.
-                index.insert(
-                    rel.clone(),
-                    Meta {
-                        bytes,
-                        touched: times.modified,
-                        created: times.created,
-                    },
-                );
                 drop(index);
-                self.enforce_bound(Some(&rel));
+                // Written by another process since we scanned.
+                let learned = self.with_dir_lock(|this, others_changed| {
+                    if others_changed {
+                        this.scan_into_index()?;
+                    }
+                    this.shared.index.lock().insert(
+                        rel.clone(),
+                        Meta {
+                            bytes,
+                            touched: times.modified.min(now),
+                            created: times.created,
+                        },
+                    );
+                    Ok(((), this.enforce_bound(Some(&rel)) > 0))
+                });
+                if let Err(e) = learned {
+                    tracing::warn!(
+                        error = &e as &dyn std::error::Error,
+                        "unable to rescan the cache directory"
+                    );
+                }
                 self.shared.observers.resident(self.residency());
                 return;
             }
         };
+        // A touch time in the future (a clock set back) is stale too.
         let stale = now
             .duration_since(meta.touched)
-            .is_ok_and(|d| d >= self.shared.touch_interval);
+            .map_or(true, |d| d >= self.shared.touch_interval);
         if stale {
             meta.touched = now;
         }
         drop(index);
         if stale {
             // Best effort: a failure only loses recency across a restart.
-            if let Ok(f) = File::options().write(true).open(path) {
-                let _ = f.set_modified(now);
-            }
+            set_mtime(path, now);
         }
     }
 
@@ -521,60 +851,81 @@ impl FileSystemCache {
         let artifact = module.serialize()?;
         sizes::record(key, engine_key(engine), artifact.len() as u64);
         let file_len = (entry::HEADER_LEN + artifact.len()) as u64;
-        if let Some(capacity) = shared.capacity
-            && file_len > capacity
-        {
+        if file_len > shared.max_entry {
             return Err(CacheError::TooLarge {
                 tier: format!("disk at {}", shared.root.display()),
                 size: file_len,
-                limit: capacity,
+                limit: shared.max_entry,
             });
         }
         let rel = rel_path(&key, &ident);
         let path = shared.root.join(&rel);
         let dir = shared.root.join(&ident.namespace);
-        create_private_dir(&dir).map_err(|error| CacheError::FileWrite {
+        self.ensure_trusted_root()?;
+        create_dir(&dir, shared.shared_directory).map_err(|error| CacheError::FileWrite {
             path: dir.clone(),
             error,
         })?;
+        // Created just now, by us or (racing) by someone else: check it.
+        self.ensure_trusted_root()?;
         // Unique within the process (several caches may share a directory)
         // and, with the pid, across processes.
         static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = dir.join(format!("{TMP_PREFIX}{key}-{}-{n}", std::process::id()));
-        let header = entry::encode_header(&key, &ident, &artifact);
-        let written =
-            write_locked(&tmp, &[&header, &artifact], shared.sync_data).and_then(|file| {
-                fs::rename(&tmp, &path)?;
-                Ok(file)
-            });
-        let file = match written {
+        let mut header = entry::encode_header(&key, &ident, &artifact);
+        if let Some(ring) = &shared.mac {
+            let tag = ring.sign(&mac_parts(&rel, &header, &artifact));
+            header[entry::MAC_RANGE].copy_from_slice(&tag);
+        }
+        let file = match write_locked(
+            &tmp,
+            &[&header, &artifact],
+            shared.sync_data,
+            shared.shared_directory,
+        ) {
             Ok(file) => file,
             Err(error) => {
                 let _ = fs::remove_file(&tmp);
                 return Err(CacheError::FileWrite { path, error });
             }
         };
+        // Make the entry visible, learn what others wrote, and evict, all
+        // under the directory lock so the bound holds for the directory.
+        let replaced = self.with_dir_lock(|this, others_changed| {
+            if others_changed && let Err(e) = this.scan_into_index() {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+            if let Err(error) = fs::rename(&tmp, &path) {
+                let _ = fs::remove_file(&tmp);
+                return Err(CacheError::FileWrite {
+                    path: path.clone(),
+                    error,
+                });
+            }
+            let now = SystemTime::now();
+            let replaced = this.shared.index.lock().insert(
+                rel.clone(),
+                Meta {
+                    bytes: file_len,
+                    touched: now,
+                    created: Some(now),
+                },
+            );
+            this.enforce_bound(Some(&rel));
+            Ok((replaced, true))
+        })?;
         if shared.sync_data {
             // Make the rename itself durable.
             if let Ok(d) = File::open(&dir) {
                 let _ = d.sync_all();
             }
         }
-        drop(file); // releases the lock
-        let now = SystemTime::now();
-        let replaced = shared.index.lock().insert(
-            rel.clone(),
-            Meta {
-                bytes: file_len,
-                touched: now,
-                created: Some(now),
-            },
-        );
+        drop(file); // releases the temporary file's lock
         if let Some(old) = replaced {
             self.report(EvictionCause::Replaced, old);
         }
-        self.enforce_bound(Some(&rel));
         shared.observers.resident(self.residency());
         Ok(())
     }
@@ -590,32 +941,368 @@ fn rel_path(key: &ModuleHash, ident: &EngineIdent) -> String {
     format!("{}/{key}.{ENTRY_EXT}", ident.namespace)
 }
 
-/// Read a whole entry file with one open, one `fstat` and one read.
-fn read_entry(path: &Path) -> io::Result<(Vec<u8>, FileTimes)> {
-    let mut file = File::open(path)?;
+/// What the disk MAC covers: a domain, the entry's relative path (namespace
+/// and key), the header with its MAC field zeroed, the artifact.
+fn mac_parts<'a>(
+    rel: &'a str,
+    header: &'a [u8; entry::HEADER_LEN],
+    artifact: &'a [u8],
+) -> [&'a [u8]; 4] {
+    // `header` is passed with its MAC field zeroed by the callers.
+    [MAC_DOMAIN, rel.as_bytes(), header, artifact]
+}
+
+fn verify_mac(ring: &KeyRing, rel: &str, data: &[u8]) -> bool {
+    let Some((head, artifact)) = data.split_at_checked(entry::HEADER_LEN) else {
+        return false;
+    };
+    let mut header = [0u8; entry::HEADER_LEN];
+    header.copy_from_slice(head);
+    let mut tag = [0u8; MAC_LEN];
+    tag.copy_from_slice(&header[entry::MAC_RANGE]);
+    header[entry::MAC_RANGE].fill(0);
+    ring.verify(&mac_parts(rel, &header, artifact), &tag)
+}
+
+/// Why an entry file was not read.
+enum Refused {
+    Io(io::Error),
+    /// Refused, with the file's length for the eviction report.
+    Corrupt(Corruption, u64),
+}
+
+impl From<io::Error> for Refused {
+    fn from(e: io::Error) -> Self {
+        Refused::Io(e)
+    }
+}
+
+/// `O_NOFOLLOW | O_NONBLOCK`: never follow a link, never wait on a FIFO.
+#[cfg(unix)]
+fn no_follow_flags() -> i32 {
+    (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32
+}
+
+/// Open an entry without following links or blocking, and check that it is
+/// a regular file no larger than `max`, whose header is valid for `key`
+/// and announces exactly the file's length. Returns the file, positioned
+/// after the header, the header, its length and times.
+fn check_entry_file(
+    path: &Path,
+    key: &ModuleHash,
+    ident: &EngineIdent,
+    max: u64,
+) -> Result<(File, [u8; entry::HEADER_LEN], u64, FileTimes), Refused> {
+    let mut options = OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(no_follow_flags());
+    }
+    let mut file = match options.open(path) {
+        Ok(f) => f,
+        Err(e) if is_not_a_file_error(&e) => {
+            return Err(Refused::Corrupt(Corruption::NotARegularFile, 0));
+        }
+        Err(e) => return Err(Refused::Io(e)),
+    };
     let md = file.metadata()?;
-    let len = usize::try_from(md.len()).map_err(|_| io::Error::other("file too large"))?;
-    let mut data = Vec::with_capacity(len);
-    // `take` guards against a file growing under us; a shrinking one reads
-    // short and fails the length check in `entry::decode`.
-    (&mut file).take(len as u64).read_to_end(&mut data)?;
+    if !md.is_file() {
+        return Err(Refused::Corrupt(Corruption::NotARegularFile, 0));
+    }
+    let len = md.len();
+    if len > max {
+        return Err(Refused::Corrupt(
+            Corruption::Oversized {
+                actual: len,
+                limit: max,
+            },
+            len,
+        ));
+    }
+    let mut header = [0u8; entry::HEADER_LEN];
+    if len < entry::HEADER_LEN as u64 {
+        return Err(Refused::Corrupt(
+            Corruption::Truncated {
+                actual: len,
+                expected: entry::HEADER_LEN as u64,
+            },
+            len,
+        ));
+    }
+    match file.read_exact(&mut header) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            // Shrank under us.
+            return Err(Refused::Corrupt(
+                Corruption::Truncated {
+                    actual: 0,
+                    expected: entry::HEADER_LEN as u64,
+                },
+                len,
+            ));
+        }
+        Err(e) => return Err(Refused::Io(e)),
+    }
+    let announced =
+        entry::decode_header(&header, key, ident).map_err(|c| Refused::Corrupt(c, len))?;
+    let expected = announced.saturating_add(entry::HEADER_LEN as u64);
+    if len < expected {
+        return Err(Refused::Corrupt(
+            Corruption::Truncated {
+                actual: len,
+                expected,
+            },
+            len,
+        ));
+    }
+    if len > expected {
+        return Err(Refused::Corrupt(
+            Corruption::TrailingBytes {
+                actual: len,
+                expected,
+            },
+            len,
+        ));
+    }
     let times = FileTimes {
         modified: md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
         created: md.created().ok(),
     };
+    Ok((file, header, len, times))
+}
+
+/// Read a whole entry file, after [`check_entry_file`]: one open, one
+/// `fstat`, one allocation of the checked length, two reads.
+fn read_entry(
+    path: &Path,
+    key: &ModuleHash,
+    ident: &EngineIdent,
+    max: u64,
+) -> Result<(Vec<u8>, FileTimes), Refused> {
+    let (file, header, len, times) = check_entry_file(path, key, ident, max)?;
+    // `len` is at most `max`, which fits in memory on the platforms wasmer
+    // supports; an allocation failure is an error, not an abort.
+    let len_usize = usize::try_from(len).map_err(|_| io::Error::other("entry too large"))?;
+    let mut data = Vec::new();
+    data.try_reserve_exact(len_usize)
+        .map_err(|e| io::Error::new(io::ErrorKind::OutOfMemory, e))?;
+    data.extend_from_slice(&header);
+    // `take` guards against a file growing under us; a shrinking one reads
+    // short and fails the length check in `entry::decode`.
+    file.take(len - entry::HEADER_LEN as u64)
+        .read_to_end(&mut data)?;
     Ok((data, times))
+}
+
+/// Errors of an `O_NOFOLLOW | O_NONBLOCK` open that mean "not a regular
+/// file": a symbolic link (`ELOOP`), a socket or a FIFO without a writer
+/// (`ENXIO`).
+fn is_not_a_file_error(e: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        use rustix::io::Errno;
+        let raw = e.raw_os_error();
+        raw == Some(Errno::LOOP.raw_os_error()) || raw == Some(Errno::NXIO.raw_os_error())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        false
+    }
+}
+
+/// Whether a file starts with tierscope's magic number (opened without
+/// following links or blocking).
+fn has_magic(path: &Path) -> bool {
+    let mut options = OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(no_follow_flags());
+    }
+    let Ok(mut file) = options.open(path) else {
+        return false;
+    };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    let mut magic = [0u8; 8];
+    file.read_exact(&mut magic).is_ok() && magic == entry::MAGIC
+}
+
+/// Best effort: a failure only loses recency across a restart.
+fn set_mtime(path: &Path, when: SystemTime) {
+    let mut options = OpenOptions::new();
+    options.write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(no_follow_flags());
+    }
+    if let Ok(f) = options.open(path) {
+        let _ = f.set_modified(when);
+    }
+}
+
+/// `<deterministic id>-<artifact format>-wasmer<version>-ts<format>`, in
+/// the characters [`EngineIdent::namespace`] uses.
+fn is_namespace_name(name: &str) -> bool {
+    let safe = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let Some((rest, format)) = name.rsplit_once("-ts") else {
+        return false;
+    };
+    safe && rest.contains("-wasmer")
+        && !format.is_empty()
+        && format.len() <= 5
+        && format.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `<64 upper-case hex digits>.bin`.
+fn is_entry_name(name: &str) -> bool {
+    name.strip_suffix(".bin")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F')))
+}
+
+/// `.tmp-<64 upper-case hex digits>-<pid>-<n>`.
+fn is_temp_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(TMP_PREFIX) else {
+        return false;
+    };
+    let mut parts = rest.split('-');
+    let (Some(hash), Some(pid), Some(n), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    is_entry_name(&format!("{hash}.bin")) && digits(pid) && digits(n)
+}
+
+/// Report a path that is not ours, once per process.
+fn warn_once(path: &Path, what: &str) {
+    static REPORTED: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
+    let mut reported = REPORTED.get_or_init(Default::default).lock();
+    if reported.contains(path) || reported.len() >= MAX_REPORTED {
+        return;
+    }
+    reported.insert(path.to_path_buf());
+    drop(reported);
+    tracing::warn!(path = %path.display(), "{what}");
+}
+
+/// Refuse a directory other users could write to.
+fn check_private(path: &Path, md: &fs::Metadata) -> Result<(), CacheError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let euid = rustix::process::geteuid().as_raw();
+        let mode = md.mode() & 0o7777;
+        let why = if !md.is_dir() {
+            Some("it is not a directory")
+        } else if md.uid() != euid {
+            Some("it is owned by another user")
+        } else if mode & 0o022 != 0 {
+            Some("it is group- or world-writable")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(CacheError::other(UnsafeDirectory {
+                path: path.to_path_buf(),
+                mode,
+                owner: md.uid(),
+                euid,
+                why,
+            }));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, md);
+    Ok(())
+}
+
+fn open_lock_file(root: &Path, shared: bool) -> Option<File> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options
+            .mode(if shared { 0o660 } else { 0o600 })
+            .custom_flags(no_follow_flags());
+    }
+    #[cfg(not(unix))]
+    let _ = shared;
+    let path = root.join(LOCK_NAME);
+    let opened = match options.open(&path) {
+        // Another user's lock file in a shared directory: a read-only
+        // descriptor still takes the lock (the generation then cannot be
+        // written, so this instance rescans before each change).
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            let mut read_only = OpenOptions::new();
+            read_only.read(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                read_only.custom_flags(no_follow_flags());
+            }
+            read_only.open(&path)
+        }
+        other => other,
+    };
+    match opened {
+        Ok(f) if f.metadata().is_ok_and(|m| m.is_file()) => Some(f),
+        Ok(_) => None,
+        Err(e) => {
+            if e.kind() != io::ErrorKind::NotFound {
+                warn_once(&path, &format!("cannot open lock file: {e}"));
+            }
+            None
+        }
+    }
+}
+
+fn read_generation(file: &File) -> u64 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        let mut b = [0u8; 8];
+        if file.read_exact_at(&mut b, 0).is_ok() {
+            return u64::from_le_bytes(b);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+    0
+}
+
+fn write_generation(file: &File, generation: u64) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        let _ = file.write_all_at(&generation.to_le_bytes(), 0);
+    }
+    #[cfg(not(unix))]
+    let _ = (file, generation);
 }
 
 /// Create `tmp` (which must not exist), lock it, write `parts`, and return
 /// the still-locked file.
-fn write_locked(tmp: &Path, parts: &[&[u8]], sync: bool) -> io::Result<File> {
+fn write_locked(tmp: &Path, parts: &[&[u8]], sync: bool, shared: bool) -> io::Result<File> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+        options.mode(if shared { 0o640 } else { 0o600 });
     }
+    #[cfg(not(unix))]
+    let _ = shared;
     let mut file = options.open(tmp)?;
     file.lock()?;
     for part in parts {
@@ -630,28 +1317,39 @@ fn write_locked(tmp: &Path, parts: &[&[u8]], sync: bool) -> io::Result<File> {
 /// Remove a temporary file if its writer is gone (no lock held) and it is
 /// older than the grace period.
 fn remove_if_abandoned(path: &Path, grace: Duration) {
-    let Ok(file) = File::options().read(true).write(true).open(path) else {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(no_follow_flags());
+    }
+    let Ok(file) = options.open(path) else {
         return;
     };
-    let old_enough = file
-        .metadata()
-        .and_then(|m| m.modified())
+    let Ok(md) = file.metadata() else { return };
+    let old_enough = md
+        .modified()
         .ok()
         .and_then(|t| SystemTime::now().duration_since(t).ok())
         .is_some_and(|age| age >= grace);
-    if old_enough && file.try_lock().is_ok() {
+    if md.is_file() && old_enough && file.try_lock().is_ok() {
         let _ = fs::remove_file(path);
     }
 }
 
-fn create_private_dir(dir: &Path) -> io::Result<()> {
+/// Create `dir` and its missing parents: 0700, or 0770 for a shared
+/// directory (less the umask).
+fn create_dir(dir: &Path, shared: bool) -> io::Result<()> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
+        builder.mode(if shared { 0o770 } else { 0o700 });
     }
+    #[cfg(not(unix))]
+    let _ = shared;
     builder.create(dir)
 }
 
@@ -663,6 +1361,11 @@ impl std::fmt::Debug for FileSystemCache {
             .field("entries", &r.entries)
             .field("bytes", &r.bytes)
             .field("capacity", &self.shared.capacity)
+            .field("shared_directory", &self.shared.shared_directory)
+            .field(
+                "mac_keys",
+                &self.shared.mac.as_ref().map(KeyRing::fingerprints),
+            )
             .finish()
     }
 }
@@ -679,13 +1382,14 @@ impl ModuleCache for FileSystemCache {
             .await
     }
 
+    /// True when a regular file with a valid header for this key and engine,
+    /// of exactly the announced length, is at the entry path (checked on the
+    /// blocking pool). The checksum and MAC are verified by `load` only; a
+    /// file that fails these checks is removed and answers `false`.
     async fn contains(&self, key: ModuleHash, engine: &Engine) -> Result<bool, CacheError> {
-        let path = self.entry_path(key, engine);
-        match fs::metadata(&path) {
-            Ok(m) => Ok(m.is_file()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(error) => Err(CacheError::FileRead { path, error }),
-        }
+        let engine = engine.clone();
+        self.blocking(move |this| this.contains_blocking(key, &engine))
+            .await
     }
 
     async fn save(
@@ -704,5 +1408,30 @@ impl ModuleCache for FileSystemCache {
         self.shared
             .observers
             .attach(observer, Some(self.residency()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_recognized() {
+        let ident = ident_of(&Engine::default());
+        assert!(is_namespace_name(&ident.namespace), "{}", ident.namespace);
+        assert!(is_namespace_name("abc-universal-wasmer6.0.0-ts1"));
+        assert!(!is_namespace_name("firmware"));
+        assert!(!is_namespace_name("abc-wasmer1-ts"));
+        assert!(!is_namespace_name("a b-wasmer1-ts1"));
+        let key = ModuleHash::from_bytes([0xAB; 32]);
+        assert!(is_entry_name(&format!("{key}.bin")));
+        assert!(!is_entry_name(&format!(
+            "{}.bin",
+            key.to_string().to_lowercase()
+        )));
+        assert!(!is_entry_name("image.bin"));
+        assert!(is_temp_name(&format!(".tmp-{key}-12-0")));
+        assert!(!is_temp_name(&format!(".tmp-{key}-12")));
+        assert!(!is_temp_name(".tmp-not-ours"));
     }
 }

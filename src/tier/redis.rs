@@ -206,76 +206,7 @@ end
 return 0
 ";
 
-/// A 32-byte key for the values' MAC. Its `Debug` shows a fingerprint,
-/// never the key.
-#[derive(Clone)]
-pub struct MacKey([u8; 32]);
-
-impl MacKey {
-    /// A key from its bytes. Generate one with a CSPRNG, e.g.
-    /// `openssl rand -hex 32`.
-    pub fn new(bytes: [u8; 32]) -> Self {
-        MacKey(bytes)
-    }
-
-    /// A key from 64 hex digits (surrounding whitespace ignored).
-    pub fn from_hex(hex_digits: &str) -> Result<Self, RedisConfigError> {
-        let digits = hex_digits.trim();
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(digits, &mut bytes).map_err(|e| RedisConfigError::BadMacKey {
-            reason: format!(
-                "expected 64 hex digits (32 bytes), got {} characters: {e}",
-                digits.len()
-            ),
-        })?;
-        Ok(MacKey(bytes))
-    }
-
-    /// The keys listed in environment variable `var`: 64 hex digits each,
-    /// separated by commas, the signing key first.
-    pub fn list_from_env(var: &str) -> Result<Vec<MacKey>, RedisConfigError> {
-        let env_error = |reason: String| RedisConfigError::MacKeyEnv {
-            var: var.to_string(),
-            reason,
-        };
-        let value = std::env::var(var).map_err(|e| env_error(e.to_string()))?;
-        MacKey::list_from_str(&value).map_err(|e| env_error(e.to_string()))
-    }
-
-    /// The keys in `list`: 64 hex digits each, separated by commas, the
-    /// signing key first (the format of [`MAC_KEY_ENV`]).
-    pub fn list_from_str(list: &str) -> Result<Vec<MacKey>, RedisConfigError> {
-        let keys = list
-            .split(',')
-            .filter(|part| !part.trim().is_empty())
-            .map(MacKey::from_hex)
-            .collect::<Result<Vec<_>, _>>()?;
-        if keys.is_empty() {
-            return Err(RedisConfigError::BadMacKey {
-                reason: "the list holds no key".into(),
-            });
-        }
-        Ok(keys)
-    }
-
-    /// A short public fingerprint (first 4 bytes of the key's BLAKE3 hash,
-    /// in hex) to compare configurations without showing the key.
-    pub fn fingerprint(&self) -> String {
-        hex::encode(&blake3::hash(&self.0).as_bytes()[..4])
-    }
-}
-
-impl From<[u8; 32]> for MacKey {
-    fn from(bytes: [u8; 32]) -> Self {
-        MacKey(bytes)
-    }
-}
-
-impl fmt::Debug for MacKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MacKey(fingerprint {})", self.fingerprint())
-    }
-}
+pub use crate::mac::MacKey;
 
 /// A configuration [`RedisCacheBuilder::build`] refused.
 #[derive(Debug, thiserror::Error)]
