@@ -178,3 +178,105 @@ async fn a_scripted_sequence_yields_exact_counts_per_tier() {
         assert!(unit.is_some(), "{} has no unit", key.key().name());
     }
 }
+
+/// Two spies with the same `cache`/`tier` names (two instances of one
+/// stack, or a stack rebuilt on a configuration reload) must add up their
+/// hits, as their misses do: counters are published as increments, never
+/// with `absolute` (a `fetch_max` in `metrics` 0.24).
+fn same_named_spies_hits(recorder: &dyn metrics::Recorder, cache: &str) -> impl FnMut(u32) {
+    use tierscope::{InstrumentExt, MemoryCache, ModuleCache};
+    let engine = wasmer::Engine::default();
+    let (key, module, _) = common::tiny(&engine, 4242);
+    let build = {
+        let cache = cache.to_string();
+        move || MemoryCache::new(1 << 20).instrumented(cache.clone(), "memory")
+    };
+    let mut spies = vec![metrics::with_local_recorder(recorder, &build)];
+    let mut step = 0;
+    move |hits: u32| {
+        step += 1;
+        let spy = match step {
+            // A second spy under the same names, alive beside the first.
+            2 => {
+                spies.push(metrics::with_local_recorder(recorder, &build));
+                spies.last().unwrap()
+            }
+            // The first spy goes (a rebuild) and a new one takes its names.
+            3 => {
+                spies.remove(0);
+                spies.push(metrics::with_local_recorder(recorder, &build));
+                spies.last().unwrap()
+            }
+            _ => &spies[0],
+        };
+        futures::executor::block_on(spy.save(key, &engine, &module)).unwrap();
+        for _ in 0..hits {
+            assert!(spy.load_now(key, &engine).is_some());
+        }
+        tierscope::observe::flush();
+    }
+}
+
+#[test]
+fn hits_of_same_named_spies_and_rebuilds_add_up_in_prometheus() {
+    let (recorder, handle) = tierscope::observe::prometheus::recorder();
+    let hit_line = |n: u32| {
+        format!("tierscope_lookups_total{{cache=\"same-prom\",tier=\"memory\",result=\"hit\"}} {n}")
+    };
+    // `recorder` outlives the closure's uses.
+    let recorder: &'static _ = Box::leak(Box::new(recorder));
+    let mut step = same_named_spies_hits(recorder, "same-prom");
+
+    step(10);
+    assert!(handle.render().contains(&hit_line(10)));
+    step(5);
+    let text = handle.render();
+    assert!(text.contains(&hit_line(15)), "{text}");
+    step(7);
+    let text = handle.render();
+    assert!(text.contains(&hit_line(22)), "{text}");
+}
+
+#[cfg(feature = "opentelemetry")]
+#[test]
+fn hits_of_same_named_spies_and_rebuilds_add_up_in_opentelemetry() {
+    use opentelemetry::metrics::MeterProvider as _;
+    use opentelemetry_sdk::metrics::{
+        InMemoryMetricExporter, SdkMeterProvider,
+        data::{AggregatedMetrics, MetricData},
+    };
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_periodic_exporter(exporter.clone())
+        .build();
+    let recorder: &'static _ = Box::leak(Box::new(tierscope::observe::otel::OtelRecorder::new(
+        provider.meter("tierscope"),
+    )));
+    let mut step = same_named_spies_hits(recorder, "same-otel");
+    let hits = || {
+        provider.force_flush().unwrap();
+        let all = exporter.get_finished_metrics().unwrap();
+        let mut total = 0;
+        for sm in all.last().unwrap().scope_metrics() {
+            for m in sm.metrics().filter(|m| m.name() == "tierscope.lookups") {
+                if let AggregatedMetrics::U64(MetricData::Sum(s)) = m.data() {
+                    for p in s.data_points() {
+                        let attrs: Vec<_> = p.attributes().map(|kv| kv.value.to_string()).collect();
+                        if attrs.contains(&"same-otel".to_string())
+                            && attrs.contains(&"hit".to_string())
+                        {
+                            total += p.value();
+                        }
+                    }
+                }
+            }
+        }
+        total
+    };
+
+    step(10);
+    step(5);
+    assert_eq!(hits(), 15);
+    step(7);
+    assert_eq!(hits(), 22);
+}

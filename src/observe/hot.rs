@@ -8,8 +8,10 @@
 //! prefix, no cache-line sharing); only the owner thread writes its block.
 //!
 //! The totals reach the `metrics` recorder by [`publish`], which sums every
-//! thread's block and sets the counter
-//! handles with `absolute`. It runs on a background thread every
+//! thread's block and adds what was not published yet to the counter
+//! handles with `increment` (never `absolute`, which is `fetch_max` in
+//! `metrics` 0.24: two spies with the same labels, or a spy rebuilt under
+//! the same names, would report the larger count instead of the sum). It runs on a background thread every
 //! [`PUBLISH_INTERVAL`], and whenever asked: [`crate::observe::flush`] is
 //! called by tierscope's Prometheus render path and by tests that read exact
 //! values.
@@ -59,8 +61,9 @@ impl Block {
 struct SlotState {
     /// The handles totals are published to, while a tier owns the slot.
     handles: Option<[Counter; PER_SLOT]>,
-    /// Counts that belonged to earlier owners of the slot.
-    base: [u64; PER_SLOT],
+    /// The slot's totals (over every block) already published, or counted
+    /// by earlier owners of the slot: only the difference is added.
+    published: [u64; PER_SLOT],
 }
 
 struct Registry {
@@ -207,17 +210,17 @@ impl HotCounters {
             None if reg.slots.len() < SLOTS => {
                 reg.slots.push(SlotState {
                     handles: None,
-                    base: [0; PER_SLOT],
+                    published: [0; PER_SLOT],
                 });
                 Some(reg.slots.len() - 1)
             }
             None => None,
         };
         if let Some(i) = slot {
-            let base = [reg.total(i, 0), reg.total(i, 1)];
+            let published = [reg.total(i, 0), reg.total(i, 1)];
             reg.slots[i] = SlotState {
                 handles: Some(handles.clone()),
-                base,
+                published,
             };
         }
         HotCounters { slot, handles }
@@ -251,26 +254,31 @@ impl Drop for HotCounters {
     fn drop(&mut self) {
         if let Some(i) = self.slot {
             let mut reg = registry().lock();
-            publish_slot(&reg, i);
+            publish_slot(&mut reg, i);
             reg.slots[i].handles = None;
         }
     }
 }
 
-fn publish_slot(reg: &Registry, i: usize) {
-    let state = &reg.slots[i];
+fn publish_slot(reg: &mut Registry, i: usize) {
+    let totals = [reg.total(i, 0), reg.total(i, 1)];
+    let state = &mut reg.slots[i];
     if let Some(handles) = &state.handles {
         for (which, h) in handles.iter().enumerate() {
-            h.absolute(reg.total(i, which).wrapping_sub(state.base[which]));
+            let delta = totals[which].wrapping_sub(state.published[which]);
+            if delta > 0 {
+                h.increment(delta);
+            }
+            state.published[which] = totals[which];
         }
     }
 }
 
 /// Publish every tier's per-thread counts to its counter handles now.
 pub fn publish() {
-    let reg = registry().lock();
+    let mut reg = registry().lock();
     for i in 0..reg.slots.len() {
-        publish_slot(&reg, i);
+        publish_slot(&mut reg, i);
     }
 }
 
@@ -324,6 +332,40 @@ mod tests {
         let values = counters(&snap);
         assert_eq!(values["hot_test_hits"], 4005);
         assert_eq!(values["hot_test_bytes"], 40005);
+    }
+
+    #[test]
+    fn two_tiers_with_the_same_names_and_a_rebuild_add_up() {
+        let recorder = DebuggingRecorder::new();
+        let snap = recorder.snapshotter();
+        let make = || {
+            metrics::with_local_recorder(&recorder, || {
+                HotCounters::new(
+                    metrics::counter!("same_hits"),
+                    metrics::counter!("same_bytes"),
+                )
+            })
+        };
+        let (a, b) = (make(), make());
+        for _ in 0..10 {
+            a.probe(0).hit(1);
+        }
+        for _ in 0..5 {
+            b.probe(0).hit(1);
+        }
+        publish();
+        publish(); // publishing twice adds nothing
+        assert_eq!(counters(&snap)["same_hits"], 15);
+        // A rebuild under the same names (a configuration reload).
+        drop(a);
+        let c = make();
+        for _ in 0..7 {
+            c.probe(0).hit(1);
+        }
+        publish();
+        // The debugging recorder's snapshot drains counters: 15 were read.
+        assert_eq!(counters(&snap)["same_hits"], 7);
+        drop((b, c));
     }
 
     #[test]
