@@ -87,7 +87,9 @@
 //!
 //! After [`RedisCacheBuilder::failure_threshold`] consecutive failures
 //! (timeouts, refused or dropped connections, failed authentication; misses
-//! and integrity failures are *not* failures: Redis answered) the breaker
+//! and bad values, whether oversized, corrupt or failing their MAC, are
+//! *not* failures: Redis answered, and a bad value under one key says
+//! nothing about the server's health for the others) the breaker
 //! opens: every call then answers [`CacheError::Unavailable`] at once
 //! without touching Redis. After [`RedisCacheBuilder::probe_interval`], one
 //! call is let through as a probe; if Redis answers, the breaker closes,
@@ -126,8 +128,9 @@
 //! # }
 //! ```
 //!
-//! Every command touches a single key (`GET`, `SET`, `EXISTS`, and a
-//! one-key script that deletes a bad value only if it is unchanged), so no
+//! Every command touches a single key (`STRLEN`, `GETRANGE`, `SET`,
+//! `EXISTS`, and one-key scripts that delete a bad value only if it is
+//! unchanged or still oversized), so no
 //! hash tag is needed: entries spread over all slots. (`contains` is an
 //! `EXISTS`: it does not fetch or verify the value.)
 //!
@@ -135,9 +138,20 @@
 //!
 //! Entries larger than [`RedisCacheBuilder::max_entry_bytes`] (header,
 //! artifact and MAC; default 64 MiB, at most Redis' 512 MiB string limit) are
-//! refused with [`CacheError::TooLarge`] before any network I/O. Keep the
-//! timeout in proportion: a 64 MiB value needs about half a second on a
-//! 1 Gbit/s link. Entries may expire ([`RedisCacheBuilder::ttl`]); Redis'
+//! refused with [`CacheError::TooLarge`] before any network I/O. A load
+//! asks the server for the value's size (`STRLEN`) before fetching it, and
+//! fetches at most the limit plus one byte (`GETRANGE`): a larger value,
+//! such as junk written by someone else, is never transferred; it is
+//! [`CacheError::Integrity`], deleted if still oversized, and reported as an
+//! eviction with cause [`EvictionCause::Corrupt`]. (So a 256 MiB value
+//! under a 1 MiB limit costs no memory, and no timeout.) Give every node the
+//! same limit: a node deletes values larger than its own. Keep the timeout
+//! in proportion to the limit: a 64 MiB value needs about half a second on
+//! a 1 Gbit/s link, and a timeout of a value within the limit is counted as
+//! a failure of the server.
+//!
+//! Durations above [`MAX_DURATION`] (ten years, e.g. `Duration::MAX`) are
+//! saturated to it: unbounded in practice, and no deadline overflows. Entries may expire ([`RedisCacheBuilder::ttl`]); Redis'
 //! own evictions and expirations are invisible to clients and are not
 //! reported, and neither is the tier's residency (unknown to a client).
 
