@@ -156,6 +156,7 @@
 //! reported, and neither is the tier's residency (unknown to a client).
 
 use std::{
+    collections::HashMap,
     fmt,
     sync::Arc,
     time::{Duration, Instant},
@@ -168,6 +169,7 @@ use redis::{
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::{ClusterClient, ClusterConfig},
     cluster_async::ClusterConnection,
+    cluster_routing::{RoutingInfo, SingleNodeRoutingInfo},
 };
 use wasmer::{Engine, Module};
 use wasmer_types::ModuleHash;
@@ -607,6 +609,7 @@ impl RedisCacheBuilder {
                 reason: "must be at least 1 ms".into(),
             });
         }
+        let breaker = Arc::new(Breaker::new(self.failure_threshold, probe_interval));
         let (target, endpoint) = match self.target {
             RedisTarget::Url(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(RedisConfigError::Target)?;
@@ -646,7 +649,6 @@ impl RedisCacheBuilder {
             shared: Arc::new(Shared {
                 tier: self.tier,
                 prefix: self.prefix,
-                target,
                 endpoint,
                 conn: Mutex::new(None),
                 signing,
@@ -655,9 +657,11 @@ impl RedisCacheBuilder {
                 max_entry_bytes: self.max_entry_bytes,
                 ttl,
                 blocking_threshold: self.blocking_threshold,
-                breaker: Breaker::new(self.failure_threshold, probe_interval),
+                shards: matches!(target, Target::Cluster(_)).then(Shards::default),
+                target,
+                breaker,
                 observers: Observers::default(),
-                report_lock: Mutex::new(()),
+                reported: Mutex::new(true),
             }),
         })
     }
@@ -686,11 +690,120 @@ struct Shared {
     max_entry_bytes: u64,
     ttl: Option<Duration>,
     blocking_threshold: u64,
-    breaker: Breaker,
+    /// The breaker of a single server; in a cluster, of calls whose master
+    /// is not known yet (and of `ping`).
+    breaker: Arc<Breaker>,
+    /// A cluster's breakers, one per master.
+    shards: Option<Shards>,
     observers: Observers,
-    /// Serializes availability reports so the last one always carries the
-    /// breaker's current state.
-    report_lock: Mutex<()>,
+    /// The availability last reported; its lock serializes reports so the
+    /// last one always carries the current state.
+    reported: Mutex<bool>,
+}
+
+/// A cluster's circuit breakers, one per master, found through the
+/// cluster's slot map (`CLUSTER SLOTS`, fetched in the background on first
+/// use, after failures at most once a second, and once a minute anyway):
+/// a dead master opens only its own breaker, and keys on the other masters
+/// go on being served.
+#[derive(Default)]
+struct Shards {
+    /// (first slot, last slot, master address, its breaker), by first slot;
+    /// empty until the slot map is first fetched.
+    map: Mutex<Vec<SlotRange>>,
+    /// Every master's breaker by address, kept across slot map changes.
+    known: Mutex<HashMap<Arc<str>, Arc<Breaker>>>,
+    refresh: Mutex<Refresh>,
+}
+
+/// First slot, last slot, the master serving them, its breaker.
+type SlotRange = (u16, u16, Arc<str>, Arc<Breaker>);
+
+#[derive(Default)]
+struct Refresh {
+    in_flight: bool,
+    /// When the last fetch started.
+    started: Option<Instant>,
+    /// When a slot map was last installed.
+    fetched: Option<Instant>,
+}
+
+/// Least time between two fetches of the slot map after failures.
+const SLOT_MAP_RETRY: Duration = Duration::from_secs(1);
+/// A slot map older than this is fetched again (masters may have changed).
+const SLOT_MAP_MAX_AGE: Duration = Duration::from_secs(60);
+/// Slots of a Redis Cluster.
+const CLUSTER_SLOTS: u16 = 16384;
+
+impl Shards {
+    /// The master serving `slot` and its breaker, if the slot map is known.
+    fn owner(&self, slot: u16) -> Option<(Arc<str>, Arc<Breaker>)> {
+        let map = self.map.lock();
+        let i = map.partition_point(|r| r.0 <= slot).checked_sub(1)?;
+        let (_, last, addr, breaker) = &map[i];
+        (slot <= *last).then(|| (Arc::clone(addr), Arc::clone(breaker)))
+    }
+
+    /// All masters' breakers closed; `None` while the slot map is unknown.
+    fn available(&self) -> Option<bool> {
+        let map = self.map.lock();
+        (!map.is_empty()).then(|| map.iter().all(|r| r.3.available()))
+    }
+}
+
+/// The cluster slot of `key` (CRC16/XMODEM modulo 16384 over the key, or
+/// over its hash tag: the bytes between the first `{` and the next `}`,
+/// when not empty), as Redis computes it.
+fn key_slot(key: &[u8]) -> u16 {
+    let tag = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        rest.iter()
+            .position(|&b| b == b'}')
+            .filter(|&close| close > 0)
+            .map(|close| &rest[..close])
+    });
+    let mut crc: u16 = 0;
+    for &byte in tag.unwrap_or(key) {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % CLUSTER_SLOTS
+}
+
+/// The masters' slot ranges in a `CLUSTER SLOTS` reply.
+fn parse_slot_map(reply: &Value) -> Option<Vec<(u16, u16, String)>> {
+    let int = |v: &Value| match v {
+        Value::Int(n) => u16::try_from(*n).ok(),
+        _ => None,
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    let Value::Array(ranges) = reply else {
+        return None;
+    };
+    let mut map = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        let Value::Array(fields) = range else {
+            return None;
+        };
+        let (first, last) = (int(fields.first()?)?, int(fields.get(1)?)?);
+        let Value::Array(master) = fields.get(2)? else {
+            return None;
+        };
+        let (host, port) = (text(master.first()?)?, int(master.get(1)?)?);
+        map.push((first, last, format!("{host}:{port}")));
+    }
+    map.sort_by_key(|r| r.0);
+    Some(map)
 }
 
 enum Target {
@@ -919,16 +1032,19 @@ impl Breaker {
 
 /// One admitted call. Dropping it without a verdict (a cancelled caller)
 /// counts as neutral, so an abandoned probe never leaves the breaker stuck.
-struct Call<'a> {
-    shared: &'a Shared,
+struct Call {
+    shared: Arc<Shared>,
+    breaker: Arc<Breaker>,
+    /// The cluster master it went to, when known.
+    master: Option<Arc<str>>,
     probe: bool,
     settled: bool,
 }
 
-impl Call<'_> {
+impl Call {
     fn settle(mut self, verdict: Verdict) {
         self.settled = true;
-        self.shared.settle(self.probe, verdict);
+        self.shared.settle(&self, verdict);
     }
 
     /// Settle from an operation's result.
@@ -944,10 +1060,10 @@ impl Call<'_> {
     }
 }
 
-impl Drop for Call<'_> {
+impl Drop for Call {
     fn drop(&mut self) {
         if !self.settled {
-            self.shared.settle(self.probe, Verdict::Neutral);
+            self.shared.settle(self, Verdict::Neutral);
         }
     }
 }
@@ -964,39 +1080,73 @@ impl Shared {
         format!("tier {} ({}) key {redis_key}", self.tier, self.endpoint)
     }
 
-    fn admit(&self) -> Result<Call<'_>, CacheError> {
-        match self.breaker.admit() {
+    /// Admit a call that touches no key (through the tier's own breaker).
+    fn admit(self: &Arc<Self>) -> Result<Call, CacheError> {
+        self.admit_through(Arc::clone(&self.breaker), None)
+    }
+
+    /// Admit a call on `redis_key`: in a cluster, through the breaker of
+    /// the master serving its slot, once the slot map is known.
+    fn admit_key(self: &Arc<Self>, redis_key: &str) -> Result<Call, CacheError> {
+        let Some(shards) = &self.shards else {
+            return self.admit();
+        };
+        self.refresh_slot_map(false);
+        match shards.owner(key_slot(redis_key.as_bytes())) {
+            Some((master, breaker)) => self.admit_through(breaker, Some(master)),
+            None => self.admit(),
+        }
+    }
+
+    fn admit_through(
+        self: &Arc<Self>,
+        breaker: Arc<Breaker>,
+        master: Option<Arc<str>>,
+    ) -> Result<Call, CacheError> {
+        match breaker.admit() {
             Ok(probe) => Ok(Call {
-                shared: self,
+                shared: Arc::clone(self),
+                breaker,
+                master,
                 probe,
                 settled: false,
             }),
             Err(reason) => Err(CacheError::Unavailable {
                 tier: self.tier.clone(),
-                reason,
+                reason: match master {
+                    Some(master) => format!("master {master}: {reason}"),
+                    None => reason,
+                },
             }),
         }
     }
 
-    fn settle(&self, probe: bool, verdict: Verdict) {
+    fn settle(self: &Arc<Self>, call: &Call, verdict: Verdict) {
         let failed = match &verdict {
             Verdict::Failed(reason) => Some(reason.clone()),
             _ => None,
         };
-        if self.breaker.settle(probe, verdict) {
-            let available = self.breaker.available();
+        if failed.is_some() {
+            // A failure in a cluster may mean its masters changed.
+            self.refresh_slot_map(true);
+        }
+        if call.breaker.settle(call.probe, verdict) {
+            let available = call.breaker.available();
+            let master = call.master.as_deref().unwrap_or("");
             match failed {
                 Some(reason) if !available => tracing::warn!(
                     tier = %self.tier,
                     endpoint = %self.endpoint,
-                    threshold = self.breaker.threshold,
-                    probe_interval = ?self.breaker.interval,
+                    master,
+                    threshold = call.breaker.threshold,
+                    probe_interval = ?call.breaker.interval,
                     %reason,
                     "remote tier unavailable: circuit breaker opened",
                 ),
                 _ => tracing::info!(
                     tier = %self.tier,
                     endpoint = %self.endpoint,
+                    master,
                     "remote tier available again: circuit breaker closed",
                 ),
             }
@@ -1004,9 +1154,121 @@ impl Shared {
         }
     }
 
+    /// Available: the breaker closed (in a cluster, every master's, once
+    /// the slot map is known).
+    fn available(&self) -> bool {
+        self.shards
+            .as_ref()
+            .and_then(Shards::available)
+            .unwrap_or_else(|| self.breaker.available())
+    }
+
     fn report_availability(&self) {
-        let _serial = self.report_lock.lock();
-        self.observers.available(self.breaker.available());
+        let mut reported = self.reported.lock();
+        let available = self.available();
+        if *reported != available {
+            *reported = available;
+            self.observers.available(available);
+        }
+    }
+
+    /// Fetch a cluster's slot map in the background, if none is known or
+    /// it is old, or (`after_failure`) if the last fetch is a second old.
+    fn refresh_slot_map(self: &Arc<Self>, after_failure: bool) {
+        let Some(shards) = &self.shards else {
+            return;
+        };
+        let now = Instant::now();
+        {
+            let mut refresh = shards.refresh.lock();
+            let since = |t: Option<Instant>| t.map(|t| now.saturating_duration_since(t));
+            let due = match (since(refresh.fetched), since(refresh.started)) {
+                _ if refresh.in_flight => false,
+                (_, None) => true,
+                (None, Some(tried)) => tried >= SLOT_MAP_RETRY,
+                (Some(age), Some(tried)) => {
+                    age >= SLOT_MAP_MAX_AGE || (after_failure && tried >= SLOT_MAP_RETRY)
+                }
+            };
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            if !due {
+                return;
+            }
+            refresh.in_flight = true;
+            refresh.started = Some(now);
+            let shared = Arc::clone(self);
+            runtime.spawn(async move { shared.fetch_slot_map().await });
+        }
+    }
+
+    /// Ask a master for the slot map (bounded by the timeout) and install it.
+    async fn fetch_slot_map(&self) {
+        let Some(shards) = &self.shards else {
+            return;
+        };
+        let work = async {
+            let mut failure = None;
+            // A random master may be the dead one: try a few.
+            for _ in 0..3 {
+                let Conn::Cluster(mut conn) = self.connection()? else {
+                    return Ok(None);
+                };
+                let cmd = redis::cmd("CLUSTER").arg("SLOTS").clone();
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary);
+                match conn.route_command(cmd, routing).await {
+                    Ok(reply) => return Ok(parse_slot_map(&reply)),
+                    Err(e) => failure = Some(e),
+                }
+            }
+            Err(failure
+                .unwrap_or_else(|| RedisError::from((redis::ErrorKind::Io, "no master answered"))))
+        };
+        let fetched = self
+            .bounded("slot map", deadline_after(self.timeout), work)
+            .await;
+        let installed = match fetched {
+            Ok(Some(map)) if !map.is_empty() => {
+                let mut known = shards.known.lock();
+                let threshold = self.breaker.threshold;
+                let interval = self.breaker.interval;
+                let map = map
+                    .into_iter()
+                    .map(|(first, last, addr)| {
+                        let addr: Arc<str> = addr.into();
+                        let breaker = known
+                            .entry(Arc::clone(&addr))
+                            .or_insert_with(|| Arc::new(Breaker::new(threshold, interval)));
+                        (first, last, addr, Arc::clone(breaker))
+                    })
+                    .collect();
+                *shards.map.lock() = map;
+                true
+            }
+            Ok(_) => {
+                tracing::debug!(tier = %self.tier, "unexpected CLUSTER SLOTS reply");
+                false
+            }
+            Err(e) => {
+                tracing::debug!(
+                    tier = %self.tier,
+                    error = &e as &dyn std::error::Error,
+                    "unable to fetch the cluster's slot map",
+                );
+                false
+            }
+        };
+        {
+            let mut refresh = shards.refresh.lock();
+            refresh.in_flight = false;
+            if installed {
+                refresh.fetched = Some(Instant::now());
+            }
+        }
+        if installed {
+            self.report_availability();
+        }
     }
 
     /// The connection, made on first use (no I/O here: both kinds connect
@@ -1360,16 +1622,17 @@ impl RedisCache {
         self.shared.timeout
     }
 
-    /// False while the circuit breaker is open.
+    /// False while the circuit breaker is open (for a cluster: while any
+    /// master's breaker is open).
     pub fn is_available(&self) -> bool {
-        self.shared.breaker.available()
+        self.shared.available()
     }
 
     /// Send `PING` through the breaker and the time bound: a readiness
     /// check that also warms the connection up.
     pub async fn ping(&self) -> Result<(), CacheError> {
         let s = &*self.shared;
-        let call = s.admit()?;
+        let call = self.shared.admit()?;
         let deadline = deadline_after(s.timeout);
         let result = s
             .query::<String>("ping", deadline, &redis::cmd("PING"))
@@ -1382,7 +1645,7 @@ impl RedisCache {
         let s = &*self.shared;
         let ident = ident_of(engine);
         let redis_key = s.redis_key(&key, &ident);
-        let call = s.admit()?;
+        let call = self.shared.admit_key(&redis_key)?;
         let deadline = deadline_after(s.timeout);
         let got = s.fetch(&redis_key, deadline).await;
         // Only whether the server answered counts: a bad value is the
@@ -1457,9 +1720,9 @@ impl RedisCache {
         {
             return Err(too_large(artifact + overhead));
         }
-        let call = s.admit()?;
         let ident = ident_of(engine);
         let redis_key = s.redis_key(&key, &ident);
+        let call = self.shared.admit_key(&redis_key)?;
         let big = hint.is_none_or(|b| b + overhead >= s.blocking_threshold);
         let (value, artifact_len) = {
             let shared = Arc::clone(&self.shared);
@@ -1500,7 +1763,7 @@ impl fmt::Debug for RedisCache {
             .field("prefix", &s.prefix)
             .field("mac_keys", &keys)
             .field("timeout", &s.timeout)
-            .field("available", &s.breaker.available())
+            .field("available", &s.available())
             .finish()
     }
 }
@@ -1518,7 +1781,7 @@ impl ModuleCache for RedisCache {
     async fn contains(&self, key: ModuleHash, engine: &Engine) -> Result<bool, CacheError> {
         let s = &*self.shared;
         let redis_key = s.redis_key(&key, &ident_of(engine));
-        let call = s.admit()?;
+        let call = self.shared.admit_key(&redis_key)?;
         let deadline = deadline_after(s.timeout);
         let result = s
             .query::<bool>("contains", deadline, redis::cmd("EXISTS").arg(&redis_key))
@@ -1538,10 +1801,10 @@ impl ModuleCache for RedisCache {
 
     fn attach_observer(&self, observer: Arc<dyn TierObserver>) {
         let s = &*self.shared;
-        let _serial = s.report_lock.lock();
+        let _serial = s.reported.lock();
         // A client cannot know what the server holds: no residency.
         s.observers.attach(Arc::clone(&observer), None);
-        observer.available(s.breaker.available());
+        observer.available(s.available());
     }
 }
 
@@ -1636,6 +1899,69 @@ mod tests {
         let t = *unkeyed.sign(b"k1", b"entry").as_bytes();
         assert!(unkeyed.verify(b"k1", b"entry", &t));
         assert!(!old.verify(b"k1", b"entry", &t));
+    }
+
+    #[test]
+    fn key_slots_match_redis() {
+        // reference values from `CLUSTER KEYSLOT` on redis-server 7.0
+        for (key, slot) in [
+            ("foo", 12182),
+            ("bar", 5061),
+            ("", 0),
+            ("{user1000}.following", 3443),
+            ("{user1000}.followers", 3443),
+            ("foo{}{bar}", 8363),
+            ("foo{{bar}}zap", 4015),
+            ("a{b", 13340),
+            (
+                "tierscope:abc:9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08",
+                5081,
+            ),
+        ] {
+            assert_eq!(key_slot(key.as_bytes()), slot, "{key:?}");
+        }
+    }
+
+    #[test]
+    fn slot_maps_are_parsed_and_looked_up() {
+        let node = |host: &str, port: i64| {
+            Value::Array(vec![
+                Value::BulkString(host.as_bytes().to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(16383),
+                node("10.0.0.2", 7001),
+            ]),
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                node("10.0.0.1", 7000),
+            ]),
+        ]);
+        let map = parse_slot_map(&reply).unwrap();
+        assert_eq!(
+            map,
+            [
+                (0, 5460, "10.0.0.1:7000".to_string()),
+                (5461, 16383, "10.0.0.2:7001".to_string())
+            ]
+        );
+        assert!(parse_slot_map(&Value::Int(1)).is_none());
+        let shards = Shards::default();
+        assert!(shards.owner(0).is_none());
+        assert_eq!(shards.available(), None);
+        let breaker = Arc::new(Breaker::new(1, Duration::from_secs(1)));
+        *shards.map.lock() = vec![(0, 5460, "a".into(), Arc::clone(&breaker))];
+        assert_eq!(&*shards.owner(5460).unwrap().0, "a");
+        assert!(shards.owner(5461).is_none());
+        assert_eq!(shards.available(), Some(true));
+        breaker.settle(false, Verdict::Failed("down".into()));
+        assert_eq!(shards.available(), Some(false));
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct Options {
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    /// The cluster bus port (cluster mode): chosen free, since the default
+    /// `port + 10000` does not exist for ports above 55535.
+    bus_port: u16,
     options: Options,
     dir: tempfile::TempDir,
 }
@@ -72,6 +75,7 @@ impl RedisServer {
         let mut server = RedisServer {
             child: None,
             port: free_port(),
+            bus_port: free_port(),
             options,
             dir: tempfile::tempdir().expect("temp dir for redis-server"),
         };
@@ -96,7 +100,8 @@ impl RedisServer {
         }
         if self.options.cluster {
             cmd.args(["--cluster-enabled", "yes"])
-                .args(["--cluster-config-file", "nodes.conf"]);
+                .args(["--cluster-config-file", "nodes.conf"])
+                .args(["--cluster-port", &self.bus_port.to_string()]);
         }
         let child = cmd.spawn().unwrap_or_else(|e| {
             panic!(
