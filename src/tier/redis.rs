@@ -130,9 +130,24 @@
 //!
 //! Every command touches a single key (`STRLEN`, `GETRANGE`, `SET`,
 //! `EXISTS`, and one-key scripts that delete a bad value only if it is
-//! unchanged or still oversized), so no
-//! hash tag is needed: entries spread over all slots. (`contains` is an
-//! `EXISTS`: it does not fetch or verify the value.)
+//! unchanged or still oversized), so no hash tag is needed: entries spread
+//! over all slots. (`contains` is an `EXISTS`: it does not fetch or verify
+//! the value.)
+//!
+//! In a cluster each master has its own circuit breaker: the tier fetches
+//! the slot map (`CLUSTER SLOTS`) in the background on first use, again at
+//! most once a second after a failure, and once a minute anyway, and counts
+//! each call against the master serving its key's slot (calls made before
+//! the map is known count against one breaker for the whole cluster). When
+//! a master dies, its keys fail within the timeout until its breaker opens
+//! and then answer [`CacheError::Unavailable`] at once, while keys on the
+//! other masters go on hitting; [`RedisCache::is_available`] and the
+//! availability reported to observers are false while any master's breaker
+//! is open. For the other masters to go on serving while one is down
+//! without a replica, run the cluster with
+//! `cluster-require-full-coverage no` (with the default `yes`, every master
+//! refuses every key once the dead one is marked failed). A test kills and
+//! restarts a master of a real three-master cluster.
 //!
 //! ## Limits
 //!
