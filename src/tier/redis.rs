@@ -154,11 +154,14 @@
 //! Entries larger than [`RedisCacheBuilder::max_entry_bytes`] (header,
 //! artifact and MAC; default 64 MiB, at most Redis' 512 MiB string limit) are
 //! refused with [`CacheError::TooLarge`] before any network I/O. A load
-//! asks the server for the value's size (`STRLEN`) before fetching it, and
-//! fetches at most the limit plus one byte (`GETRANGE`): a larger value,
-//! such as junk written by someone else, is never transferred; it is
-//! [`CacheError::Integrity`], deleted if still oversized, and reported as an
-//! eviction with cause [`EvictionCause::Corrupt`]. (So a 256 MiB value
+//! reads a value in ranges, never as a whole: one round trip pipelines
+//! `EXISTS`, `STRLEN` and `GETRANGE` of the first [`FIRST_READ_BYTES`]
+//! (1 MiB, or the limit if smaller), so a miss or a value up to that size
+//! costs one round trip like a plain `GET`, and a larger value within the
+//! limit one more `GETRANGE` for the rest. A value larger than the limit,
+//! such as junk written by someone else, costs at most that first read: it
+//! is [`CacheError::Integrity`], deleted if still oversized, and reported as
+//! an eviction with cause [`EvictionCause::Corrupt`]. (So a 256 MiB value
 //! under a 1 MiB limit costs no memory, and no timeout.) Give every node the
 //! same limit: a node deletes values larger than its own. Keep the timeout
 //! in proportion to the limit: a 64 MiB value needs about half a second on
@@ -216,6 +219,10 @@ pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
 pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Default largest entry (header + artifact + MAC).
 pub const DEFAULT_MAX_ENTRY_BYTES: u64 = 64 << 20;
+/// At most this much of a value (or `max_entry_bytes`, if smaller) is read
+/// in the round trip that learns its size: values up to this size cost one
+/// round trip, and an oversized value costs no more than this transfer.
+pub const FIRST_READ_BYTES: u64 = 1 << 20;
 /// Default size from which MAC, checksum and (de)serialization run on
 /// tokio's blocking pool.
 pub const DEFAULT_BLOCKING_THRESHOLD: u64 = 256 << 10;
@@ -554,9 +561,10 @@ impl RedisCacheBuilder {
     /// Largest value stored (header + artifact + 32-byte MAC); larger saves
     /// answer [`CacheError::TooLarge`] before any network I/O. A larger
     /// value found on a load is refused by its size, which the server
-    /// reports before sending any byte of it: [`CacheError::Integrity`],
-    /// deleted. Give every node of a fleet the same limit. Default 64 MiB;
-    /// at most [`REDIS_MAX_VALUE_BYTES`].
+    /// reports in the round trip that reads at most its first
+    /// [`FIRST_READ_BYTES`]: [`CacheError::Integrity`], deleted. Give every
+    /// node of a fleet the same limit. Default 64 MiB; at most
+    /// [`REDIS_MAX_VALUE_BYTES`].
     pub fn max_entry_bytes(mut self, bytes: u64) -> Self {
         self.max_entry_bytes = bytes;
         self
@@ -916,8 +924,8 @@ fn deadline_after(d: Duration) -> Instant {
 enum Fetched {
     /// No value.
     Missing,
-    /// A value larger than `max_entry_bytes`, of this many bytes (at least):
-    /// never transferred.
+    /// A value larger than `max_entry_bytes`, of this many bytes: at most
+    /// its first [`FIRST_READ_BYTES`] were transferred.
     TooLarge(u64),
     /// A value within the limit.
     Value(Bytes),
@@ -1362,38 +1370,80 @@ impl Shared {
         self.bounded(op, deadline, self.attempt(cmd)).await
     }
 
-    /// Read the value under `redis_key` without ever transferring more than
-    /// `max_entry_bytes + 1` bytes: `STRLEN` first (the server knows the
-    /// size; an oversized value is never sent), then `GETRANGE 0 limit`,
-    /// which stays bounded even if the value grew in between. Two round
-    /// trips for a hit, two for a miss; a Lua script doing both in one
-    /// round trip costs the server a copy of the value into Lua and back
-    /// (measured 2.3x the server time of `GET` for 25 KB, 11x for 1 MiB,
-    /// blocking every other client meanwhile).
+    /// Run one pipeline, unbounded (callers bound it); as [`Self::attempt`].
+    async fn attempt_pipeline<T: FromRedisValue>(
+        &self,
+        pipeline: &redis::Pipeline,
+    ) -> Result<T, RedisError> {
+        let mut conn = self.connection()?;
+        match pipeline.query_async::<T>(&mut conn).await {
+            Err(e) if e.is_connection_dropped() || e.is_connection_refusal() => {
+                let mut conn = self.connection()?;
+                pipeline.query_async::<T>(&mut conn).await
+            }
+            other => other,
+        }
+    }
+
+    /// Read the value under `redis_key`, never transferring more than
+    /// [`FIRST_READ_BYTES`] (or the limit, if smaller) of a value larger than
+    /// `max_entry_bytes`, and never more than the limit in all.
+    ///
+    /// One round trip pipelines `EXISTS`, `STRLEN` (the server reports the
+    /// size before sending anything) and `GETRANGE` of the first
+    /// [`FIRST_READ_BYTES`]: a miss, or a value up to that size, costs one
+    /// round trip, like a plain `GET`; a larger value within the limit costs
+    /// a second `GETRANGE` for the rest; an oversized one costs no more than
+    /// that first part. (Checking the size before any transfer costs every
+    /// hit a second round trip; a Lua script doing it in one costs the
+    /// server a copy of the value into Lua and back, measured at 2.3x the
+    /// server time of `GET` for 25 KB and 11x for 1 MiB, blocking every
+    /// other client meanwhile.)
     async fn fetch(&self, redis_key: &str, deadline: Instant) -> Result<Fetched, CacheError> {
         let limit = self.max_entry_bytes;
+        let first = limit.min(FIRST_READ_BYTES);
         let work = async {
-            let size: u64 = self.attempt(redis::cmd("STRLEN").arg(redis_key)).await?;
-            if size == 0 {
-                // Missing, or empty (no node writes that: a bad value).
-                let exists: bool = self.attempt(redis::cmd("EXISTS").arg(redis_key)).await?;
-                return Ok(if exists {
-                    Fetched::Value(Bytes::new())
-                } else {
-                    Fetched::Missing
-                });
+            // A writer may replace the value between two commands: then the
+            // lengths disagree and the read starts over (once).
+            for _ in 0..2 {
+                let mut pipeline = redis::pipe();
+                pipeline
+                    .cmd("EXISTS")
+                    .arg(redis_key)
+                    .cmd("STRLEN")
+                    .arg(redis_key)
+                    .cmd("GETRANGE")
+                    .arg(redis_key)
+                    .arg(0)
+                    .arg(first - 1);
+                let (exists, size, head): (bool, u64, Bytes) =
+                    self.attempt_pipeline(&pipeline).await?;
+                if !exists {
+                    return Ok(Fetched::Missing);
+                }
+                if size > limit {
+                    return Ok(Fetched::TooLarge(size));
+                }
+                if head.len() as u64 == size {
+                    return Ok(Fetched::Value(head));
+                }
+                if (head.len() as u64) < first {
+                    continue; // shorter than STRLEN said: replaced in between
+                }
+                let mut rest = redis::cmd("GETRANGE");
+                rest.arg(redis_key).arg(first).arg(size - 1);
+                let tail: Bytes = self.attempt(&rest).await?;
+                if first + tail.len() as u64 != size {
+                    continue;
+                }
+                let mut value = Vec::with_capacity(head.len() + tail.len());
+                value.extend_from_slice(&head);
+                value.extend_from_slice(&tail);
+                return Ok(Fetched::Value(value.into()));
             }
-            if size > limit {
-                return Ok(Fetched::TooLarge(size));
-            }
-            let mut cmd = redis::cmd("GETRANGE");
-            cmd.arg(redis_key).arg(0).arg(limit);
-            let value: Bytes = self.attempt(&cmd).await?;
-            Ok(match value.len() as u64 {
-                0 => Fetched::Missing, // deleted in between
-                n if n > limit => Fetched::TooLarge(n),
-                _ => Fetched::Value(value),
-            })
+            // Replaced twice while being read: a writer is at work; its
+            // value will be there for the next load.
+            Ok(Fetched::Missing)
         };
         self.bounded("load", deadline, work).await
     }
@@ -1675,8 +1725,9 @@ impl RedisCache {
                     location: s.location(&redis_key),
                     reason: format!(
                         "value of {size} bytes exceeds max_entry_bytes ({} bytes): refused \
-                         by its size, without reading it",
-                        s.max_entry_bytes
+                         by its size, without reading more than its first {} bytes",
+                        s.max_entry_bytes,
+                        s.max_entry_bytes.min(FIRST_READ_BYTES)
                     ),
                 });
             }
