@@ -1180,6 +1180,10 @@ fn extreme_builder_settings_never_panic() {
     // arrange: one server for every case, a module to save
     let panics = count_panics();
     let server = RedisServer::start();
+    let cluster = RedisServer::start_with(Options {
+        cluster: true,
+        ..Options::default()
+    });
     let dead = format!("redis://127.0.0.1:{}/", free_port());
     let engine = Engine::default();
     let (key, module, _) = tiny(&engine, 35);
@@ -1207,8 +1211,8 @@ fn extreme_builder_settings_never_panic() {
             &settings,
             |((timeout, connect, probe), ttl, failures, max_entry, blocking, prefix)| {
                 let before = panics.load(std::sync::atomic::Ordering::SeqCst);
-                let make = |url: &str| {
-                    let mut b = RedisCache::builder(url)
+                let make = |target: RedisTarget| {
+                    let mut b = RedisCache::builder(target)
                         .mac_key(KEY)
                         .timeout(timeout)
                         .connect_timeout(connect)
@@ -1227,8 +1231,14 @@ fn extreme_builder_settings_never_panic() {
                     .enable_all()
                     .build()
                     .unwrap();
-                for url in [server.url(), dead.clone()] {
-                    let Ok(redis) = make(&url) else { continue };
+                let targets = [
+                    RedisTarget::from(server.url()),
+                    RedisTarget::from(&dead),
+                    RedisTarget::cluster([cluster.url()]),
+                    RedisTarget::cluster([dead.clone()]),
+                ];
+                for target in targets {
+                    let Ok(redis) = make(target) else { continue };
                     rt.block_on(async {
                         // every result is fine; only a panic or a hang is not
                         let _ = redis.save(key, &engine, &module).await;

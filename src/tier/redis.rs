@@ -166,12 +166,12 @@
 //! same limit: a node deletes values larger than its own. Keep the timeout
 //! in proportion to the limit: a 64 MiB value needs about half a second on
 //! a 1 Gbit/s link, and a timeout of a value within the limit is counted as
-//! a failure of the server.
+//! a failure of the server. Entries may expire ([`RedisCacheBuilder::ttl`]);
+//! Redis' own evictions and expirations are invisible to clients and are not
+//! reported, and neither is the tier's residency (unknown to a client).
 //!
 //! Durations above [`MAX_DURATION`] (ten years, e.g. `Duration::MAX`) are
-//! saturated to it: unbounded in practice, and no deadline overflows. Entries may expire ([`RedisCacheBuilder::ttl`]); Redis'
-//! own evictions and expirations are invisible to clients and are not
-//! reported, and neither is the tier's residency (unknown to a client).
+//! saturated to it: unbounded in practice, and no deadline overflows.
 
 use std::{
     collections::HashMap,
