@@ -72,10 +72,14 @@ impl RedisServer {
 
     /// Start a server with `options` on a free port.
     pub fn start_with(options: Options) -> Self {
+        let port = free_port();
+        let bus_port = std::iter::repeat_with(free_port)
+            .find(|&p| p != port)
+            .unwrap();
         let mut server = RedisServer {
             child: None,
-            port: free_port(),
-            bus_port: free_port(),
+            port,
+            bus_port,
             options,
             dir: tempfile::tempdir().expect("temp dir for redis-server"),
         };
