@@ -1397,7 +1397,7 @@ impl Shared {
     /// that first part. (Checking the size before any transfer costs every
     /// hit a second round trip; a Lua script doing it in one costs the
     /// server a copy of the value into Lua and back, measured at 2.3x the
-    /// server time of `GET` for 25 KB and 11x for 1 MiB, blocking every
+    /// server time of `GET` for 25 KB and 5-11x for 1 MiB, blocking every
     /// other client meanwhile.)
     async fn fetch(&self, redis_key: &str, deadline: Instant) -> Result<Fetched, CacheError> {
         let limit = self.max_entry_bytes;
