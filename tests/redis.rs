@@ -529,10 +529,13 @@ async fn redis_stopped_mid_workload_then_restarted() {
         .load(ModuleHash::new(&wasm[0]), &engine)
         .await
         .unwrap_err();
+    // (refused by the open breaker, or, on a slow machine where the probe
+    // interval already passed, a failed probe that keeps it open)
     assert!(
-        matches!(&err, CacheError::Unavailable { tier, reason } if tier == "redis" && reason.contains("circuit breaker open")),
+        matches!(&err, CacheError::Unavailable { tier, reason } if tier == "redis" && (reason.contains("circuit breaker open") || reason.contains("connection refused"))),
         "{err}"
     );
+    assert!(!redis.is_available());
 
     // act 2: Redis comes back on the same port (empty)
     server.restart();
@@ -933,4 +936,353 @@ async fn an_unreachable_cluster_is_a_clear_error_on_first_use_and_recovers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(redis.load(key, &engine).await.is_ok());
+}
+
+// --- hardening (issue 9): oversized values, the breaker, extreme settings ---
+
+/// Make `key` a value of `bytes` bytes (zeros and a final `x`) with one small
+/// `SETRANGE`: the test process never holds it.
+fn plant_huge(server: &RedisServer, key: &str, bytes: u64) {
+    let reply = server.command(&["SETRANGE", key, &(bytes - 1).to_string(), "x"]);
+    assert_eq!(reply, format!(":{bytes}\r\n"));
+}
+
+#[tokio::test]
+async fn a_huge_value_under_one_key_never_opens_the_breaker_for_another() {
+    // arrange: default settings (250 ms, 64 MiB, 3 failures); B holds a good value
+    let server = RedisServer::start();
+    let engine = Engine::default();
+    let (a, _, _) = tiny(&engine, 30);
+    let (b, module_b, _) = tiny(&engine, 31);
+    let redis = cache(&server);
+    let watch = Watch::attach(&redis);
+    redis.save(b, &engine, &module_b).await.unwrap();
+    let key_a = redis.redis_key(a, &engine);
+    let huge: u64 = 256 << 20;
+
+    // act + assert: a 256 MiB junk value under A, put back after each load
+    for round in 0..4 {
+        plant_huge(&server, &key_a, huge);
+        let started = Instant::now();
+        let err = redis.load(a, &engine).await.map(drop).unwrap_err();
+        let elapsed = started.elapsed();
+        match &err {
+            CacheError::Integrity { location, reason } => {
+                assert!(location.contains(&key_a), "{location}");
+                assert!(
+                    reason.contains(&huge.to_string())
+                        && reason.contains(&(64u64 << 20).to_string()),
+                    "{reason}"
+                );
+            }
+            other => panic!("round {round}: expected Integrity, got {other:?}"),
+        }
+        assert!(
+            elapsed < Duration::from_millis(250),
+            "round {round}: the value was not checked server-side: {elapsed:?}"
+        );
+        assert!(!exists_raw(&server, &key_a), "round {round}: not deleted");
+        assert!(
+            redis.is_available(),
+            "round {round}: a bad value opened the breaker"
+        );
+    }
+    let hit = redis.load(b, &engine).await;
+
+    // assert: B still hits; nothing but evictions was reported
+    assert!(hit.is_ok(), "key B: {:?}", hit.err());
+    assert_eq!(watch.availability(), [true]);
+    let evictions = watch.evictions();
+    assert_eq!(evictions.len(), 4, "{evictions:?}");
+    for e in evictions {
+        assert_eq!(e.cause, EvictionCause::Corrupt);
+        assert_eq!(e.bytes, huge);
+    }
+}
+
+#[tokio::test]
+async fn bad_values_never_count_as_breaker_failures() {
+    // arrange: a breaker that opens on the first failure
+    let server = RedisServer::start();
+    let engine = Engine::default();
+    let (a, module_a, _) = tiny(&engine, 32);
+    let (b, module_b, _) = tiny(&engine, 33);
+    let redis = builder(&server)
+        .failure_threshold(1)
+        .max_entry_bytes(1 << 20)
+        .build()
+        .unwrap();
+    redis.save(b, &engine, &module_b).await.unwrap();
+    redis.save(a, &engine, &module_a).await.unwrap();
+    let key_a = redis.redis_key(a, &engine);
+    let good = get_raw(&server, &key_a).unwrap();
+
+    // act: every kind of bad value under A, one after the other
+    let mut flipped = good.clone();
+    flipped[200] ^= 1;
+    let bad: [(&str, &dyn Fn()); 5] = [
+        (
+            "just over the limit",
+            &(|| plant_huge(&server, &key_a, (1 << 20) + 1)),
+        ),
+        (
+            "far over the limit",
+            &(|| plant_huge(&server, &key_a, 64 << 20)),
+        ),
+        ("failed MAC", &(|| set_raw(&server, &key_a, &flipped))),
+        (
+            "shorter than a MAC",
+            &(|| set_raw(&server, &key_a, b"junk")),
+        ),
+        ("empty", &(|| set_raw(&server, &key_a, b""))),
+    ];
+    for (what, plant) in &bad {
+        plant();
+        let sent_before = net_output_bytes(&server);
+        let err = redis.load(a, &engine).await.map(drop).unwrap_err();
+        let sent = net_output_bytes(&server) - sent_before;
+
+        // assert
+        assert!(
+            matches!(err, CacheError::Integrity { .. }),
+            "{what}: {err:?}"
+        );
+        // at most the first read (the limit here) and some protocol
+        assert!(
+            sent < (1 << 20) + (64 << 10),
+            "{what}: the server sent {sent} bytes for a value it should have refused"
+        );
+        assert!(redis.is_available(), "{what} opened the breaker");
+        assert!(
+            redis.load(b, &engine).await.is_ok(),
+            "{what}: B no longer hits"
+        );
+    }
+    // a value exactly at the limit is fetched (and here fails its MAC)
+    plant_huge(&server, &key_a, 1 << 20);
+    let err = redis.load(a, &engine).await.map(drop).unwrap_err();
+    assert!(
+        matches!(&err, CacheError::Integrity { reason, .. } if reason.contains("MAC")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn duration_max_settings_do_not_panic() {
+    // arrange: every duration at its maximum
+    let server = RedisServer::start();
+    let engine = Engine::default();
+    let (key, module, _) = tiny(&engine, 34);
+    let max = builder(&server)
+        .timeout(Duration::MAX)
+        .connect_timeout(Duration::MAX)
+        .probe_interval(Duration::MAX)
+        .ttl(Duration::MAX)
+        .build()
+        .unwrap();
+    let dead = RedisCache::builder(format!("redis://127.0.0.1:{}/", free_port()))
+        .mac_key(KEY)
+        .timeout(Duration::MAX)
+        .connect_timeout(Duration::MAX)
+        .probe_interval(Duration::MAX)
+        .failure_threshold(1)
+        .build()
+        .unwrap();
+
+    // act + assert: a working server answers every operation
+    max.save(key, &engine, &module).await.unwrap();
+    assert!(max.load(key, &engine).await.is_ok());
+    assert!(max.contains(key, &engine).await.unwrap());
+    max.ping().await.unwrap();
+    let pttl: i64 = server
+        .connection()
+        .pttl(max.redis_key(key, &engine))
+        .unwrap();
+    assert!(pttl > 0, "{pttl}");
+    // a dead one opens the breaker, which then stays open
+    assert!(matches!(
+        dead.load(key, &engine).await.map(drop).unwrap_err(),
+        CacheError::Unavailable { .. }
+    ));
+    assert!(!dead.is_available());
+    let err = dead.save(key, &engine, &module).await.unwrap_err();
+    assert!(
+        matches!(&err, CacheError::Unavailable { reason, .. } if reason.contains("circuit breaker open")),
+        "{err:?}"
+    );
+}
+
+/// Bytes the server has sent to all clients so far (`INFO stats`).
+fn net_output_bytes(server: &RedisServer) -> u64 {
+    let info = server.command(&["INFO", "stats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no total_net_output_bytes in {info}"))
+}
+
+/// Counts panics on any thread (the default hook still prints them).
+fn count_panics() -> Arc<std::sync::atomic::AtomicUsize> {
+    use std::sync::{OnceLock, atomic::AtomicUsize};
+    static COUNT: OnceLock<Arc<AtomicUsize>> = OnceLock::new();
+    COUNT
+        .get_or_init(|| {
+            let count = Arc::new(AtomicUsize::new(0));
+            let seen = count.clone();
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                previous(info);
+            }));
+            count
+        })
+        .clone()
+}
+
+#[test]
+fn extreme_builder_settings_never_panic() {
+    use proptest::{
+        prelude::*,
+        test_runner::{Config, TestRunner},
+    };
+
+    fn duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            Just(Duration::ZERO),
+            Just(Duration::from_nanos(1)),
+            Just(Duration::from_millis(1)),
+            Just(Duration::from_millis(250)),
+            Just(Duration::MAX),
+            Just(Duration::from_secs(u64::MAX)),
+            Just(Duration::from_secs(u64::MAX / 1000)),
+            Just(Duration::from_millis(u64::MAX)),
+            any::<u64>().prop_map(Duration::from_nanos),
+            any::<u64>().prop_map(Duration::from_millis),
+        ]
+    }
+    fn bytes() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            Just(0u64),
+            Just(1),
+            Just(160),
+            Just(161),
+            Just(1 << 20),
+            Just(512 << 20),
+            Just((512 << 20) + 1),
+            Just(u64::MAX),
+            any::<u64>(),
+        ]
+    }
+    fn count() -> impl Strategy<Value = u32> {
+        prop_oneof![Just(0u32), Just(1), Just(3), Just(u32::MAX), any::<u32>()]
+    }
+
+    // arrange: one server for every case, a module to save
+    let panics = count_panics();
+    let server = RedisServer::start();
+    let cluster = RedisServer::start_with(Options {
+        cluster: true,
+        ..Options::default()
+    });
+    let dead = format!("redis://127.0.0.1:{}/", free_port());
+    let engine = Engine::default();
+    let (key, module, _) = tiny(&engine, 35);
+    let settings = (
+        (duration(), duration(), duration()),
+        proptest::option::of(duration()),
+        count(),
+        bytes(),
+        bytes(),
+        prop_oneof![
+            Just(String::new()),
+            Just("{tag}".to_string()),
+            Just("p".repeat(10_000))
+        ],
+    );
+    let mut runner = TestRunner::new(Config {
+        cases: 48,
+        failure_persistence: None,
+        ..Config::default()
+    });
+
+    // act + assert
+    runner
+        .run(
+            &settings,
+            |((timeout, connect, probe), ttl, failures, max_entry, blocking, prefix)| {
+                let before = panics.load(std::sync::atomic::Ordering::SeqCst);
+                let make = |target: RedisTarget| {
+                    let mut b = RedisCache::builder(target)
+                        .mac_key(KEY)
+                        .timeout(timeout)
+                        .connect_timeout(connect)
+                        .probe_interval(probe)
+                        .failure_threshold(failures)
+                        .max_entry_bytes(max_entry)
+                        .blocking_threshold(blocking)
+                        .prefix(prefix.clone());
+                    if let Some(ttl) = ttl {
+                        b = b.ttl(ttl);
+                    }
+                    b.build()
+                };
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let targets = [
+                    RedisTarget::from(server.url()),
+                    RedisTarget::from(&dead),
+                    RedisTarget::cluster([cluster.url()]),
+                    RedisTarget::cluster([dead.clone()]),
+                ];
+                for target in targets {
+                    let Ok(redis) = make(target) else { continue };
+                    rt.block_on(async {
+                        // every result is fine; only a panic or a hang is not
+                        let _ = redis.save(key, &engine, &module).await;
+                        for _ in 0..4 {
+                            let _ = redis.load(key, &engine).await;
+                        }
+                        let _ = redis.contains(key, &engine).await;
+                        let _ = redis.ping().await;
+                    });
+                }
+                drop(rt);
+                prop_assert_eq!(panics.load(std::sync::atomic::Ordering::SeqCst), before);
+                Ok(())
+            },
+        )
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_larger_than_the_first_read_are_read_in_two_ranges() {
+    // arrange: an artifact over FIRST_READ_BYTES (1 MiB)
+    let server = RedisServer::start();
+    let engine = Engine::default();
+    let wasm = corpus::module(300_000, 17);
+    let key = ModuleHash::new(&wasm);
+    let module = Module::new(&engine, &wasm).unwrap();
+    let redis = cache(&server);
+    redis.save(key, &engine, &module).await.unwrap();
+    let stored = get_raw(&server, &redis.redis_key(key, &engine)).unwrap();
+    assert!(
+        stored.len() as u64 > tierscope::tier::redis::FIRST_READ_BYTES,
+        "{}",
+        stored.len()
+    );
+
+    // act
+    let hit = redis.load_traced(key, &engine).await.unwrap();
+
+    // assert: the whole value, verified (MAC and header) and deserialized
+    let artifact = module.serialize().unwrap().len() as u64;
+    assert_eq!(hit.bytes, Some(artifact));
+    assert_eq!(
+        stored.len() as u64,
+        artifact + (entry::HEADER_LEN + MAC_LEN) as u64
+    );
+    assert_eq!(exports(&hit.module), exports(&module));
 }

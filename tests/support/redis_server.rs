@@ -57,6 +57,9 @@ pub struct Options {
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    /// The cluster bus port (cluster mode): chosen free, since the default
+    /// `port + 10000` does not exist for ports above 55535.
+    bus_port: u16,
     options: Options,
     dir: tempfile::TempDir,
 }
@@ -69,9 +72,14 @@ impl RedisServer {
 
     /// Start a server with `options` on a free port.
     pub fn start_with(options: Options) -> Self {
+        let port = free_port();
+        let bus_port = std::iter::repeat_with(free_port)
+            .find(|&p| p != port)
+            .unwrap();
         let mut server = RedisServer {
             child: None,
-            port: free_port(),
+            port,
+            bus_port,
             options,
             dir: tempfile::tempdir().expect("temp dir for redis-server"),
         };
@@ -96,7 +104,8 @@ impl RedisServer {
         }
         if self.options.cluster {
             cmd.args(["--cluster-enabled", "yes"])
-                .args(["--cluster-config-file", "nodes.conf"]);
+                .args(["--cluster-config-file", "nodes.conf"])
+                .args(["--cluster-port", &self.bus_port.to_string()]);
         }
         let child = cmd.spawn().unwrap_or_else(|e| {
             panic!(
