@@ -83,9 +83,10 @@ impl InstrumentOptions {
     /// Time one in `n` synchronous (memory) hits; rounded up to a power of
     /// two, 1 times every hit. Every hit is still counted. Default 128: two
     /// clock reads and a histogram record cost twice the hit itself, and the
-    /// quantiles of a uniform sample are unbiased.
+    /// quantiles of a uniform sample are unbiased. Values above 2^31 are
+    /// taken as 2^31.
     pub fn latency_sample_every(mut self, n: u32) -> Self {
-        self.latency_sample_every = n.max(1).next_power_of_two();
+        self.latency_sample_every = n.clamp(1, 1 << 31).next_power_of_two();
         self
     }
 }
