@@ -51,6 +51,7 @@ pub mod loader;
 pub mod observe;
 pub mod observer;
 pub mod sizes;
+pub mod sizing;
 pub mod tier;
 
 pub use cache::{CacheError, Corruption, ErrorKind, Hit, ModuleCache, TierName};
