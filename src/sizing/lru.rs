@@ -30,7 +30,8 @@
 //!   grid points it exceeds get their own tree (a copy of the shared one,
 //!   which is exact up to then) that filters such objects out.
 //!
-//! Sizes of 0 weigh 1 byte. With sampling ([`Sampling`]), distances are
+//! Sizes weigh [`weight`](super::weight)`(bytes)`: 0 counts as 1 byte, and
+//! sizes above [`MAX_OBJECT_BYTES`](super::MAX_OBJECT_BYTES) as that. With sampling ([`Sampling`]), distances are
 //! scaled by 1 / rate (SHARDS) and the curve is an estimate.
 
 use super::{
@@ -300,7 +301,7 @@ impl LruCore {
 
     /// One request of a sampled key; `compile` its cost if it misses.
     pub(crate) fn access(&mut self, key: u64, bytes: u64, compile: Option<f64>) {
-        let size = bytes.max(1);
+        let size = super::weight(bytes);
         // Grid points this object exceeds get their own trees first.
         while self.shared_from < self.grid.len() && self.grid[self.shared_from] < size {
             let g = self.shared_from;
@@ -366,7 +367,8 @@ impl LruCore {
                         }
                         None => {
                             let g = self.shared_from
-                                + self.grid[self.shared_from..].partition_point(|&c| (c as f64) < d);
+                                + self.grid[self.shared_from..]
+                                    .partition_point(|&c| (c as f64) < d);
                             if g < self.grid.len() {
                                 add_counts(&mut self.from[g], &hit_counts);
                             }
@@ -613,5 +615,49 @@ impl LruModel {
     /// slot trees, the sampler).
     pub fn bytes_per_key(&self) -> usize {
         self.core.bytes_per_key() + super::sampling::Sampler::BYTES_PER_KEY
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fenwick_sums_above_a_slot() {
+        let mut f = Fenwick::from_weights(&[5, 0, 7, 1]);
+        assert_eq!(f.above(0), 8);
+        assert_eq!(f.above(3), 0);
+        f.add(1, 10);
+        f.add(2, (-7i64) as u64);
+        assert_eq!(f.above(0), 11);
+        assert_eq!(f.prefix(2), 15);
+    }
+
+    #[test]
+    fn hist_max_keeps_each_slots_maximum() {
+        // Slots 0..4 with nothing above.
+        let mut h = HistMax::from_values(&[0; 5], &[0; 5]);
+        h.add_below(3, 10); // slots 0, 1, 2 gain 10
+        h.add_below(2, -4); // slots 0, 1 lose 4
+        h.add_below(1, 1); // slot 0 gains 1
+        assert_eq!(h.get(0), (7, 10));
+        assert_eq!(h.get(1), (6, 10));
+        assert_eq!(h.get(2), (10, 10));
+        assert_eq!(h.get(3), (0, 0));
+        h.reset(1);
+        assert_eq!(h.get(1), (6, 6));
+        h.add_below(2, 3);
+        assert_eq!(h.get(1), (9, 9));
+        assert_eq!(h.get(0), (10, 10));
+        assert_eq!(h.get(99), (0, 0));
+    }
+
+    #[test]
+    fn model_memory_per_key_is_small() {
+        let mut m = LruModel::new(&[1 << 20], Sampling::Off);
+        for i in 0..10_000u64 {
+            m.access(&Request::new(i, i, 100));
+        }
+        assert!(m.bytes_per_key() <= 128, "{}", m.bytes_per_key());
     }
 }

@@ -111,10 +111,18 @@ impl Shadow {
                 .build()
                 .ok();
             match options {
-                Some(o) => ShadowShard::with_options(o, ByWeight, super::MixState, Default::default()),
+                Some(o) => {
+                    ShadowShard::with_options(o, ByWeight, super::MixState, Default::default())
+                }
                 // Unreachable (both required fields are set); a plain cache
                 // of the same bound keeps the model going.
-                None => ShadowShard::with(scaled_items, scaled_weight, ByWeight, super::MixState, Default::default()),
+                None => ShadowShard::with(
+                    scaled_items,
+                    scaled_weight,
+                    ByWeight,
+                    super::MixState,
+                    Default::default(),
+                ),
             }
         };
         Shadow {
@@ -247,7 +255,7 @@ impl MemoryModel {
                 return;
             }
         }
-        let size = req.bytes.max(1);
+        let size = super::weight(req.bytes);
         self.keys.insert(req.key, size);
         let cost = self.costs.cost(req).unwrap_or(0.0);
         self.compile_all += cost;

@@ -21,7 +21,8 @@
 //!   trace (which adds compile times and the serving tier).
 //!
 //! Every model takes [`Request`]s and returns a [`Curve`]. No model panics on
-//! any input: sizes of 0 weigh 1 byte (as in the memory tier), an object
+//! any input: sizes of 0 weigh 1 byte (as in the memory tier), sizes
+//! above [`MAX_OBJECT_BYTES`] count as that, an object
 //! larger than a capacity is never admitted at that capacity (as in the real
 //! tiers), and timestamps need not be ordered.
 //!
@@ -205,6 +206,17 @@ impl Curve {
     }
 }
 
+/// The largest object size a model counts: larger sizes count as this
+/// (1 TiB), so byte sums stay exact in 64 bits up to 16 M such objects.
+pub const MAX_OBJECT_BYTES: u64 = 1 << 40;
+
+/// The weight a model gives a request of `bytes`: at least 1 (as the memory
+/// tier), at most [`MAX_OBJECT_BYTES`].
+#[inline]
+pub fn weight(bytes: u64) -> u64 {
+    bytes.clamp(1, MAX_OBJECT_BYTES)
+}
+
 /// A grid of capacities: sorted, without duplicates or zeros.
 pub fn normalize_grid(grid: &[u64]) -> Vec<u64> {
     let mut g: Vec<u64> = grid.iter().copied().filter(|&c| c > 0).collect();
@@ -273,7 +285,7 @@ impl CompileCosts {
                 .get_or_insert_with(Default::default)
                 .insert(req.key, us);
             self.known_us += us as f64;
-            self.known_bytes += req.bytes.max(1) as f64;
+            self.known_bytes += weight(req.bytes) as f64;
             return Some(us as f64 / 1e6);
         }
         let by_key = self.by_key.as_ref()?;
@@ -281,7 +293,7 @@ impl CompileCosts {
             return Some(us as f64 / 1e6);
         }
         (self.known_bytes > 0.0)
-            .then(|| self.known_us / self.known_bytes * req.bytes.max(1) as f64 / 1e6)
+            .then(|| self.known_us / self.known_bytes * weight(req.bytes) as f64 / 1e6)
     }
 
     /// Forget one key (it left the sample).
@@ -309,7 +321,7 @@ pub(crate) struct Totals {
 impl Totals {
     pub(crate) fn add(&mut self, req: &Request) {
         self.requests += 1;
-        self.bytes = self.bytes.saturating_add(req.bytes.max(1));
+        self.bytes = self.bytes.saturating_add(weight(req.bytes));
         let t = req.time_us;
         self.first_us = Some(self.first_us.map_or(t, |f| f.min(t)));
         self.last_us = Some(self.last_us.map_or(t, |l| l.max(t)));

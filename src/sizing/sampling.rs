@@ -135,3 +135,43 @@ impl Sampler {
     /// Bytes this sampler holds per modelled key.
     pub const BYTES_PER_KEY: usize = 16;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_keeps_about_that_share() {
+        let s = Sampler::new(Sampling::Rate(0.1));
+        let kept = (0..100_000u64).filter(|&k| s.sampled(key_hash(k))).count();
+        assert!((9_000..11_000).contains(&kept), "{kept}");
+        assert!((s.rate() - 0.1).abs() < 1e-9);
+        assert_eq!(Sampler::new(Sampling::Off).rate(), 1.0);
+        assert_eq!(Sampler::new(Sampling::Rate(f64::NAN)).rate(), 1.0);
+        assert!(Sampler::new(Sampling::Rate(-3.0)).rate() > 0.0);
+    }
+
+    #[test]
+    fn bounded_keeps_at_most_max_keys_and_lowers_the_rate() {
+        let mut s = Sampler::new(Sampling::Bounded { max_keys: 100 });
+        let mut kept = std::collections::HashSet::new();
+        let mut factor = 1.0;
+        for k in 0..10_000u64 {
+            let h = key_hash(k);
+            if !s.sampled(h) {
+                continue;
+            }
+            kept.insert(k);
+            if let Some(l) = s.admit(k, h) {
+                for e in l.evicted {
+                    kept.remove(&e);
+                }
+                factor *= l.factor;
+            }
+            assert!(kept.len() <= 100);
+        }
+        assert!((factor - s.rate()).abs() < 1e-9);
+        assert!(s.rate() > 0.005 && s.rate() < 0.02, "{}", s.rate());
+        assert!(kept.iter().all(|&k| s.sampled(key_hash(k))));
+    }
+}

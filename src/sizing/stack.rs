@@ -79,7 +79,11 @@ impl StackModel {
                 .map(|c| {
                     let mut disk = LruCore::new(disk_grid);
                     disk.scale = 1.0 / rate;
-                    (Shadow::new(c, &options, rate), disk, super::Counts::default())
+                    (
+                        Shadow::new(c, &options, rate),
+                        disk,
+                        super::Counts::default(),
+                    )
                 })
                 .collect(),
             sampler,
@@ -122,7 +126,7 @@ impl StackModel {
             }
         }
         self.keys.insert(req.key, ());
-        let size = req.bytes.max(1);
+        let size = super::weight(req.bytes);
         let cost = self.costs.cost(req);
         self.sampled.requests += 1.0;
         self.sampled.bytes += size as f64;

@@ -148,7 +148,8 @@ impl CsvOptions {
             match k.trim() {
                 "time-col" => o.time_col = col(v)?,
                 "obj-id-col" => {
-                    o.key_col = col(v)?.ok_or_else(|| format!("`{part}`: obj-id-col is required"))?
+                    o.key_col =
+                        col(v)?.ok_or_else(|| format!("`{part}`: obj-id-col is required"))?
                 }
                 "obj-size-col" => o.size_col = col(v)?,
                 "has-header" | "header" => o.has_header = flag(v)?,
@@ -214,8 +215,19 @@ impl Format {
 }
 
 enum Inner<R> {
-    Oracle { r: R, offset: u64, index: u64 },
-    Text { r: R, line: u64, buf: String, csv: CsvOptions, tierscope: bool, offset: u64 },
+    Oracle {
+        r: R,
+        offset: u64,
+        index: u64,
+    },
+    Text {
+        r: R,
+        line: u64,
+        buf: String,
+        csv: CsvOptions,
+        tierscope: bool,
+        offset: u64,
+    },
 }
 
 /// A streaming trace reader: an iterator of requests. After the first
@@ -229,7 +241,10 @@ impl TraceReader<BufReader<File>> {
     /// Open a file in `format`.
     pub fn open(path: &Path, format: Format) -> Result<Self, TraceError> {
         let file = File::open(path).map_err(|source| TraceError::Io { offset: 0, source })?;
-        Ok(TraceReader::new(BufReader::with_capacity(1 << 16, file), format))
+        Ok(TraceReader::new(
+            BufReader::with_capacity(1 << 16, file),
+            format,
+        ))
     }
 }
 
@@ -269,7 +284,11 @@ impl<R: BufRead> TraceReader<R> {
         }
     }
 
-    fn next_oracle(r: &mut R, offset: &mut u64, index: &mut u64) -> Option<Result<Request, TraceError>> {
+    fn next_oracle(
+        r: &mut R,
+        offset: &mut u64,
+        index: &mut u64,
+    ) -> Option<Result<Request, TraceError>> {
         let mut rec = [0u8; ORACLE_RECORD];
         let mut got = 0;
         while got < ORACLE_RECORD {
@@ -348,7 +367,10 @@ fn parse_line(text: &str, csv: &CsvOptions, tierscope: bool) -> Result<Request, 
     if tierscope {
         let f: Vec<&str> = text.split(',').collect();
         if f.len() != 5 {
-            return Err(format!("expected 5 fields ({TIERSCOPE_HEADER}), found {}", f.len()));
+            return Err(format!(
+                "expected 5 fields ({TIERSCOPE_HEADER}), found {}",
+                f.len()
+            ));
         }
         let num = |i: usize, what: &str| -> Result<u64, String> {
             f[i].trim()
@@ -359,12 +381,13 @@ fn parse_line(text: &str, csv: &CsvOptions, tierscope: bool) -> Result<Request, 
             "" => None,
             _ => Some(num(3, "compile_us")?),
         };
-        let served = match f[4].trim() {
-            "" => None,
-            s => Some(Served::parse(s).ok_or_else(|| {
-                format!("served `{s}` is none of memory, disk, remote, compile")
-            })?),
-        };
+        let served =
+            match f[4].trim() {
+                "" => None,
+                s => Some(Served::parse(s).ok_or_else(|| {
+                    format!("served `{s}` is none of memory, disk, remote, compile")
+                })?),
+            };
         return Ok(Request {
             time_us: num(0, "time_us")?,
             key: num(1, "obj_id")?,
@@ -375,8 +398,13 @@ fn parse_line(text: &str, csv: &CsvOptions, tierscope: bool) -> Result<Request, 
     }
     let d = csv.delimiter as char;
     let fields: Vec<&str> = text.split(d).collect();
-    let key_text = field(&fields, csv.key_col)
-        .ok_or_else(|| format!("no column {} (obj-id-col) in {} fields", csv.key_col, fields.len()))?;
+    let key_text = field(&fields, csv.key_col).ok_or_else(|| {
+        format!(
+            "no column {} (obj-id-col) in {} fields",
+            csv.key_col,
+            fields.len()
+        )
+    })?;
     let key = if csv.numeric_keys {
         key_text.parse::<u64>().map_err(|_| {
             format!("obj id `{key_text}` is not a number (use obj-id-is-num=false for text keys)")
@@ -387,8 +415,9 @@ fn parse_line(text: &str, csv: &CsvOptions, tierscope: bool) -> Result<Request, 
     let bytes = match csv.size_col {
         None => 1,
         Some(c) => {
-            let t = field(&fields, c)
-                .ok_or_else(|| format!("no column {c} (obj-size-col) in {} fields", fields.len()))?;
+            let t = field(&fields, c).ok_or_else(|| {
+                format!("no column {c} (obj-size-col) in {} fields", fields.len())
+            })?;
             t.parse::<u64>()
                 .map_err(|_| format!("size `{t}` is not a whole number"))?
         }
@@ -432,7 +461,8 @@ impl<R: BufRead> Iterator for TraceReader<R> {
                         break Some(Err(match source.kind() {
                             io::ErrorKind::InvalidData => TraceError::BadLine {
                                 line: *line + 1,
-                                message: "not UTF-8 text (a binary trace? try --format oracle)".into(),
+                                message: "not UTF-8 text (a binary trace? try --format oracle)"
+                                    .into(),
                             },
                             _ => TraceError::Io {
                                 offset: *offset,
@@ -446,7 +476,9 @@ impl<R: BufRead> Iterator for TraceReader<R> {
                     if text != TIERSCOPE_HEADER {
                         break Some(Err(TraceError::BadLine {
                             line: 1,
-                            message: format!("not a tierscope trace: expected the header `{TIERSCOPE_HEADER}`"),
+                            message: format!(
+                                "not a tierscope trace: expected the header `{TIERSCOPE_HEADER}`"
+                            ),
                         }));
                     }
                     continue;
