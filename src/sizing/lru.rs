@@ -596,7 +596,7 @@ impl LruModel {
                         cap,
                         c,
                         &self.core.sampled,
-                        &self.totals,
+                        self.totals.requests,
                         rate,
                         self.costs.known(),
                     )

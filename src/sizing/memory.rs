@@ -285,7 +285,7 @@ impl MemoryModel {
                         s.capacity(),
                         &c,
                         &self.sampled,
-                        &self.totals,
+                        self.totals.requests,
                         rate,
                         self.costs.known(),
                     )

@@ -371,7 +371,7 @@ pub(crate) fn point(
     capacity: u64,
     c: &Counts,
     sampled: &SampledTotals,
-    totals: &Totals,
+    total_requests: u64,
     rate: f64,
     compile_known: bool,
 ) -> Point {
@@ -386,7 +386,7 @@ pub(crate) fn point(
     let misses = if rate >= 1.0 {
         (sampled.requests - c.hits).round().max(0.0) as u64
     } else {
-        ((1.0 - hit_ratio) * totals.requests as f64).round() as u64
+        ((1.0 - hit_ratio) * total_requests as f64).round() as u64
     };
     Point {
         capacity,

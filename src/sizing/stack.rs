@@ -162,7 +162,7 @@ impl StackModel {
                     cap,
                     &both,
                     &self.sampled,
-                    &self.totals,
+                    self.totals.requests,
                     rate,
                     self.costs.known(),
                 );
@@ -183,6 +183,32 @@ impl StackModel {
         out
     }
 
+    /// The disk tier's curve behind a memory tier of `memory` bytes (one of
+    /// the memory grid): hit ratios among the requests that reached disk
+    /// (`requests` counts those), misses are compiles.
+    pub fn disk_curve(&self, memory: u64) -> Option<Curve> {
+        let rate = self.sampler.rate();
+        let (_, disk, _) = self
+            .memory
+            .iter()
+            .find(|(s, _, _)| s.capacity() == memory)?;
+        let lookups = (disk.sampled.requests / rate).round() as u64;
+        Some(Curve {
+            points: disk
+                .grid()
+                .iter()
+                .zip(disk.counts())
+                .map(|(&cap, c)| point(cap, &c, &disk.sampled, lookups, rate, self.costs.known()))
+                .collect(),
+            requests: lookups,
+            bytes: (disk.sampled.bytes / rate).round() as u64,
+            distinct_keys: (disk.distinct() as f64 / rate).round() as u64,
+            working_set_bytes: (disk.live_bytes() as f64 / rate).round() as u64,
+            sampling_rate: rate,
+            duration_seconds: self.totals.duration_seconds(),
+        })
+    }
+
     /// The memory tier's own curve (its shadows' hits).
     pub fn memory_curve(&self) -> Curve {
         let rate = self.sampler.rate();
@@ -197,7 +223,7 @@ impl StackModel {
                         shadow.capacity(),
                         &c,
                         &self.sampled,
-                        &self.totals,
+                        self.totals.requests,
                         rate,
                         false,
                     );
