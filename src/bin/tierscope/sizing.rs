@@ -20,6 +20,22 @@ use tierscope::sizing::{
 
 use crate::{demo::Failure, plot, size};
 
+/// `println!` that ignores a closed stdout (`| head`) instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `print!`, likewise.
+macro_rules! outp {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TraceFormat {
     /// From the file: a tierscope header, a `.bin`/`oracleGeneral` name, else CSV.
@@ -287,12 +303,12 @@ pub fn run(args: SizeArgs) -> Result<(), Failure> {
             })).collect::<Vec<_>>(),
             "plots": written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        out!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
         return Ok(());
     }
 
     let first = &tiers[0].curve;
-    println!(
+    out!(
         "{}: {n} requests ({}), {} distinct objects, working set {}, {}{} ({:.1} s, {:.2} M requests/s)",
         args.trace.display(),
         format_name(&format),
@@ -317,7 +333,7 @@ pub fn run(args: SizeArgs) -> Result<(), Failure> {
         print_stack(&stack, args.memory, args.disk);
     }
     for p in &written {
-        println!("wrote {}", p.display());
+        out!("wrote {}", p.display());
     }
     Ok(())
 }
@@ -501,8 +517,8 @@ impl Tier {
 
     fn print(&self) {
         let c = &self.curve;
-        println!();
-        println!(
+        out!();
+        out!(
             "{} tier{} ({} lookups)",
             self.name,
             if self.name == "disk" && c.requests > 0 {
@@ -513,21 +529,21 @@ impl Tier {
             c.requests
         );
         let compile = c.points.iter().any(|p| p.compile_seconds.is_some());
-        print!(
+        outp!(
             "  {:>12} {:>10} {:>15} {:>10}",
             "capacity", "hit ratio", "byte hit ratio", "misses"
         );
         if compile {
-            print!(" {:>15}", "compile s/hour");
+            outp!(" {:>15}", "compile s/hour");
         }
-        println!();
+        out!();
         for p in &c.points {
             let mark = if Some(p.capacity) == self.current {
                 " <- current"
             } else {
                 ""
             };
-            print!(
+            outp!(
                 "  {:>12} {:>10} {:>15} {:>10}",
                 size::human(p.capacity as f64),
                 pct(p.hit_ratio),
@@ -535,24 +551,24 @@ impl Tier {
                 p.misses
             );
             if compile {
-                print!(
+                outp!(
                     " {:>15}",
                     self.compile_per_hour(p)
                         .map_or("-".into(), |v| format!("{v:.1}"))
                 );
             }
-            println!("{mark}");
+            out!("{mark}");
         }
         if let Some((text, _)) = self.recommendation() {
-            println!("  {}", text.replace('\n', "\n  "));
+            out!("  {}", text.replace('\n', "\n  "));
         }
     }
 }
 
 fn print_stack(stack: &[StackPoint], memory: Option<u64>, disk: Option<u64>) {
     let compile = stack.iter().any(|p| p.compile_seconds_per_hour.is_some());
-    println!();
-    println!(
+    out!();
+    out!(
         "whole stack: {} (rows: memory, columns: disk)",
         if compile {
             "compile seconds per hour"
@@ -563,17 +579,17 @@ fn print_stack(stack: &[StackPoint], memory: Option<u64>, disk: Option<u64>) {
     let mut disks: Vec<u64> = stack.iter().map(|p| p.disk).collect();
     disks.sort_unstable();
     disks.dedup();
-    print!("  {:>12}", "");
+    outp!("  {:>12}", "");
     for d in &disks {
         let m = if Some(*d) == disk { "*" } else { "" };
-        print!(" {:>11}", format!("{}{m}", size::human(*d as f64)));
+        outp!(" {:>11}", format!("{}{m}", size::human(*d as f64)));
     }
-    println!();
+    out!();
     let mut mems: Vec<u64> = stack.iter().map(|p| p.memory).collect();
     mems.dedup();
     for m in mems {
         let mark = if Some(m) == memory { "*" } else { "" };
-        print!("  {:>12}", format!("{}{mark}", size::human(m as f64)));
+        outp!("  {:>12}", format!("{}{mark}", size::human(m as f64)));
         for d in &disks {
             let cell = stack.iter().find(|p| p.memory == m && p.disk == *d).map_or(
                 "-".into(),
@@ -582,9 +598,9 @@ fn print_stack(stack: &[StackPoint], memory: Option<u64>, disk: Option<u64>) {
                     None => p.compiles.to_string(),
                 },
             );
-            print!(" {cell:>11}");
+            outp!(" {cell:>11}");
         }
-        println!();
+        out!();
     }
-    println!("  (* current sizes)");
+    out!("  (* current sizes)");
 }
