@@ -10,6 +10,7 @@
 mod demo;
 mod expo;
 mod plot;
+mod record;
 mod size;
 mod sizing;
 

@@ -531,7 +531,10 @@ impl Tier {
         let compile = c.points.iter().any(|p| p.compile_seconds.is_some());
         outp!(
             "  {:>12} {:>10} {:>15} {:>10}",
-            "capacity", "hit ratio", "byte hit ratio", "misses"
+            "capacity",
+            "hit ratio",
+            "byte hit ratio",
+            "misses"
         );
         if compile {
             outp!(" {:>15}", "compile s/hour");
