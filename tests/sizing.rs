@@ -652,3 +652,166 @@ fn formats_are_detected() {
     );
     assert!(Format::detect(&dir.path().join("missing")).is_err());
 }
+
+// ---------------------------------------------------------------------------
+// The CLI
+
+#[cfg(feature = "cli")]
+mod cli {
+    use std::process::Command;
+
+    use super::*;
+
+    fn tierscope(args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_tierscope"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn demo_like_trace(path: &std::path::Path) {
+        let mut w = trace::TierscopeWriter::new(std::fs::File::create(path).unwrap()).unwrap();
+        let reqs = workload(Shape::Zipf(1.0), 40, 3_000, 25_000, 2_000_000, false, 5);
+        let mut seen = std::collections::HashSet::new();
+        for mut r in reqs {
+            if seen.insert(r.key) {
+                r.compile_us = Some(r.bytes / 10);
+                r.served = Some(Served::Compile);
+            }
+            w.write(&r).unwrap();
+        }
+        w.finish().unwrap();
+    }
+
+    #[test]
+    fn size_prints_tables_charts_and_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("demo.trace");
+        demo_like_trace(&t);
+        let prefix = dir.path().join("chart");
+        let out = tierscope(&[
+            "size",
+            t.to_str().unwrap(),
+            "--memory",
+            "8MiB",
+            "--disk",
+            "16MiB",
+            "--plot",
+            prefix.to_str().unwrap(),
+            "--no-progress",
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for want in [
+            "memory tier",
+            "disk tier behind memory",
+            "compile s/hour",
+            "<- current",
+            "the knee is",
+            "halving to 4.0 MiB",
+            "doubling to 16.0 MiB",
+            "whole stack",
+        ] {
+            assert!(stdout.contains(want), "no `{want}` in:\n{stdout}");
+        }
+        for f in [
+            "chart-memory.svg",
+            "chart-memory.png",
+            "chart-disk.svg",
+            "chart-disk.png",
+        ] {
+            let bytes = std::fs::read(dir.path().join(f)).unwrap();
+            if f.ends_with(".png") {
+                assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{f}");
+            } else {
+                assert!(String::from_utf8_lossy(&bytes).contains("<svg"), "{f}");
+            }
+        }
+
+        let out = tierscope(&[
+            "size",
+            t.to_str().unwrap(),
+            "--disk",
+            "4MiB",
+            "--json",
+            "--scales",
+            "0.5,1,2",
+        ]);
+        assert!(out.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let tier = &v["tiers"][0];
+        assert_eq!(tier["tier"], "disk");
+        assert_eq!(tier["points"].as_array().unwrap().len(), 3);
+        assert_eq!(tier["recommendation"]["current"], 4 << 20);
+        assert!(
+            tier["points"][0]["compile_seconds_per_hour"]
+                .as_f64()
+                .unwrap()
+                > 0.0
+        );
+    }
+
+    #[test]
+    fn bad_input_exits_2_with_a_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.oracleGeneral.bin");
+        let mut bytes = Vec::new();
+        trace::write_oracle_record(&mut bytes, 0, 1, 1, -1).unwrap();
+        bytes.extend_from_slice(&[0; 6]);
+        std::fs::write(&bad, bytes).unwrap();
+        let cases: Vec<(Vec<String>, &str)> = vec![
+            (
+                vec![
+                    "size".into(),
+                    bad.display().to_string(),
+                    "--disk".into(),
+                    "1MiB".into(),
+                ],
+                "byte offset 24",
+            ),
+            (vec!["size".into(), bad.display().to_string()], "--memory"),
+            (
+                vec![
+                    "size".into(),
+                    dir.path().join("none").display().to_string(),
+                    "--disk".into(),
+                    "1MiB".into(),
+                ],
+                "none",
+            ),
+            (
+                vec![
+                    "size".into(),
+                    bad.display().to_string(),
+                    "--disk".into(),
+                    "lots".into(),
+                ],
+                "lots",
+            ),
+            (
+                vec![
+                    "size".into(),
+                    bad.display().to_string(),
+                    "--disk".into(),
+                    "1MiB".into(),
+                    "--csv".into(),
+                    "bogus=1".into(),
+                    "--format".into(),
+                    "csv".into(),
+                ],
+                "bogus",
+            ),
+        ];
+        for (args, want) in cases {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = tierscope(&args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+            assert!(stderr.contains(want), "{args:?}: {stderr}");
+        }
+    }
+}

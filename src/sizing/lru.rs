@@ -295,12 +295,9 @@ impl LruCore {
         self.live_bytes
     }
 
-    pub(crate) fn contains(&self, key: u64) -> bool {
-        self.keys.contains_key(&key)
-    }
-
     /// One request of a sampled key; `compile` its cost if it misses.
-    pub(crate) fn access(&mut self, key: u64, bytes: u64, compile: Option<f64>) {
+    /// Returns whether the key was new to the model.
+    pub(crate) fn access(&mut self, key: u64, bytes: u64, compile: Option<f64>) -> bool {
         let size = super::weight(bytes);
         // Grid points this object exceeds get their own trees first.
         while self.shared_from < self.grid.len() && self.grid[self.shared_from] < size {
@@ -315,25 +312,33 @@ impl LruCore {
         }
         let slot = self.next_slot;
         self.next_slot += 1;
-        let old = self.keys.get(&key).copied();
+        let new = KeyState {
+            slot: slot as u32,
+            size,
+        };
+        // One hash lookup: read the old state and write the new.
+        let old = match self.keys.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                Some(std::mem::replace(e.get_mut(), new))
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(new);
+                None
+            }
+        };
         // A shrinking weight: from now on "bytes above" is not monotone,
         // so that tree keeps historical maxima (built from the state
         // before this request).
-        if let Some(o) = old {
+        if let Some(o) = old
+            && o.size != size
+        {
             for ti in 0..self.trees.len() {
                 let t = &self.trees[ti];
                 if t.weight(size) < t.weight(o.size) && matches!(t.index, Index::Fen(_)) {
-                    self.upgrade(ti);
+                    self.upgrade(ti, (key, o));
                 }
             }
         }
-        self.keys.insert(
-            key,
-            KeyState {
-                slot: slot as u32,
-                size,
-            },
-        );
         self.sampled.requests += 1.0;
         self.sampled.bytes += size as f64;
         let cost = compile.unwrap_or(0.0);
@@ -388,6 +393,7 @@ impl LruCore {
                 tree.add(slot, now as i64);
             }
         }
+        old.is_none()
     }
 
     /// Stop modelling `key` (it left the sample).
@@ -429,8 +435,17 @@ impl LruCore {
     }
 
     /// Switch tree `ti` to the historical-maximum index: sizes shrank.
-    fn upgrade(&mut self, ti: usize) {
-        let weights = self.slot_weights(ti, self.slots);
+    /// `before` is the state the key map already overwrote.
+    fn upgrade(&mut self, ti: usize, before: (u64, KeyState)) {
+        let mut weights = self.slot_weights(ti, self.slots);
+        if let Some(now) = self.keys.get(&before.0)
+            && let Some(w) = weights.get_mut(now.slot as usize)
+        {
+            *w = 0;
+        }
+        if let Some(w) = weights.get_mut(before.1.slot as usize) {
+            *w = self.trees[ti].weight(before.1.size);
+        }
         let mut values = vec![0i64; self.slots];
         let mut above = 0i64;
         for s in (0..self.slots).rev() {
@@ -565,20 +580,18 @@ impl LruModel {
         if !self.sampler.sampled(h) {
             return;
         }
-        if !self.core.contains(req.key)
-            && let Some(lowered) = self.sampler.admit(req.key, h)
-        {
+        let cost = self.costs.cost(req);
+        let new = self.core.access(req.key, req.bytes, cost) && self.sampler.bounded();
+        // A new key may lower the rate (bounded sampling): keys of the
+        // largest hashes leave the model, possibly this one, and what was
+        // counted is rescaled (as SHARDS' fixed-size variant).
+        if new && let Some(lowered) = self.sampler.admit(req.key, h) {
             for k in lowered.evicted {
                 self.core.forget(k);
                 self.costs.forget(k);
             }
             self.core.rescale(lowered.factor);
-            if !self.sampler.sampled(h) {
-                return;
-            }
         }
-        let cost = self.costs.cost(req);
-        self.core.access(req.key, req.bytes, cost);
     }
 
     /// The curve so far.

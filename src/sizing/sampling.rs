@@ -99,6 +99,12 @@ impl Sampler {
         }
     }
 
+    /// Whether this sampler may lower its rate (bounded mode).
+    #[inline]
+    pub fn bounded(&self) -> bool {
+        self.max_keys.is_some()
+    }
+
     /// Whether a key of this [`key_hash`] is modelled.
     #[inline]
     pub fn sampled(&self, hash: u64) -> bool {

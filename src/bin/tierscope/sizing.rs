@@ -243,7 +243,9 @@ pub fn run(args: SizeArgs) -> Result<(), Failure> {
         Models::Stack(s) => {
             tiers.push(Tier::new("memory", s.memory_curve(), args.memory));
             if let Some(c) = args.memory.and_then(|m| s.disk_curve(m)) {
-                tiers.push(Tier::new("disk", c, args.disk));
+                let mut t = Tier::new("disk", c, args.disk);
+                t.behind_memory = true;
+                tiers.push(t);
             }
             stack = s.grid();
         }
@@ -389,6 +391,8 @@ struct Tier {
     name: &'static str,
     curve: Curve,
     current: Option<u64>,
+    /// A disk tier that sees only the memory tier's misses.
+    behind_memory: bool,
 }
 
 impl Tier {
@@ -397,6 +401,7 @@ impl Tier {
             name,
             curve,
             current,
+            behind_memory: false,
         }
     }
 
@@ -412,6 +417,15 @@ impl Tier {
             .iter()
             .max_by(|a, b| a.hit_ratio.total_cmp(&b.hit_ratio))?;
         let knee = self.curve.knee(0.01)?;
+        if best.hit_ratio <= 0.0 {
+            return Some((
+                format!(
+                    "{}: nothing hits at any size tried (every request is a first request, or the objects are larger than the sizes tried); try a larger --range",
+                    self.name
+                ),
+                json!({"knee": null, "best_hit_ratio": 0.0}),
+            ));
+        }
         let current = self.current.and_then(|c| self.curve.at(c));
         let mut text = format!(
             "{}: the knee is {} ({} hit ratio, within 1 point of the best the grid reaches, {} at {})",
@@ -497,6 +511,7 @@ impl Tier {
         let c = &self.curve;
         json!({
             "tier": self.name,
+            "behind_memory": self.behind_memory,
             "current": self.current,
             "requests": c.requests,
             "distinct_keys": c.distinct_keys,
@@ -521,7 +536,7 @@ impl Tier {
         out!(
             "{} tier{} ({} lookups)",
             self.name,
-            if self.name == "disk" && c.requests > 0 {
+            if self.behind_memory {
                 " behind memory"
             } else {
                 ""
