@@ -123,9 +123,7 @@ impl Sampler {
         let mut lowered = Lowered::default();
         // Drop the largest hash (and any tied with it); the new threshold
         // excludes it.
-        let Some((top, _)) = self.heap.peek().copied() else {
-            return None;
-        };
+        let (top, _) = self.heap.peek().copied()?;
         while let Some(&(h, k)) = self.heap.peek() {
             if h < top {
                 break;

@@ -221,7 +221,7 @@ pub fn run(args: SizeArgs) -> Result<(), Failure> {
         let req: Request = req.map_err(|e| unreadable(&args.trace, e))?;
         models.access(&req);
         n += 1;
-        if n % 65_536 == 0 {
+        if n.is_multiple_of(65_536) {
             pb.set_position(reader.bytes_read());
             pb.set_message(format!("{n} requests"));
         }
