@@ -151,6 +151,10 @@ impl Shadow {
         if shard.get(&key).is_some() {
             return true;
         }
+        // As `MemoryCache::insert` does (tier/memory.rs): remove, then
+        // insert. quick_cache's `remove` also drops the key's ghost entry,
+        // so a returning key is never admitted as hot through the ghost
+        // list, in the tier as here; keep the two in step.
         shard.remove(&key);
         shard.insert(key, bytes);
         false
