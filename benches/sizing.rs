@@ -2,7 +2,8 @@
 //! and model memory per distinct key.
 //!
 //! `cargo bench --bench sizing`. A 10 M-request `oracleGeneral` trace
-//! (Zipf 0.9 over 1 M objects of 1 KB to 1 MB) is written to a temporary
+//! (Zipf 0.9 over 1 M objects of 1 KB to 1 MB, and again over 10 k
+//! objects, the size of a large module cache) is written to a temporary
 //! file once; each measurement reads and decodes all of it, one also runs
 //! the exact LRU model at 16 grid sizes. Memory is measured by a counting
 //! allocator: heap bytes held by the model after the pass, per distinct
@@ -54,7 +55,6 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOC: Counting = Counting;
 
 const REQUESTS: u64 = 10_000_000;
-const KEYS: u64 = 1_000_000;
 
 struct Rng(u64);
 impl Rng {
@@ -104,11 +104,18 @@ fn read(path: &Path) -> impl Iterator<Item = Request> {
 }
 
 fn bench(c: &mut Criterion) {
+    for keys in [1_000_000u64, 10_000] {
+        passes(c, keys);
+    }
+    memory();
+}
+
+fn passes(c: &mut Criterion, keys: u64) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("zipf.oracleGeneral.bin");
-    write_trace(&path, REQUESTS, KEYS);
+    write_trace(&path, REQUESTS, keys);
 
-    let mut g = c.benchmark_group("sizing_10M_requests");
+    let mut g = c.benchmark_group(format!("sizing_10M_requests_{}k_objects", keys / 1000));
     g.sample_size(10)
         .measurement_time(Duration::from_secs(40))
         .warm_up_time(Duration::from_secs(1))
@@ -132,8 +139,10 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+}
 
-    // Memory per distinct key.
+/// Memory per distinct key.
+fn memory() {
     for (label, keys, sampling) in [
         ("exact, 1 M distinct keys", 1_000_000u64, Sampling::Off),
         (
