@@ -55,6 +55,7 @@ pub mod mac;
 pub mod observe;
 pub mod observer;
 pub mod sizes;
+pub mod sizing;
 pub mod tier;
 
 pub use cache::{CacheError, Corruption, ErrorKind, Hit, ModuleCache, TierName};

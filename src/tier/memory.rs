@@ -12,7 +12,7 @@
 
 use std::{fmt, sync::Arc, time::Instant};
 
-use quick_cache::{Lifecycle, OptionsBuilder, Weighter, sync::Cache};
+use quick_cache::{Lifecycle, Weighter, sync::Cache};
 use wasmer::{Engine, EngineId, Module};
 use wasmer_types::ModuleHash;
 
@@ -193,19 +193,16 @@ impl MemoryCacheBuilder {
 
     /// Build the tier.
     pub fn build(self) -> MemoryCache {
-        let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let shards = self
-            .shards
-            .unwrap_or_else(|| (parallelism * 4).min((self.capacity / (32 << 20)) as usize))
-            .clamp(1, 1024)
-            .next_power_of_two();
-        let capacity = self.capacity.max(1);
-        let options = OptionsBuilder::new()
-            .weight_capacity(capacity)
-            .estimated_items_capacity(((capacity / (64 << 10)) as usize).clamp(16, 1 << 20))
-            .shards(shards)
-            .hot_allocation(self.hot_allocation)
-            .build()
+        // Shared with the sizing shadows, so their policy cannot drift.
+        let policy = super::memory_policy::derive(
+            self.capacity,
+            self.shards,
+            self.hot_allocation,
+            super::memory_policy::parallelism(),
+        );
+        let capacity = policy.capacity;
+        let options = policy
+            .options()
             .expect("memory tier options are valid by construction");
         let cache = Inner::with_options(
             options,

@@ -2,5 +2,6 @@
 
 pub mod disk;
 pub mod memory;
+pub(crate) mod memory_policy;
 #[cfg(feature = "redis")]
 pub mod redis;

@@ -78,6 +78,9 @@ pub struct DemoArgs {
     /// No live progress line (it is also hidden when stderr is not a terminal).
     #[arg(long)]
     no_progress: bool,
+    /// Write the request stream as a tierscope trace, for `tierscope size`.
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
 }
 
 fn parse_exponent(s: &str) -> Result<f64, String> {
@@ -287,8 +290,14 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
         #[cfg(not(feature = "redis"))]
         Some(_) => unreachable!("checked before the runtime starts"),
     };
+    let recorder = match &args.record {
+        Some(p) => Some(Arc::new(
+            crate::record::Recorder::create(p).map_err(Failure::Usage)?,
+        )),
+        None => None,
+    };
     let engines = EngineGenerations::new(Engine::default).code_budget(args.code_budget);
-    let loader = ModuleLoader::with_engines(CACHE, memory.with_fallback(lower), engines);
+    let loader = ModuleLoader::with_engines(CACHE, memory.with_fallback(lower.clone()), engines);
 
     eprintln!(
         "tierscope demo: {} modules ({}), memory {} -> disk {} at {}{}, code budget {}, {} tasks for {} s",
@@ -319,12 +328,17 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
     for t in 0..args.concurrency {
         let (loader, modules) = (loader.clone(), modules.clone());
         let (stop, requests, failures) = (stop.clone(), requests.clone(), failures.clone());
+        let (recorder, lower) = (recorder.clone(), lower.clone());
         let mut rng = SmallRng::seed_from_u64(args.seed ^ (t + 1).wrapping_mul(0x9E37_79B9));
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let i = rng.sample(zipf) as usize - 1;
                 let m = &modules[i];
-                match loader.load_with_hash(m.key, &m.bytes).await {
+                let loaded = match &recorder {
+                    Some(r) => r.load(&loader, &lower, m.key, &m.bytes).await,
+                    None => loader.load_with_hash(m.key, &m.bytes).await,
+                };
+                match loaded {
                     Ok(_) => requests.fetch_add(1, Ordering::Relaxed),
                     Err(e) => {
                         tracing::warn!(module = %m.name, error = %e, "load failed");
@@ -376,6 +390,16 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
         failures.load(Ordering::Relaxed),
         elapsed,
     );
+    if let (Some(r), Some(path)) = (&recorder, &args.record) {
+        let n = r.finish().map_err(Failure::Runtime)?;
+        eprintln!(
+            "recorded {n} requests to {}; size the tiers with: tierscope size {} --memory {} --disk {}",
+            path.display(),
+            path.display(),
+            size::human(args.memory_bytes as f64).replace(' ', ""),
+            size::human(args.disk_bytes as f64).replace(' ', ""),
+        );
+    }
     if args.linger > 0 && !interrupted {
         eprintln!(
             "serving http://{}/metrics for {} more seconds (Ctrl-C to stop)",

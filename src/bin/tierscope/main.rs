@@ -4,10 +4,15 @@
 //!   Zipf-popular workload of real wasm modules, every tier instrumented,
 //!   `/metrics` served for Prometheus, a live progress line and a final
 //!   per-tier table.
+//! - `tierscope size TRACE`: hit ratio against capacity per tier, offline,
+//!   from a trace (tables, charts, a recommendation).
 
 mod demo;
 mod expo;
+mod plot;
+mod record;
 mod size;
+mod sizing;
 
 use std::process::ExitCode;
 
@@ -29,6 +34,9 @@ enum Command {
     /// Run a workload through an instrumented memory -> disk (-> Redis)
     /// stack and serve its metrics.
     Demo(demo::DemoArgs),
+    /// Model each tier at other sizes from a trace: hit ratio against
+    /// capacity, charts, and a recommendation.
+    Size(sizing::SizeArgs),
 }
 
 /// Exit code for bad input (flags, unreadable files), as clap uses.
@@ -36,17 +44,19 @@ const USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Demo(args) => match demo::run(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(demo::Failure::Usage(msg)) => {
-                eprintln!("error: {msg}");
-                ExitCode::from(USAGE)
-            }
-            Err(demo::Failure::Runtime(msg)) => {
-                eprintln!("error: {msg}");
-                ExitCode::FAILURE
-            }
-        },
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Size(args) => sizing::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(demo::Failure::Usage(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(USAGE)
+        }
+        Err(demo::Failure::Runtime(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -1,0 +1,710 @@
+//! Exact byte-weighted LRU curves in one pass: Mattson's stack distances
+//! over a Fenwick tree.
+//!
+//! # What it is exact for
+//!
+//! A byte-bounded LRU of capacity C, per request `(key, bytes)`:
+//! 1. it is a hit iff `key` is resident;
+//! 2. `key` becomes the most recent entry, at its new size;
+//! 3. if that size exceeds C the key is not admitted (it is removed if it
+//!    was resident, and nothing is evicted for it);
+//! 4. least recent entries are evicted until the total fits in C.
+//!
+//! That is how the disk tier behaves (it refuses a file larger than its
+//! bound) and what `tests/sizing.rs` simulates by brute force. Such a cache
+//! always holds a prefix of the recency stack (inclusion), so a key is
+//! resident iff its own size plus the bytes above it in the stack never
+//! exceeded C since its last request: one pass answers every C.
+//!
+//! - Each request takes a new time slot; each key's bytes sit at its
+//!   latest slot, so the bytes above a slot are a suffix sum: a Fenwick
+//!   tree over blocks of 64 slots plus a scan within one block, O(log n)
+//!   with about two cache misses per request. Slots are compacted when
+//!   they run out (the slot space is kept at three to six times the
+//!   distinct keys).
+//! - A key whose size *shrinks* frees bytes without bringing back what was
+//!   evicted, so "bytes above" is no longer monotone: from the first shrink
+//!   on, that tree switches to a segment tree keeping each slot's
+//!   historical maximum (still O(log n), about twice the cost). Traces
+//!   whose sizes never shrink never pay for it.
+//! - An object larger than a grid capacity is invisible at that capacity
+//!   (never admitted, it evicts nothing). The first time one appears, the
+//!   grid points it exceeds get their own tree (a copy of the shared one,
+//!   which is exact up to then) that filters such objects out.
+//!
+//! Sizes weigh [`weight`](super::weight)`(bytes)`: 0 counts as 1 byte, and
+//! sizes above [`MAX_OBJECT_BYTES`](super::MAX_OBJECT_BYTES) as that. With sampling ([`Sampling`]), distances are
+//! scaled by 1 / rate (SHARDS) and the curve is an estimate.
+
+use super::{
+    Counts, Curve, KeyMap, Request, SampledTotals, Totals, point,
+    sampling::{Sampler, Sampling, key_hash},
+};
+
+/// Point updates and "sum above a slot" queries: each slot's weight in a
+/// flat array, and a Fenwick tree over blocks of 64 slots. The block tree
+/// is small enough to stay in cache (4 KiB per 32 K slots), so a request
+/// costs about two cache misses (its slot's weight and its block's 512
+/// bytes, read in order) instead of one per tree level.
+#[derive(Debug, Clone)]
+struct Fenwick {
+    weights: Vec<u64>,
+    /// Fenwick tree over block sums, 1-based.
+    blocks: Vec<u64>,
+    total: u64,
+}
+
+const BLOCK: usize = 64;
+
+impl Fenwick {
+    fn new(len: usize) -> Self {
+        Self::from_weights(&vec![0; len])
+    }
+
+    /// Build from per-slot weights in O(n).
+    fn from_weights(weights: &[u64]) -> Self {
+        let nblocks = weights.len().div_ceil(BLOCK);
+        let mut blocks = vec![0u64; nblocks + 1];
+        let mut total = 0u64;
+        for (b, chunk) in weights.chunks(BLOCK).enumerate() {
+            let sum = chunk.iter().fold(0u64, |a, &w| a.wrapping_add(w));
+            total = total.wrapping_add(sum);
+            blocks[b + 1] = blocks[b + 1].wrapping_add(sum);
+        }
+        for i in 1..blocks.len() {
+            let parent = i + (i & i.wrapping_neg());
+            if parent < blocks.len() {
+                blocks[parent] = blocks[parent].wrapping_add(blocks[i]);
+            }
+        }
+        Fenwick {
+            weights: weights.to_vec(),
+            blocks,
+            total,
+        }
+    }
+
+    #[inline]
+    fn add(&mut self, slot: usize, delta: u64) {
+        let Some(w) = self.weights.get_mut(slot) else {
+            return;
+        };
+        *w = w.wrapping_add(delta);
+        self.total = self.total.wrapping_add(delta);
+        let mut i = slot / BLOCK + 1;
+        while i < self.blocks.len() {
+            self.blocks[i] = self.blocks[i].wrapping_add(delta);
+            i += i & i.wrapping_neg();
+        }
+    }
+
+    /// Sum of whole blocks `0..=block`.
+    #[inline]
+    fn block_prefix(&self, block: usize) -> u64 {
+        let mut i = (block + 1).min(self.blocks.len() - 1);
+        let mut s = 0u64;
+        while i > 0 {
+            s = s.wrapping_add(self.blocks[i]);
+            i &= i - 1;
+        }
+        s
+    }
+
+    /// Sum of slots `0..=slot`.
+    #[cfg(test)]
+    fn prefix(&self, slot: usize) -> u64 {
+        self.total.wrapping_sub(self.above(slot))
+    }
+
+    /// Sum of slots after `slot`.
+    #[inline]
+    fn above(&self, slot: usize) -> u64 {
+        let block = slot / BLOCK;
+        let end = ((block + 1) * BLOCK).min(self.weights.len());
+        let within = self
+            .weights
+            .get(slot + 1..end)
+            .map_or(0, |ws| ws.iter().fold(0u64, |a, &w| a.wrapping_add(w)));
+        self.total
+            .wrapping_sub(self.block_prefix(block))
+            .wrapping_add(within)
+    }
+}
+
+/// Per slot x: `A[x]` = the bytes above x, and its maximum since x was
+/// assigned. Range adds on `[0, p)`, one root-to-leaf path each.
+#[derive(Debug, Clone)]
+struct HistMax {
+    /// Leaves (n..2n): (value, historical max). Internal nodes: pending
+    /// (sum of adds, max prefix sum of adds).
+    add: Vec<i64>,
+    max: Vec<i64>,
+    n: usize,
+}
+
+impl HistMax {
+    /// From each slot's current bytes-above (its historical max starts there).
+    fn from_values(values: &[i64], hist: &[i64]) -> Self {
+        let n = values.len().max(1).next_power_of_two();
+        let mut add = vec![0i64; 2 * n];
+        let mut max = vec![0i64; 2 * n];
+        for (i, (&v, &h)) in values.iter().zip(hist).enumerate() {
+            add[n + i] = v;
+            max[n + i] = h.max(v);
+        }
+        HistMax { add, max, n }
+    }
+
+    #[inline]
+    fn apply(&mut self, node: usize, a: i64, m: i64) {
+        self.max[node] = self.max[node].max(self.add[node].saturating_add(m));
+        self.add[node] = self.add[node].saturating_add(a);
+    }
+
+    #[inline]
+    fn push(&mut self, node: usize) {
+        let (a, m) = (self.add[node], self.max[node]);
+        if a != 0 || m != 0 {
+            self.apply(2 * node, a, m);
+            self.apply(2 * node + 1, a, m);
+            self.add[node] = 0;
+            self.max[node] = 0;
+        }
+    }
+
+    /// Push every pending tag down to leaf `slot`; its index.
+    fn descend(&mut self, slot: usize, mut on_left: impl FnMut(&mut Self, usize)) -> usize {
+        let mut node = 1;
+        let mut lo = 0;
+        let mut len = self.n;
+        while len > 1 {
+            self.push(node);
+            let half = len / 2;
+            if slot >= lo + half {
+                on_left(self, 2 * node);
+                node = 2 * node + 1;
+                lo += half;
+            } else {
+                node *= 2;
+            }
+            len = half;
+        }
+        node
+    }
+
+    /// Add `delta` to every slot below `slot`.
+    fn add_below(&mut self, slot: usize, delta: i64) {
+        if slot >= self.n {
+            self.apply(1, delta, delta.max(0));
+            return;
+        }
+        self.descend(slot, |t, left| t.apply(left, delta, delta.max(0)));
+    }
+
+    /// `(value, historical max)` of a slot.
+    fn get(&mut self, slot: usize) -> (i64, i64) {
+        if slot >= self.n {
+            return (0, 0);
+        }
+        let leaf = self.descend(slot, |_, _| {});
+        (self.add[leaf], self.max[leaf])
+    }
+
+    /// Start a fresh slot: its history begins now.
+    fn reset(&mut self, slot: usize) {
+        if slot < self.n {
+            let leaf = self.descend(slot, |_, _| {});
+            self.max[leaf] = self.add[leaf];
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Index {
+    Fen(Fenwick),
+    Hist(HistMax),
+}
+
+/// One stack-distance structure: shared by every grid point no object has
+/// exceeded yet (`filter: None`), or private to one grid point.
+#[derive(Debug, Clone)]
+struct Tree {
+    /// `Some((capacity, grid index))`: objects above `capacity` weigh 0.
+    filter: Option<(u64, usize)>,
+    index: Index,
+}
+
+impl Tree {
+    #[inline]
+    fn weight(&self, size: u64) -> u64 {
+        match self.filter {
+            Some((cap, _)) if size > cap => 0,
+            _ => size,
+        }
+    }
+
+    /// Bytes above `slot` (its historical maximum since its last request,
+    /// once sizes have shrunk).
+    #[inline]
+    fn above(&mut self, slot: usize) -> u64 {
+        match &mut self.index {
+            Index::Fen(f) => f.above(slot),
+            Index::Hist(h) => h.get(slot).1.max(0) as u64,
+        }
+    }
+
+    #[inline]
+    fn add(&mut self, slot: usize, delta: i64) {
+        match &mut self.index {
+            Index::Fen(f) => f.add(slot, delta as u64),
+            Index::Hist(h) => h.add_below(slot, delta),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct KeyState {
+    slot: u32,
+    size: u64,
+}
+
+/// The model without sampling decisions: shared by [`LruModel`] and the
+/// stack model, which samples once for all its tiers.
+#[derive(Debug, Clone)]
+pub(crate) struct LruCore {
+    grid: Vec<u64>,
+    keys: KeyMap<KeyState>,
+    trees: Vec<Tree>,
+    /// Grid points from here on are served by `trees[0]`.
+    shared_from: usize,
+    next_slot: usize,
+    slots: usize,
+    /// Hits counted at the first grid index a distance fits (shared tree):
+    /// a hit there is a hit at every larger shared grid point.
+    from: Vec<Counts>,
+    /// Hits at filtered grid points.
+    direct: Vec<Counts>,
+    /// Compile cost of every sampled request (a miss costs it).
+    compile_all: f64,
+    pub(crate) sampled: SampledTotals,
+    live_bytes: u64,
+    /// 1 / sampling rate, applied to distances.
+    pub(crate) scale: f64,
+}
+
+impl LruCore {
+    pub(crate) fn new(grid: &[u64]) -> Self {
+        let grid = super::normalize_grid(grid);
+        let slots = 1024;
+        LruCore {
+            from: vec![Counts::default(); grid.len()],
+            direct: vec![Counts::default(); grid.len()],
+            grid,
+            keys: KeyMap::default(),
+            trees: vec![Tree {
+                filter: None,
+                index: Index::Fen(Fenwick::new(slots)),
+            }],
+            shared_from: 0,
+            next_slot: 0,
+            slots,
+            compile_all: 0.0,
+            sampled: SampledTotals::default(),
+            live_bytes: 0,
+            scale: 1.0,
+        }
+    }
+
+    pub(crate) fn grid(&self) -> &[u64] {
+        &self.grid
+    }
+
+    pub(crate) fn distinct(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub(crate) fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+
+    /// One request of a sampled key; `compile` its cost if it misses.
+    /// Returns whether the key was new to the model.
+    pub(crate) fn access(&mut self, key: u64, bytes: u64, compile: Option<f64>) -> bool {
+        let size = super::weight(bytes);
+        // Grid points this object exceeds get their own trees first.
+        while self.shared_from < self.grid.len() && self.grid[self.shared_from] < size {
+            let g = self.shared_from;
+            let mut t = self.trees[0].clone();
+            t.filter = Some((self.grid[g], g));
+            self.trees.push(t);
+            self.shared_from += 1;
+        }
+        if self.next_slot >= self.slots {
+            self.compact();
+        }
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        let new = KeyState {
+            slot: slot as u32,
+            size,
+        };
+        // One hash lookup: read the old state and write the new.
+        let old = match self.keys.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                Some(std::mem::replace(e.get_mut(), new))
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(new);
+                None
+            }
+        };
+        // A shrinking weight: from now on "bytes above" is not monotone,
+        // so that tree keeps historical maxima (built from the state
+        // before this request).
+        if let Some(o) = old
+            && o.size != size
+        {
+            for ti in 0..self.trees.len() {
+                let t = &self.trees[ti];
+                if t.weight(size) < t.weight(o.size) && matches!(t.index, Index::Fen(_)) {
+                    self.upgrade(ti, (key, o));
+                }
+            }
+        }
+        self.sampled.requests += 1.0;
+        self.sampled.bytes += size as f64;
+        let cost = compile.unwrap_or(0.0);
+        self.compile_all += cost;
+        self.live_bytes = self
+            .live_bytes
+            .wrapping_sub(old.map_or(0, |o| o.size))
+            .wrapping_add(size);
+        let scale = self.scale;
+        let hit_counts = Counts {
+            hits: 1.0,
+            hit_bytes: size as f64,
+            miss_compile: cost,
+        };
+        let all_shared = self.shared_from < self.grid.len();
+        for ti in 0..self.trees.len() {
+            let tree = &mut self.trees[ti];
+            if tree.filter.is_none() && !all_shared {
+                continue; // no grid point left for the shared tree
+            }
+            if let Some(o) = old {
+                let was = tree.weight(o.size);
+                let cap = tree.filter.map_or(u64::MAX, |f| f.0);
+                if was > 0 && o.size <= cap {
+                    let d = (o.size.saturating_add(tree.above(o.slot as usize))) as f64 * scale;
+                    match tree.filter {
+                        Some((c, g)) => {
+                            if d <= c as f64 {
+                                add_counts(&mut self.direct[g], &hit_counts);
+                            }
+                        }
+                        None => {
+                            let g = self.shared_from
+                                + self.grid[self.shared_from..]
+                                    .partition_point(|&c| (c as f64) < d);
+                            if g < self.grid.len() {
+                                add_counts(&mut self.from[g], &hit_counts);
+                            }
+                        }
+                    }
+                }
+                if was > 0 {
+                    tree.add(o.slot as usize, -(was as i64));
+                }
+            }
+            let tree = &mut self.trees[ti];
+            if let Index::Hist(h) = &mut tree.index {
+                h.reset(slot);
+            }
+            let now = tree.weight(size);
+            if now > 0 {
+                tree.add(slot, now as i64);
+            }
+        }
+        old.is_none()
+    }
+
+    /// Stop modelling `key` (it left the sample).
+    pub(crate) fn forget(&mut self, key: u64) {
+        if let Some(o) = self.keys.remove(&key) {
+            self.live_bytes = self.live_bytes.wrapping_sub(o.size);
+            for tree in &mut self.trees {
+                let w = tree.weight(o.size);
+                if w > 0 {
+                    tree.add(o.slot as usize, -(w as i64));
+                }
+            }
+        }
+    }
+
+    /// Multiply every sampled count by `factor` (the rate was lowered).
+    pub(crate) fn rescale(&mut self, factor: f64) {
+        for c in self.from.iter_mut().chain(self.direct.iter_mut()) {
+            c.scale(factor);
+        }
+        self.compile_all *= factor;
+        self.sampled.scale(factor);
+        self.scale /= factor;
+    }
+
+    /// The hit counts per grid point.
+    pub(crate) fn counts(&self) -> Vec<Counts> {
+        let mut acc = Counts::default();
+        let mut out = Vec::with_capacity(self.grid.len());
+        for g in 0..self.grid.len() {
+            add_counts(&mut acc, &self.from[g]);
+            let mut c = acc;
+            add_counts(&mut c, &self.direct[g]);
+            // Misses cost what every request costs minus what hits cost.
+            c.miss_compile = (self.compile_all - c.miss_compile).max(0.0);
+            out.push(c);
+        }
+        out
+    }
+
+    /// Switch tree `ti` to the historical-maximum index: sizes shrank.
+    /// `before` is the state the key map already overwrote.
+    fn upgrade(&mut self, ti: usize, before: (u64, KeyState)) {
+        let mut weights = self.slot_weights(ti, self.slots);
+        if let Some(now) = self.keys.get(&before.0)
+            && let Some(w) = weights.get_mut(now.slot as usize)
+        {
+            *w = 0;
+        }
+        if let Some(w) = weights.get_mut(before.1.slot as usize) {
+            *w = self.trees[ti].weight(before.1.size);
+        }
+        let mut values = vec![0i64; self.slots];
+        let mut above = 0i64;
+        for s in (0..self.slots).rev() {
+            values[s] = above;
+            above = above.saturating_add(weights[s] as i64);
+        }
+        self.trees[ti].index = Index::Hist(HistMax::from_values(&values, &values));
+    }
+
+    fn slot_weights(&self, ti: usize, len: usize) -> Vec<u64> {
+        let tree = &self.trees[ti];
+        let mut w = vec![0u64; len];
+        for k in self.keys.values() {
+            if let Some(x) = w.get_mut(k.slot as usize) {
+                *x = tree.weight(k.size);
+            }
+        }
+        w
+    }
+
+    /// Renumber live slots 0..n in order, growing the slot space when more
+    /// than half of it is live.
+    fn compact(&mut self) {
+        let mut order: Vec<(u32, u64)> = self.keys.iter().map(|(k, s)| (s.slot, *k)).collect();
+        order.sort_unstable();
+        let live = order.len();
+        let mut slots = self.slots;
+        // At least three slots per live key: a compaction (a sort) every
+        // two requests per key at worst.
+        while live * 3 > slots {
+            slots *= 2;
+        }
+        // Historical maxima survive: read them before renumbering.
+        let hists: Vec<Option<Vec<i64>>> = (0..self.trees.len())
+            .map(|ti| match &mut self.trees[ti].index {
+                Index::Hist(h) => Some(order.iter().map(|&(s, _)| h.get(s as usize).1).collect()),
+                Index::Fen(_) => None,
+            })
+            .collect();
+        for (new, &(_, key)) in order.iter().enumerate() {
+            if let Some(k) = self.keys.get_mut(&key) {
+                k.slot = new as u32;
+            }
+        }
+        self.slots = slots;
+        self.next_slot = live;
+        for (ti, hist) in hists.into_iter().enumerate() {
+            let weights = self.slot_weights(ti, slots);
+            self.trees[ti].index = match hist {
+                None => Index::Fen(Fenwick::from_weights(&weights)),
+                Some(h) => {
+                    let mut values = vec![0i64; slots];
+                    let mut above = 0i64;
+                    for s in (0..slots).rev() {
+                        values[s] = above;
+                        above = above.saturating_add(weights[s] as i64);
+                    }
+                    let mut hv = values.clone();
+                    hv[..live].copy_from_slice(&h);
+                    Index::Hist(HistMax::from_values(&values, &hv))
+                }
+            };
+        }
+    }
+
+    /// Bytes of model state per modelled key, roughly.
+    pub(crate) fn bytes_per_key(&self) -> usize {
+        let map = std::mem::size_of::<(u64, KeyState)>() + 1;
+        let per_tree: usize = self
+            .trees
+            .iter()
+            .map(|t| match t.index {
+                Index::Fen(_) => 8,
+                Index::Hist(_) => 32,
+            })
+            .sum();
+        // Slot space is three to six times the live keys; the map's load
+        // factor about 7/8.
+        map * 8 / 7 + 6 * per_tree
+    }
+}
+
+#[inline]
+fn add_counts(acc: &mut Counts, c: &Counts) {
+    acc.hits += c.hits;
+    acc.hit_bytes += c.hit_bytes;
+    acc.miss_compile += c.miss_compile;
+}
+
+/// A byte-bounded LRU at every capacity of a grid, in one pass.
+///
+/// ```
+/// use tierscope::sizing::{Request, lru::LruModel, sampling::Sampling};
+/// let mut m = LruModel::new(&[1 << 20, 4 << 20], Sampling::Off);
+/// for i in 0..100u64 {
+///     m.access(&Request::new(i, i % 4, 1 << 20)); // four 1 MiB objects
+/// }
+/// let c = m.curve();
+/// assert_eq!(c.points[0].hit_ratio, 0.0); // 1 MiB: a loop of 4 always misses
+/// assert_eq!(c.points[1].misses, 4); // 4 MiB: all but the first four hit
+/// ```
+#[derive(Debug, Clone)]
+pub struct LruModel {
+    core: LruCore,
+    sampler: Sampler,
+    totals: Totals,
+    costs: super::CompileCosts,
+}
+
+impl LruModel {
+    /// A model of an LRU at each capacity of `grid` (bytes; sorted and
+    /// deduplicated, zeros dropped).
+    pub fn new(grid: &[u64], sampling: Sampling) -> Self {
+        let sampler = Sampler::new(sampling);
+        let mut core = LruCore::new(grid);
+        core.scale = 1.0 / sampler.rate();
+        LruModel {
+            core,
+            sampler,
+            totals: Totals::default(),
+            costs: Default::default(),
+        }
+    }
+
+    /// The capacities modelled.
+    pub fn grid(&self) -> &[u64] {
+        self.core.grid()
+    }
+
+    /// Feed one request.
+    pub fn access(&mut self, req: &Request) {
+        self.totals.add(req);
+        let h = key_hash(req.key);
+        if !self.sampler.sampled(h) {
+            return;
+        }
+        let cost = self.costs.cost(req);
+        let new = self.core.access(req.key, req.bytes, cost) && self.sampler.bounded();
+        // A new key may lower the rate (bounded sampling): keys of the
+        // largest hashes leave the model, possibly this one, and what was
+        // counted is rescaled (as SHARDS' fixed-size variant).
+        if new && let Some(lowered) = self.sampler.admit(req.key, h) {
+            for k in lowered.evicted {
+                self.core.forget(k);
+                self.costs.forget(k);
+            }
+            self.core.rescale(lowered.factor);
+        }
+    }
+
+    /// The curve so far.
+    pub fn curve(&self) -> Curve {
+        let rate = self.sampler.rate();
+        let counts = self.core.counts();
+        Curve {
+            points: self
+                .core
+                .grid()
+                .iter()
+                .zip(&counts)
+                .map(|(&cap, c)| {
+                    point(
+                        cap,
+                        c,
+                        &self.core.sampled,
+                        self.totals.requests,
+                        rate,
+                        self.costs.known(),
+                    )
+                })
+                .collect(),
+            requests: self.totals.requests,
+            bytes: self.totals.bytes,
+            distinct_keys: (self.core.distinct() as f64 / rate).round() as u64,
+            working_set_bytes: (self.core.live_bytes() as f64 / rate).round() as u64,
+            sampling_rate: rate,
+            duration_seconds: self.totals.duration_seconds(),
+        }
+    }
+
+    /// Approximate bytes of model state per modelled key (the key map, the
+    /// slot trees, the sampler).
+    pub fn bytes_per_key(&self) -> usize {
+        self.core.bytes_per_key() + super::sampling::Sampler::BYTES_PER_KEY
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fenwick_sums_above_a_slot() {
+        let mut f = Fenwick::from_weights(&[5, 0, 7, 1]);
+        assert_eq!(f.above(0), 8);
+        assert_eq!(f.above(3), 0);
+        f.add(1, 10);
+        f.add(2, (-7i64) as u64);
+        assert_eq!(f.above(0), 11);
+        assert_eq!(f.prefix(2), 15);
+    }
+
+    #[test]
+    fn hist_max_keeps_each_slots_maximum() {
+        // Slots 0..4 with nothing above.
+        let mut h = HistMax::from_values(&[0; 5], &[0; 5]);
+        h.add_below(3, 10); // slots 0, 1, 2 gain 10
+        h.add_below(2, -4); // slots 0, 1 lose 4
+        h.add_below(1, 1); // slot 0 gains 1
+        assert_eq!(h.get(0), (7, 10));
+        assert_eq!(h.get(1), (6, 10));
+        assert_eq!(h.get(2), (10, 10));
+        assert_eq!(h.get(3), (0, 0));
+        h.reset(1);
+        assert_eq!(h.get(1), (6, 6));
+        h.add_below(2, 3);
+        assert_eq!(h.get(1), (9, 9));
+        assert_eq!(h.get(0), (10, 10));
+        assert_eq!(h.get(99), (0, 0));
+    }
+
+    #[test]
+    fn model_memory_per_key_is_small() {
+        let mut m = LruModel::new(&[1 << 20], Sampling::Off);
+        for i in 0..10_000u64 {
+            m.access(&Request::new(i, i, 100));
+        }
+        assert!(m.bytes_per_key() <= 128, "{}", m.bytes_per_key());
+    }
+}

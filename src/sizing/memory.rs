@@ -1,0 +1,311 @@
+//! Shadows of the memory tier: its own policy at each grid capacity.
+//!
+//! quick_cache's S3-FIFO/CLOCK-Pro-like policy has no inclusion property
+//! (a bigger cache is not a superset of a smaller one), so one pass cannot
+//! answer every size: each grid point gets a shadow, a quick_cache whose
+//! values are only the entries' weights. Every option is derived by the
+//! same function as [`MemoryCache`](crate::MemoryCache)'s builder
+//! (`tier/memory_policy.rs`): shard count, `estimated_items_capacity`
+//! (which sizes the ghost list), hot allocation, weight capacity; each
+//! shard is a quick_cache shard with exactly the options quick_cache's
+//! concurrent cache gives its shards. So, as in the tier:
+//! - an entry heavier than `hot_allocation` (0.9) of its shard's capacity
+//!   is refused (never admitted);
+//! - entries weigh at least 1 byte;
+//! - a request is a `get`, and a miss is followed by an insert (the
+//!   tier's `save` after a compile or a lower tier's hit).
+//!
+//! **Exactness.** With one shard (the default below 64 MiB, or
+//! `shards: Some(1)`), a shadow gives exactly the hits of the same requests
+//! replayed single-threaded through a real `MemoryCache` of that capacity
+//! (`tests/sizing.rs` checks it). With several shards, keys are spread by
+//! a hash whose seed differs from the tier's (the tier's is random per
+//! process), so hits match in distribution, not request by request.
+//!
+//! With sampling, each shadow is a mini-simulation (ATC'17): the sampled
+//! requests replayed in a cache of rate × capacity (and rate × the expected
+//! item count), object sizes unscaled.
+
+use quick_cache::{OptionsBuilder, Weighter, unsync};
+
+use super::{
+    CompileCosts, Counts, Curve, Request, SampledTotals, Totals, normalize_grid, point,
+    sampling::{Sampler, Sampling, key_hash},
+};
+use crate::tier::memory_policy::{self, MemoryPolicy};
+
+/// How the shadows derive their options (as a [`MemoryCacheBuilder`]
+/// would be given them).
+///
+/// [`MemoryCacheBuilder`]: crate::MemoryCacheBuilder
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ShadowOptions {
+    /// `MemoryCacheBuilder::shards` (`None`: the tier's default, which
+    /// depends on `parallelism`).
+    pub shards: Option<usize>,
+    /// `MemoryCacheBuilder::hot_allocation` (default 0.9).
+    pub hot_allocation: f64,
+    /// Cores of the machine the tier runs on (the default shard count is
+    /// four per core, but each shard at least 32 MiB).
+    pub parallelism: usize,
+}
+
+impl Default for ShadowOptions {
+    /// The tier's defaults on this machine.
+    fn default() -> Self {
+        ShadowOptions {
+            shards: None,
+            hot_allocation: 0.9,
+            parallelism: memory_policy::parallelism(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct ByWeight;
+
+impl Weighter<u64, u64> for ByWeight {
+    fn weight(&self, _key: &u64, val: &u64) -> u64 {
+        // As the tier: zero-weight entries would never be evicted.
+        (*val).max(1)
+    }
+}
+
+type ShadowShard = unsync::Cache<u64, u64, ByWeight, super::MixState>;
+
+/// One memory tier of one capacity, values replaced by weights.
+pub(crate) struct Shadow {
+    shards: Vec<ShadowShard>,
+    policy: MemoryPolicy,
+    /// Per-shard weight capacity at rate 1.
+    shard_weight: u64,
+}
+
+impl std::fmt::Debug for Shadow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shadow")
+            .field("capacity", &self.policy.capacity)
+            .field("shards", &self.shards.len())
+            .finish()
+    }
+}
+
+impl Shadow {
+    /// A shadow of a tier of `capacity` bytes, sampled at `rate`.
+    pub(crate) fn new(capacity: u64, options: &ShadowOptions, rate: f64) -> Self {
+        let policy = memory_policy::derive(
+            capacity,
+            options.shards,
+            options.hot_allocation,
+            options.parallelism.max(1),
+        );
+        let (shards, items, weight) = policy.shard_layout();
+        let rate = rate.clamp(f64::MIN_POSITIVE, 1.0);
+        let scaled_items = ((items as f64 * rate).ceil() as usize).max(1);
+        let scaled_weight = ((weight as f64 * rate).round() as u64).max(1);
+        let shard = || {
+            let options = OptionsBuilder::new()
+                .weight_capacity(scaled_weight)
+                .estimated_items_capacity(scaled_items)
+                .hot_allocation(policy.hot_allocation)
+                .build()
+                .ok();
+            match options {
+                Some(o) => {
+                    ShadowShard::with_options(o, ByWeight, super::MixState, Default::default())
+                }
+                // Unreachable (both required fields are set); a plain cache
+                // of the same bound keeps the model going.
+                None => ShadowShard::with(
+                    scaled_items,
+                    scaled_weight,
+                    ByWeight,
+                    super::MixState,
+                    Default::default(),
+                ),
+            }
+        };
+        Shadow {
+            shards: (0..shards).map(|_| shard()).collect(),
+            policy,
+            shard_weight: weight,
+        }
+    }
+
+    #[inline]
+    fn shard(&mut self, key: u64) -> &mut ShadowShard {
+        let n = self.shards.len();
+        let i = if n <= 1 {
+            0
+        } else {
+            ((super::mix64(key ^ 0x7368_6164_6f77) >> 32) as usize) & (n - 1)
+        };
+        &mut self.shards[i]
+    }
+
+    /// A `get`, then an insert on a miss (the tier's `save`, which removes
+    /// first). Returns whether it hit.
+    #[inline]
+    pub(crate) fn access(&mut self, key: u64, bytes: u64) -> bool {
+        let shard = self.shard(key);
+        if shard.get(&key).is_some() {
+            return true;
+        }
+        // As `MemoryCache::insert` does (tier/memory.rs): remove, then
+        // insert. quick_cache's `remove` also drops the key's ghost entry,
+        // so a returning key is never admitted as hot through the ghost
+        // list, in the tier as here; keep the two in step.
+        shard.remove(&key);
+        shard.insert(key, bytes);
+        false
+    }
+
+    /// Stop modelling `key` (it left the sample).
+    pub(crate) fn forget(&mut self, key: u64) {
+        self.shard(key).remove(&key);
+    }
+
+    /// The sampling rate is now `rate`: shrink every shard to match.
+    pub(crate) fn set_rate(&mut self, rate: f64) {
+        let w = ((self.shard_weight as f64 * rate).round() as u64).max(1);
+        for s in &mut self.shards {
+            s.set_capacity(w);
+        }
+    }
+
+    /// Entries resident.
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.len()).sum()
+    }
+
+    /// The capacity modelled (at rate 1).
+    pub(crate) fn capacity(&self) -> u64 {
+        self.policy.capacity
+    }
+}
+
+/// The memory tier at each capacity of a grid: one shadow each.
+///
+/// ```
+/// use tierscope::sizing::{Request, memory::{MemoryModel, ShadowOptions}, sampling::Sampling};
+/// let mut m = MemoryModel::new(&[4 << 20, 64 << 20], ShadowOptions::default(), Sampling::Off);
+/// for i in 0..1000u64 {
+///     m.access(&Request::new(i, i % 10, 1 << 20)); // ten 1 MiB modules in a loop
+/// }
+/// let c = m.curve();
+/// assert!(c.points[0].hit_ratio < 0.5);
+/// assert_eq!(c.points[1].misses, 10); // 64 MiB holds all ten
+/// ```
+#[derive(Debug)]
+pub struct MemoryModel {
+    shadows: Vec<Shadow>,
+    counts: Vec<Counts>,
+    compile_all: f64,
+    sampled: SampledTotals,
+    sampler: Sampler,
+    keys: super::KeyMap<u64>,
+    totals: Totals,
+    costs: CompileCosts,
+}
+
+impl MemoryModel {
+    /// Shadows of a memory tier at each capacity of `grid` (bytes; sorted
+    /// and deduplicated, zeros dropped).
+    pub fn new(grid: &[u64], options: ShadowOptions, sampling: Sampling) -> Self {
+        let sampler = Sampler::new(sampling);
+        let grid = normalize_grid(grid);
+        MemoryModel {
+            shadows: grid
+                .iter()
+                .map(|&c| Shadow::new(c, &options, sampler.rate()))
+                .collect(),
+            counts: vec![Counts::default(); grid.len()],
+            compile_all: 0.0,
+            sampled: SampledTotals::default(),
+            sampler,
+            keys: Default::default(),
+            totals: Totals::default(),
+            costs: Default::default(),
+        }
+    }
+
+    /// Feed one request.
+    pub fn access(&mut self, req: &Request) {
+        self.totals.add(req);
+        let h = key_hash(req.key);
+        if !self.sampler.sampled(h) {
+            return;
+        }
+        if !self.keys.contains_key(&req.key)
+            && let Some(lowered) = self.sampler.admit(req.key, h)
+        {
+            let rate = self.sampler.rate();
+            for k in &lowered.evicted {
+                self.keys.remove(k);
+                self.costs.forget(*k);
+                for s in &mut self.shadows {
+                    s.forget(*k);
+                }
+            }
+            for s in &mut self.shadows {
+                s.set_rate(rate);
+            }
+            for c in &mut self.counts {
+                c.scale(lowered.factor);
+            }
+            self.compile_all *= lowered.factor;
+            self.sampled.scale(lowered.factor);
+            if !self.sampler.sampled(h) {
+                return;
+            }
+        }
+        let size = super::weight(req.bytes);
+        self.keys.insert(req.key, size);
+        let cost = self.costs.cost(req).unwrap_or(0.0);
+        self.compile_all += cost;
+        self.sampled.requests += 1.0;
+        self.sampled.bytes += size as f64;
+        for (s, c) in self.shadows.iter_mut().zip(&mut self.counts) {
+            if s.access(req.key, size) {
+                c.hits += 1.0;
+                c.hit_bytes += size as f64;
+                c.miss_compile += cost; // hits' cost, turned into misses' below
+            }
+        }
+    }
+
+    /// The curve so far.
+    pub fn curve(&self) -> Curve {
+        let rate = self.sampler.rate();
+        Curve {
+            points: self
+                .shadows
+                .iter()
+                .zip(&self.counts)
+                .map(|(s, c)| {
+                    let mut c = *c;
+                    c.miss_compile = (self.compile_all - c.miss_compile).max(0.0);
+                    point(
+                        s.capacity(),
+                        &c,
+                        &self.sampled,
+                        self.totals.requests,
+                        rate,
+                        self.costs.known(),
+                    )
+                })
+                .collect(),
+            requests: self.totals.requests,
+            bytes: self.totals.bytes,
+            distinct_keys: (self.keys.len() as f64 / rate).round() as u64,
+            working_set_bytes: (self.keys.values().sum::<u64>() as f64 / rate).round() as u64,
+            sampling_rate: rate,
+            duration_seconds: self.totals.duration_seconds(),
+        }
+    }
+
+    /// Entries resident in each shadow now (sampled keys only).
+    pub fn resident(&self) -> Vec<usize> {
+        self.shadows.iter().map(Shadow::len).collect()
+    }
+}

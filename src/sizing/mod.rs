@@ -1,0 +1,398 @@
+//! Tier sizing: what-if models of each tier, fed a request stream, answering
+//! hit ratio and byte hit ratio at many capacities in one pass.
+//!
+//! - [`lru::LruModel`]: any byte-bounded LRU (the disk tier, or what a
+//!   bound on the Redis tier would cost). Mattson's stack distances over a
+//!   Fenwick tree, byte-weighted, O(log n) per request, exact at every grid
+//!   size (see its docs for the semantics it is exact for), plus the
+//!   working-set size.
+//! - [`memory::MemoryModel`]: shadows of the memory tier's own policy
+//!   (quick_cache with values replaced by their weights, options derived by
+//!   the same code as [`MemoryCache`](crate::MemoryCache)), one per grid
+//!   point, since that policy has no inclusion property.
+//! - [`stack::StackModel`]: memory in front of disk: each memory shadow's
+//!   misses feed a disk model, giving the misses of the last tier (the
+//!   compile rate) on a memory × disk grid.
+//! - [`sampling`]: past a configurable number of distinct keys, spatial
+//!   (hash) sampling as in SHARDS (FAST'15) and mini-simulations (ATC'17),
+//!   with bounded memory; the rate in use is reported in every [`Curve`].
+//! - [`trace`]: streaming readers and writers for libCacheSim's
+//!   `oracleGeneral` binary, CSV with column options, and the tierscope
+//!   trace (which adds compile times and the serving tier).
+//!
+//! Every model takes [`Request`]s and returns a [`Curve`]. No model panics on
+//! any input: sizes of 0 weigh 1 byte (as in the memory tier), sizes
+//! above [`MAX_OBJECT_BYTES`] count as that, an object
+//! larger than a capacity is never admitted at that capacity (as in the real
+//! tiers), and timestamps need not be ordered.
+//!
+//! ```
+//! use tierscope::sizing::{Request, lru::LruModel, sampling::Sampling};
+//!
+//! // Three 1 KB objects in a loop: a 2 KB LRU always misses, 3 KB always
+//! // hits after the first pass.
+//! let mut model = LruModel::new(&[2_000, 3_000], Sampling::Off);
+//! for i in 0..30u64 {
+//!     model.access(&Request::new(i, i % 3, 1_000));
+//! }
+//! let curve = model.curve();
+//! assert_eq!(curve.points[0].hit_ratio, 0.0);
+//! assert_eq!(curve.points[1].hit_ratio, 0.9); // 27 of 30
+//! assert_eq!(curve.working_set_bytes, 3_000);
+//! ```
+
+pub mod lru;
+pub mod memory;
+pub mod sampling;
+pub mod stack;
+pub mod trace;
+
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, Hasher},
+};
+
+use wasmer::Engine;
+use wasmer_types::ModuleHash;
+
+/// Which tier served a recorded request (the tierscope trace records it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Served {
+    /// The memory tier.
+    Memory,
+    /// The disk tier.
+    Disk,
+    /// The remote (Redis) tier.
+    Remote,
+    /// No tier: the module was compiled.
+    Compile,
+}
+
+impl Served {
+    /// The name used in traces and reports: `memory`, `disk`, `remote`,
+    /// `compile`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Served::Memory => "memory",
+            Served::Disk => "disk",
+            Served::Remote => "remote",
+            Served::Compile => "compile",
+        }
+    }
+
+    /// Parse a name written by [`Served::as_str`].
+    pub fn parse(text: &str) -> Option<Served> {
+        Some(match text {
+            "memory" => Served::Memory,
+            "disk" => Served::Disk,
+            "remote" | "redis" => Served::Remote,
+            "compile" => Served::Compile,
+            _ => return None,
+        })
+    }
+}
+
+/// One request of a trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// When, in microseconds from any origin (used for rates per hour).
+    pub time_us: u64,
+    /// The object id (for modules: [`object_id`]).
+    pub key: u64,
+    /// The object's size in bytes (for modules: the serialized artifact).
+    pub bytes: u64,
+    /// The compile time this request cost, when it was a miss of every tier
+    /// and the trace knows it.
+    pub compile_us: Option<u64>,
+    /// Which tier served it, when the trace knows.
+    pub served: Option<Served>,
+}
+
+impl Request {
+    /// A request with no compile time or serving tier.
+    pub fn new(time_us: u64, key: u64, bytes: u64) -> Self {
+        Request {
+            time_us,
+            key,
+            bytes,
+            compile_us: None,
+            served: None,
+        }
+    }
+}
+
+/// The object id of a module under an engine: the module hash with the
+/// engine configuration folded in (its deterministic id, artifact format,
+/// wasmer version and entry format, the same binding as the disk tier's
+/// namespace), so one module compiled by two configurations is two objects.
+/// Stable across processes and machines.
+pub fn object_id(hash: &ModuleHash, engine: &Engine) -> u64 {
+    let ident = crate::engine::ident_of(engine);
+    object_id_in(hash, &ident.context)
+}
+
+/// [`object_id`] with the engine binding given as the 16 bytes of
+/// [`EngineIdent::context`](crate::engine::EngineIdent::context).
+pub fn object_id_in(hash: &ModuleHash, context: &[u8; 16]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(hash.as_bytes());
+    h.update(context);
+    h.digest()
+}
+
+/// One capacity of a curve.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    /// The capacity in bytes.
+    pub capacity: u64,
+    /// Hits / requests (0 with no requests).
+    pub hit_ratio: f64,
+    /// Bytes of hits / bytes requested (0 with no requests).
+    pub byte_hit_ratio: f64,
+    /// Requests that missed (estimated when sampled).
+    pub misses: u64,
+    /// Seconds of compiling the misses cost, when the trace has compile
+    /// times (misses on keys with no known compile time are estimated from
+    /// the trace's mean compile time per byte).
+    pub compile_seconds: Option<f64>,
+}
+
+/// What a model answers: one [`Point`] per capacity of its grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Curve {
+    /// One point per grid capacity, in increasing capacity.
+    pub points: Vec<Point>,
+    /// Requests seen.
+    pub requests: u64,
+    /// Bytes requested.
+    pub bytes: u64,
+    /// Distinct keys seen (estimated when sampled).
+    pub distinct_keys: u64,
+    /// Bytes of all distinct keys at their last size: the capacity past
+    /// which nothing but first requests miss (estimated when sampled).
+    pub working_set_bytes: u64,
+    /// The share of keys modelled: 1 when exact, below 1 when sampling.
+    pub sampling_rate: f64,
+    /// Time from the first to the last request, in seconds (`None` with
+    /// fewer than two distinct times).
+    pub duration_seconds: Option<f64>,
+}
+
+impl Curve {
+    /// The smallest capacity of the grid whose hit ratio is within
+    /// `tolerance` (e.g. 0.01 for one percentage point) of the best the
+    /// grid reaches: the knee. `None` for an empty grid.
+    pub fn knee(&self, tolerance: f64) -> Option<&Point> {
+        let best = self
+            .points
+            .iter()
+            .map(|p| p.hit_ratio)
+            .fold(f64::NEG_INFINITY, f64::max);
+        self.points
+            .iter()
+            .find(|p| p.hit_ratio >= best - tolerance.max(0.0))
+    }
+
+    /// The point of the grid at exactly `capacity`, if there is one.
+    pub fn at(&self, capacity: u64) -> Option<&Point> {
+        self.points.iter().find(|p| p.capacity == capacity)
+    }
+
+    /// Compile seconds per hour of trace at `point`, when the trace has
+    /// compile times and a duration.
+    pub fn compile_seconds_per_hour(&self, point: &Point) -> Option<f64> {
+        let d = self.duration_seconds?;
+        point.compile_seconds.map(|c| c * 3600.0 / d)
+    }
+}
+
+/// The largest object size a model counts: larger sizes count as this
+/// (1 TiB), so byte sums stay exact in 64 bits up to 16 M such objects.
+pub const MAX_OBJECT_BYTES: u64 = 1 << 40;
+
+/// The weight a model gives a request of `bytes`: at least 1 (as the memory
+/// tier), at most [`MAX_OBJECT_BYTES`].
+#[inline]
+pub fn weight(bytes: u64) -> u64 {
+    bytes.clamp(1, MAX_OBJECT_BYTES)
+}
+
+/// A grid of capacities: sorted, without duplicates or zeros.
+pub fn normalize_grid(grid: &[u64]) -> Vec<u64> {
+    let mut g: Vec<u64> = grid.iter().copied().filter(|&c| c > 0).collect();
+    g.sort_unstable();
+    g.dedup();
+    g
+}
+
+/// A fast, well-mixed 64-bit hash (splitmix64's finalizer).
+#[inline]
+pub(crate) fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Hash maps keyed by object id: one multiply-xor mix, no seed needed
+/// (ids are only compared, never exposed).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct MixState;
+
+impl BuildHasher for MixState {
+    type Hasher = MixHasher;
+    fn build_hasher(&self) -> MixHasher {
+        MixHasher(0)
+    }
+}
+
+/// The state of [`MixState`].
+#[derive(Clone, Copy, Default)]
+pub(crate) struct MixHasher(u64);
+
+impl Hasher for MixHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.0 = mix64(self.0 ^ u64::from_le_bytes(w));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = mix64(self.0 ^ v);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub(crate) type KeyMap<V> = HashMap<u64, V, MixState>;
+
+/// The compile cost of a miss: the request's own compile time, else the
+/// key's last known one, else the mean per byte so far times its bytes.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct CompileCosts {
+    by_key: Option<KeyMap<u64>>,
+    known_us: f64,
+    known_bytes: f64,
+}
+
+impl CompileCosts {
+    /// Learn from `req` and answer its compile cost in seconds if it missed.
+    pub(crate) fn cost(&mut self, req: &Request) -> Option<f64> {
+        if let Some(us) = req.compile_us {
+            self.by_key
+                .get_or_insert_with(Default::default)
+                .insert(req.key, us);
+            self.known_us += us as f64;
+            self.known_bytes += weight(req.bytes) as f64;
+            return Some(us as f64 / 1e6);
+        }
+        let by_key = self.by_key.as_ref()?;
+        if let Some(&us) = by_key.get(&req.key) {
+            return Some(us as f64 / 1e6);
+        }
+        (self.known_bytes > 0.0)
+            .then(|| self.known_us / self.known_bytes * weight(req.bytes) as f64 / 1e6)
+    }
+
+    /// Forget one key (it left the sample).
+    pub(crate) fn forget(&mut self, key: u64) {
+        if let Some(m) = self.by_key.as_mut() {
+            m.remove(&key);
+        }
+    }
+
+    /// Whether any compile time was seen.
+    pub(crate) fn known(&self) -> bool {
+        self.by_key.is_some()
+    }
+}
+
+/// Totals every model keeps exactly, sampled or not.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Totals {
+    pub(crate) requests: u64,
+    pub(crate) bytes: u64,
+    first_us: Option<u64>,
+    last_us: Option<u64>,
+}
+
+impl Totals {
+    pub(crate) fn add(&mut self, req: &Request) {
+        self.requests += 1;
+        self.bytes = self.bytes.saturating_add(weight(req.bytes));
+        let t = req.time_us;
+        self.first_us = Some(self.first_us.map_or(t, |f| f.min(t)));
+        self.last_us = Some(self.last_us.map_or(t, |l| l.max(t)));
+    }
+
+    pub(crate) fn duration_seconds(&self) -> Option<f64> {
+        match (self.first_us, self.last_us) {
+            (Some(f), Some(l)) if l > f => Some((l - f) as f64 / 1e6),
+            _ => None,
+        }
+    }
+}
+
+/// Hit counters of a sampled model, for one grid point, scaled as the
+/// sampling rate changes (all counts are "as sampled at the current rate").
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Counts {
+    pub(crate) hits: f64,
+    pub(crate) hit_bytes: f64,
+    pub(crate) miss_compile: f64,
+}
+
+impl Counts {
+    pub(crate) fn scale(&mut self, f: f64) {
+        self.hits *= f;
+        self.hit_bytes *= f;
+        self.miss_compile *= f;
+    }
+}
+
+/// Sampled request totals, scaled like [`Counts`].
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct SampledTotals {
+    pub(crate) requests: f64,
+    pub(crate) bytes: f64,
+}
+
+impl SampledTotals {
+    pub(crate) fn scale(&mut self, f: f64) {
+        self.requests *= f;
+        self.bytes *= f;
+    }
+}
+
+/// Build a point from sampled counts.
+pub(crate) fn point(
+    capacity: u64,
+    c: &Counts,
+    sampled: &SampledTotals,
+    total_requests: u64,
+    rate: f64,
+    compile_known: bool,
+) -> Point {
+    let ratio = |num: f64, den: f64| {
+        if den > 0.0 {
+            (num / den).clamp(0.0, 1.0)
+        } else {
+            0.0
+        }
+    };
+    let hit_ratio = ratio(c.hits, sampled.requests);
+    let misses = if rate >= 1.0 {
+        (sampled.requests - c.hits).round().max(0.0) as u64
+    } else {
+        ((1.0 - hit_ratio) * total_requests as f64).round() as u64
+    };
+    Point {
+        capacity,
+        hit_ratio,
+        byte_hit_ratio: ratio(c.hit_bytes, sampled.bytes),
+        misses,
+        compile_seconds: compile_known.then(|| c.miss_compile / rate.max(f64::MIN_POSITIVE)),
+    }
+}
