@@ -15,8 +15,10 @@ fn the_metric_reference_and_the_code_agree() {
         .filter_map(|rest| rest.split('`').next())
         .map(|name| format!("tierscope_{name}"))
         .collect();
-    let described: BTreeSet<String> =
-        names::DESCRIPTIONS.iter().map(|(n, ..)| n.to_string()).collect();
+    let described: BTreeSet<String> = names::DESCRIPTIONS
+        .iter()
+        .map(|(n, ..)| n.to_string())
+        .collect();
     let missing_in_doc: Vec<_> = described.difference(&documented).collect();
     let missing_in_code: Vec<_> = documented.difference(&described).collect();
     assert!(

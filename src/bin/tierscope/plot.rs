@@ -6,7 +6,7 @@
 //! FreeSans from the usual system paths. Without one the charts are drawn
 //! without text (and `size` says so).
 
-use std::{io::Write as _, path::Path, sync::OnceLock};
+use std::{path::Path, sync::OnceLock};
 
 use plotters::{
     coord::Shift,
@@ -176,30 +176,13 @@ pub fn write(prefix: &Path, chart: &Chart) -> Result<Vec<std::path::PathBuf>, St
     Ok(vec![svg, png])
 }
 
-/// A minimal PNG encoder: 8-bit RGB, one zlib stream.
-fn write_png(path: &Path, w: u32, h: u32, rgb: &[u8]) -> std::io::Result<()> {
-    let mut raw = Vec::with_capacity(rgb.len() + h as usize);
-    for row in rgb.chunks(w as usize * 3) {
-        raw.push(0); // filter: none
-        raw.extend_from_slice(row);
-    }
-    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-    z.write_all(&raw)?;
-    let idat = z.finish()?;
-    let mut out = Vec::with_capacity(idat.len() + 64);
-    out.extend_from_slice(b"\x89PNG\r\n\x1a\n");
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&w.to_be_bytes());
-    ihdr.extend_from_slice(&h.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8 bits, RGB, deflate, no filter set, no interlace
-    for (kind, data) in [(&b"IHDR"[..], &ihdr[..]), (b"IDAT", &idat), (b"IEND", &[])] {
-        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(kind);
-        crc.update(data);
-        out.extend_from_slice(kind);
-        out.extend_from_slice(data);
-        out.extend_from_slice(&crc.finalize().to_be_bytes());
-    }
-    std::fs::write(path, out)
+/// Encode 8-bit RGB pixels as a PNG file (the `png` crate).
+fn write_png(path: &Path, w: u32, h: u32, rgb: &[u8]) -> Result<(), png::EncodingError> {
+    let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut encoder = png::Encoder::new(file, w, h);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(rgb)?;
+    writer.finish()
 }
