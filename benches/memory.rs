@@ -84,10 +84,25 @@ fn memory_hit(c: &mut Criterion) {
         KeyHasher::default(),
         Default::default(),
     );
+    // The same cache keyed by engine *instance*, as the memory tier is now
+    // (before: by configuration, through `engine_key`'s thread-local).
+    let quick_by_instance: quick_cache::sync::Cache<
+        (ModuleHash, wasmer::EngineId),
+        Module,
+        quick_cache::UnitWeighter,
+        KeyHasher,
+    > = quick_cache::sync::Cache::with(
+        KEYS * 2,
+        KEYS as u64 * 2,
+        quick_cache::UnitWeighter,
+        KeyHasher::default(),
+        Default::default(),
+    );
     for (k, m) in f.keys.iter().zip(&f.modules) {
         floor.insert((*k, ek), m.clone());
         moka_cache.insert((*k, ek), m.clone());
         quick.insert((*k, ek), m.clone());
+        quick_by_instance.insert((*k, engine.id()), m.clone());
     }
     let bare = MemoryCache::new(1 << 30);
     let spied = MemoryCache::new(1 << 30).instrumented("bench", "memory");
@@ -98,6 +113,16 @@ fn memory_hit(c: &mut Criterion) {
         .with_fallback(MemoryCache::new(1 << 30).instrumented("bench-loader", "lower"));
     fill(&stack, &f);
     let loader = ModuleLoader::new("bench-loader", stack);
+    // The managed path: the loader's own engine generation, a LoadedModule
+    // (module + engine) per hit.
+    let managed = ModuleLoader::new(
+        "bench-managed",
+        MemoryCache::new(1 << 30).instrumented("bench-managed", "memory"),
+    );
+    let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    for w in &f.wasm {
+        rt.block_on(managed.load(w)).expect("valid wasm");
+    }
 
     let mut g = c.benchmark_group("memory_hit");
     g.warm_up_time(Duration::from_secs(1))
@@ -121,6 +146,9 @@ fn memory_hit(c: &mut Criterion) {
     });
     g.bench_function("quick_cache_get", |b| {
         b.iter(|| black_box(quick.get(&(f.keys[next()], engine_key(engine)))))
+    });
+    g.bench_function("quick_cache_get_by_engine_instance", |b| {
+        b.iter(|| black_box(quick_by_instance.get(&(f.keys[next()], engine.id()))))
     });
     g.bench_function("tier_bare_load_now", |b| {
         b.iter(|| black_box(bare.load_now(f.keys[next()], engine)))
@@ -146,6 +174,9 @@ fn memory_hit(c: &mut Criterion) {
     });
     g.bench_function("loader_get_memory_hit", |b| {
         b.iter(|| black_box(loader.get(engine, f.keys[next()])))
+    });
+    g.bench_function("loader_get_loaded_memory_hit", |b| {
+        b.iter(|| black_box(managed.get_loaded(f.keys[next()])))
     });
     g.finish();
 }

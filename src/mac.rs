@@ -121,17 +121,6 @@ pub enum MacKeyError {
     },
 }
 
-#[cfg(feature = "redis")]
-impl From<MacKeyError> for crate::tier::redis::RedisConfigError {
-    fn from(e: MacKeyError) -> Self {
-        use crate::tier::redis::RedisConfigError;
-        match e {
-            MacKeyError::BadMacKey { reason } => RedisConfigError::BadMacKey { reason },
-            MacKeyError::MacKeyEnv { var, reason } => RedisConfigError::MacKeyEnv { var, reason },
-        }
-    }
-}
-
 /// Signs with the first key, accepts any: for rotation.
 #[derive(Clone)]
 pub(crate) struct KeyRing {

@@ -279,21 +279,8 @@ pub enum RedisConfigError {
     #[error("`insecure_no_mac()` was called although MAC keys were given: choose one")]
     ConflictingMac,
     /// A MAC key could not be read.
-    #[error("invalid MAC key: {reason}")]
-    BadMacKey {
-        /// What was wrong.
-        reason: String,
-    },
-    /// The MAC key environment variable is missing or invalid.
-    #[error(
-        "cannot read MAC keys from ${var}: {reason} (expected 64 hex digits per key, comma-separated, signing key first)"
-    )]
-    MacKeyEnv {
-        /// The variable.
-        var: String,
-        /// What was wrong.
-        reason: String,
-    },
+    #[error(transparent)]
+    MacKey(#[from] crate::mac::MacKeyError),
     /// The Redis URL or client configuration is invalid.
     #[error("invalid Redis target: {0}")]
     Target(#[source] RedisError),
