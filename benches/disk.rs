@@ -206,7 +206,9 @@ fn hit(c: &mut Criterion) {
 fn why_ops() -> Vec<(&'static str, WhyOp)> {
     vec![
         // Read the file into a fresh buffer, drop it: the read alone.
-        ("fs_read", |_, raw, _| drop(black_box(std::fs::read(raw).unwrap()))),
+        ("fs_read", |_, raw, _| {
+            drop(black_box(std::fs::read(raw).unwrap()))
+        }),
         // What the disk tier did up to 0.1 (minus its checks).
         ("read_then_deserialize", |e, raw, _| {
             let bytes = std::fs::read(raw).unwrap();
