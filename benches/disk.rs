@@ -16,7 +16,8 @@
 //! Group `disk_why`, real modules only: where deserializing from an owned
 //! buffer loses to the mapped path (`fs_read`, `read_then_deserialize`,
 //! `deserialize_prefaulted`, `deserialize_unchecked_prefaulted`,
-//! `map_then_deserialize`). Page faults per operation of each path are
+//! `map_then_deserialize`, `map_populate_then_deserialize`,
+//! `deserialize_from_file`). Page faults per operation of each path are
 //! printed on stderr before the group runs.
 //!
 //! `scripts/fetch-real-modules && cargo bench --bench disk`
@@ -238,6 +239,17 @@ fn why_ops() -> Vec<(&'static str, WhyOp)> {
             // SAFETY: a private temporary file nobody else writes.
             #[allow(unsafe_code)]
             let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+            // SAFETY: as in `raw_from_file`.
+            #[allow(unsafe_code)]
+            let m = unsafe { Module::deserialize(e, Bytes::from_owner(map)) };
+            drop(black_box(m.unwrap()));
+        }),
+        // The same, the whole mapping faulted in by one `MAP_POPULATE`.
+        ("map_populate_then_deserialize", |e, raw, _| {
+            let file = std::fs::File::open(raw).unwrap();
+            // SAFETY: a private temporary file nobody else writes.
+            #[allow(unsafe_code)]
+            let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.unwrap();
             // SAFETY: as in `raw_from_file`.
             #[allow(unsafe_code)]
             let m = unsafe { Module::deserialize(e, Bytes::from_owner(map)) };

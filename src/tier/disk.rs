@@ -39,7 +39,35 @@
 //! device or link at an entry path is [`Corruption::NotARegularFile`]. The
 //! file's length is compared with the header's claim and the tier's entry
 //! bound ([`FileSystemCacheBuilder::max_entry_bytes`]) before anything is
-//! allocated for the artifact.
+//! mapped or allocated for the artifact.
+//!
+//! ## Reading an entry: one mapping, verified, then loaded
+//!
+//! A hit opens the entry once and, after the checks above, maps it
+//! read-only; the header, the checksum (or the MAC) are verified over the
+//! mapping and wasmer deserializes a slice of that same mapping (no copy,
+//! no second open of the path that another writer could have replaced in
+//! between). Reading the file into a buffer instead cost up to 4.8x the
+//! mapped path on real modules (BENCHMARKS.md, section 3b): wasmer keeps
+//! the buffer for the module's life, so every hit copied the artifact out
+//! of the page cache into fresh pages that fault in one by one, while a
+//! mapping of a cached file shares the page cache. The module (and its engine,
+//! which keeps what it loaded, wasmer #4377) holds the mapping: page-cache
+//! pages, clean and reclaimable, rather than anonymous memory; an entry
+//! evicted meanwhile keeps its disk blocks until the last engine that
+//! loaded it is dropped.
+//!
+//! A mapped file must not change or shrink while mapped (a change would
+//! alter verified bytes; a read past a truncated end raises `SIGBUS`). So
+//! only entries owned by this process' user and writable by nobody else
+//! (`fstat` on the open descriptor) are mapped, and tierscope never writes
+//! an entry in place: saves write a temporary file and rename it over the
+//! entry (a new inode), evictions unlink (the inode outlives its name
+//! while mapped), and a hit only touches the modification time. Only this
+//! user (or root) could truncate a mapped entry, by hand. Any other entry
+//! (another user's, in a shared directory; a group-writable one; every
+//! entry off Unix; a filesystem that cannot map) is read into a buffer of
+//! the checked length, as before, and verified the same way.
 //!
 //! `contains` answers from the entry's header and length alone (a regular
 //! file, valid header for this key and engine, exactly the announced
@@ -53,7 +81,9 @@
 //! any process see the old entry or the new one, never a part. A writer
 //! killed mid-write leaves only its temporary file, which is not a name any
 //! reader looks up; [`FileSystemCache::open`] removes such files once no
-//! process holds their lock. Every read verifies the header and checksum
+//! process holds their lock. Entries are never modified after the rename,
+//! which is also what makes mapping them safe (above). Every read verifies
+//! the header and checksum
 //! before the artifact reaches wasmer, so even a torn write after a power
 //! loss (no `fsync` unless [`FileSystemCacheBuilder::sync_data`]) is caught
 //! as [`CacheError::Corrupt`], removed, and recompiled by the loader. A
