@@ -1,23 +1,137 @@
-//! Disk-tier hits beside the raw wasmer call they wrap, in one run:
-//! `Module::deserialize_from_file` of the same artifact (no checksum, no
-//! header) against `FileSystemCache::load` (read, verify header and
-//! XXH3-128 checksum, deserialize), for artifacts of about 25 KB, 1 MB and
-//! 7 MB. The tier is measured both inline (`inline_io`) and through tokio's
-//! blocking pool (the default), next to the raw call through the same pool.
+//! Disk-tier hits beside the raw wasmer call they wrap, in one run, on real
+//! third-party modules (`scripts/fetch-real-modules`: tree-sitter grammars,
+//! sql.js, esbuild; 6 KB to 14 MB of wasm) and on generated ones (artifacts
+//! of about 25 KB, 1 MB and 7 MB).
 //!
-//! `cargo bench --bench disk`
+//! Group `disk_hit`, per module:
+//! - `raw_deserialize_from_file`: wasmer's `Module::deserialize_from_file`
+//!   of the bare artifact (no header, no checksum): the file is mapped.
+//! - `xxh3_128`: the checksum alone, over the artifact in memory (so
+//!   "raw + checksum" is the sum of the two medians).
+//! - `tier_inline`: `FileSystemCache::load` (open, verify header and
+//!   XXH3-128 checksum, deserialize), on the calling thread.
+//! - generated modules only: the raw call and the tier through tokio's
+//!   blocking pool (the tier's default).
+//!
+//! Group `disk_why`, real modules only: where deserializing from an owned
+//! buffer loses to the mapped path (`fs_read`, `read_then_deserialize`,
+//! `deserialize_prefaulted`, `deserialize_unchecked_prefaulted`,
+//! `map_then_deserialize`, `map_populate_then_deserialize`,
+//! `deserialize_from_file`). Page faults per operation of each path are
+//! printed on stderr before the group runs.
+//!
+//! `scripts/fetch-real-modules && cargo bench --bench disk`
 
-use std::{hint::black_box, time::Duration};
+use std::{
+    hint::black_box,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
+use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use futures::FutureExt;
 use tierscope::{FileSystemCache, ModuleCache, ModuleHash, corpus};
 use wasmer::{Engine, Module};
 
-/// (label, wasm bytes) giving artifacts of about 25 KB, 1 MB and 7 MB.
-const SIZES: [(&str, usize); 3] = [("25KB", 3_700), ("1MB", 210_000), ("7MB", 1_450_000)];
+#[path = "support/real_modules.rs"]
+mod real_modules;
 
-fn bench(c: &mut Criterion) {
+/// (label, wasm bytes) giving artifacts of about 25 KB, 1 MB and 7 MB.
+const SIZES: [(&str, usize); 3] = [
+    ("gen-25KB", 3_700),
+    ("gen-1MB", 210_000),
+    ("gen-7MB", 1_450_000),
+];
+
+struct Case {
+    label: String,
+    real: bool,
+    key: ModuleHash,
+    /// The bare artifact (`Module::serialize_to_file`).
+    raw: PathBuf,
+    /// The same artifact in memory.
+    artifact: Bytes,
+    inline: FileSystemCache,
+    pooled: FileSystemCache,
+}
+
+fn cases(engine: &Engine, tmp: &Path) -> Vec<Case> {
+    let mut modules: Vec<(String, bool, Vec<u8>)> = real_modules::load()
+        .into_iter()
+        .map(|(name, wasm)| (name.to_string(), true, wasm))
+        .collect();
+    for (label, wasm_size) in SIZES {
+        modules.push((label.to_string(), false, corpus::module(wasm_size, 11)));
+    }
+    let mut out = Vec::new();
+    for (label, real, wasm) in modules {
+        let key = ModuleHash::new(&wasm);
+        let module = if real {
+            real_modules::compile(engine, &label, &wasm)
+        } else {
+            Module::new(engine, &wasm).unwrap()
+        };
+        let raw = tmp.join(format!("{label}.raw"));
+        module.serialize_to_file(&raw).unwrap();
+        let artifact = Bytes::from(std::fs::read(&raw).unwrap());
+        let dir = tmp.join(&label);
+        let inline = FileSystemCache::builder(&dir)
+            .capacity(1 << 32)
+            .inline_io(true)
+            .open()
+            .unwrap();
+        futures::executor::block_on(inline.save(key, engine, &module)).unwrap();
+        let pooled = FileSystemCache::open(&dir, 1 << 32).unwrap();
+        eprintln!(
+            "{label}: {} bytes of wasm, artifact {} bytes",
+            wasm.len(),
+            artifact.len()
+        );
+        out.push(Case {
+            label,
+            real,
+            key,
+            raw,
+            artifact,
+            inline,
+            pooled,
+        });
+    }
+    out
+}
+
+/// Time `iters` runs of `op`. An Engine keeps the code memory of every
+/// module it loaded until the engine itself is dropped (wasmer #4377), so
+/// each batch of iterations runs on a fresh engine of the same
+/// configuration (same deterministic id, so the tier still hits), created
+/// and dropped outside the timing.
+fn timed(artifact_len: usize, iters: u64, op: &dyn Fn(&Engine)) -> Duration {
+    let batch = (512u64 << 20) / (artifact_len as u64).max(1);
+    let mut total = Duration::ZERO;
+    let mut done = 0;
+    while done < iters {
+        let engine = Engine::default();
+        let n = batch.min(iters - done).max(1);
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            op(&engine);
+        }
+        total += start.elapsed();
+        done += n;
+    }
+    total
+}
+
+fn raw_from_file(engine: &Engine, raw: &Path) -> Module {
+    // SAFETY: the file holds this wasmer's own serialization of a module
+    // compiled with this configuration, written by `cases`.
+    #[allow(unsafe_code)]
+    let m = unsafe { Module::deserialize_from_file(engine, raw) };
+    m.unwrap()
+}
+
+fn hit(c: &mut Criterion) {
     let engine = Engine::default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -25,91 +139,177 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let mut g = c.benchmark_group("disk_hit");
-    g.measurement_time(Duration::from_secs(3));
-    for (label, wasm_size) in SIZES {
-        let wasm = corpus::module(wasm_size, 11);
-        let key = ModuleHash::new(&wasm);
-        let module = Module::new(&engine, &wasm).unwrap();
-        let raw = tmp.path().join(format!("{label}.raw"));
-        module.serialize_to_file(&raw).unwrap();
-        let artifact = std::fs::metadata(&raw).unwrap().len();
-        let dir = tmp.path().join(label);
-        let inline = FileSystemCache::builder(&dir)
-            .capacity(1 << 30)
-            .inline_io(true)
-            .open()
-            .unwrap();
-        futures::executor::block_on(inline.save(key, &engine, &module)).unwrap();
-        let pooled = FileSystemCache::open(&dir, 1 << 30).unwrap();
-        eprintln!("{label}: artifact {artifact} bytes");
+    let cases = cases(&engine, tmp.path());
 
-        // An Engine keeps the code memory of every module it loaded until
-        // the engine itself is dropped (wasmer #4377), so each batch of
-        // iterations runs on a fresh engine of the same configuration
-        // (same deterministic id, so the tier still hits), outside the timing.
-        let batch = (512u64 << 20) / artifact.max(1);
-        let timed = |iters: u64, op: &dyn Fn(&Engine)| -> Duration {
-            let mut total = Duration::ZERO;
-            let mut done = 0;
-            while done < iters {
-                let engine = Engine::default();
-                let n = batch.min(iters - done).max(1);
-                let start = std::time::Instant::now();
-                for _ in 0..n {
-                    op(&engine);
-                }
-                total += start.elapsed();
-                done += n;
-            }
-            total
-        };
+    let mut g = c.benchmark_group("disk_hit");
+    g.warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(3));
+    g.sample_size(30);
+    for case in &cases {
+        let Case {
+            label,
+            key,
+            raw,
+            artifact,
+            inline,
+            pooled,
+            ..
+        } = case;
+        let (key, len) = (*key, artifact.len());
         g.bench_function(BenchmarkId::new("raw_deserialize_from_file", label), |b| {
-            b.iter_custom(|iters| {
-                timed(iters, &|engine| {
-                    // SAFETY: the file holds this wasmer's own serialization
-                    // of a module compiled with this configuration, written
-                    // just above.
-                    #[allow(unsafe_code)]
-                    let m = unsafe { Module::deserialize_from_file(engine, &raw) };
-                    black_box(m.unwrap());
-                })
-            })
+            b.iter_custom(|iters| timed(len, iters, &|e| drop(black_box(raw_from_file(e, raw)))))
+        });
+        g.bench_function(BenchmarkId::new("xxh3_128", label), |b| {
+            b.iter(|| black_box(tierscope::entry::checksum(black_box(artifact))))
         });
         g.bench_function(BenchmarkId::new("tier_inline", label), |b| {
             b.iter_custom(|iters| {
-                timed(iters, &|engine| {
-                    black_box(inline.load(key, engine).now_or_never().unwrap().unwrap());
+                timed(len, iters, &|e| {
+                    black_box(inline.load(key, e).now_or_never().unwrap().unwrap());
                 })
             })
         });
+        if case.real {
+            continue;
+        }
         g.bench_function(BenchmarkId::new("raw_in_blocking_pool", label), |b| {
             b.iter_custom(|iters| {
-                timed(iters, &|engine| {
-                    let (engine, raw) = (engine.clone(), raw.clone());
+                timed(len, iters, &|e| {
+                    let (engine, raw) = (e.clone(), raw.clone());
                     let m = rt.block_on(async move {
-                        tokio::task::spawn_blocking(move || {
-                            // SAFETY: as above.
-                            #[allow(unsafe_code)]
-                            let m = unsafe { Module::deserialize_from_file(&engine, &raw) };
-                            m
-                        })
-                        .await
+                        tokio::task::spawn_blocking(move || raw_from_file(&engine, &raw)).await
                     });
-                    black_box(m.unwrap().unwrap());
+                    black_box(m.unwrap());
                 })
             })
         });
         g.bench_function(BenchmarkId::new("tier_blocking_pool", label), |b| {
             b.iter_custom(|iters| {
-                timed(iters, &|engine| {
-                    black_box(rt.block_on(pooled.load(key, engine)).unwrap());
+                timed(len, iters, &|e| {
+                    black_box(rt.block_on(pooled.load(key, e)).unwrap());
                 })
             })
         });
     }
     g.finish();
+
+    // ---- wasmer-wasix peer benches (issue 14, part 3) ----------------------
+    // Reserved: `FileSystemCache` (wasix), `SharedCache` and
+    // `in_memory().with_fallback(FileSystemCache)` on the same `cases` and
+    // engines, behind `#[cfg(feature = "wasix")]`, as group `disk_peer`.
+    // ------------------------------------------------------------------------
+
+    why(c, &cases);
 }
 
-criterion_group!(benches, bench);
+/// Ways to get from an artifact file to a `Module`, to find where the owned
+/// buffer loses to the mapped file.
+fn why_ops() -> Vec<(&'static str, WhyOp)> {
+    vec![
+        // Read the file into a fresh buffer, drop it: the read alone.
+        ("fs_read", |_, raw, _| {
+            drop(black_box(std::fs::read(raw).unwrap()))
+        }),
+        // What the disk tier did up to 0.1 (minus its checks).
+        ("read_then_deserialize", |e, raw, _| {
+            let bytes = std::fs::read(raw).unwrap();
+            // SAFETY: as in `raw_from_file`.
+            #[allow(unsafe_code)]
+            let m = unsafe { Module::deserialize(e, bytes) };
+            drop(black_box(m.unwrap()));
+        }),
+        // The same deserialization from a buffer read once, whose pages are
+        // already resident: no read, no fresh pages.
+        ("deserialize_prefaulted", |e, _, artifact| {
+            // SAFETY: as in `raw_from_file`.
+            #[allow(unsafe_code)]
+            let m = unsafe { Module::deserialize(e, artifact.clone()) };
+            drop(black_box(m.unwrap()));
+        }),
+        // ... without wasmer's archive validation (rkyv `access` checks).
+        ("deserialize_unchecked_prefaulted", |e, _, artifact| {
+            // SAFETY: as in `raw_from_file`.
+            #[allow(unsafe_code)]
+            let m = unsafe { Module::deserialize_unchecked(e, artifact.clone()) };
+            drop(black_box(m.unwrap()));
+        }),
+        // Map the file, hand the mapping to wasmer as `Bytes` (no copy).
+        ("map_then_deserialize", |e, raw, _| {
+            let file = std::fs::File::open(raw).unwrap();
+            // SAFETY: a private temporary file nobody else writes.
+            #[allow(unsafe_code)]
+            let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+            // SAFETY: as in `raw_from_file`.
+            #[allow(unsafe_code)]
+            let m = unsafe { Module::deserialize(e, Bytes::from_owner(map)) };
+            drop(black_box(m.unwrap()));
+        }),
+        // The same, the whole mapping faulted in by one `MAP_POPULATE`.
+        ("map_populate_then_deserialize", |e, raw, _| {
+            let file = std::fs::File::open(raw).unwrap();
+            // SAFETY: a private temporary file nobody else writes.
+            #[allow(unsafe_code)]
+            let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.unwrap();
+            // SAFETY: as in `raw_from_file`.
+            #[allow(unsafe_code)]
+            let m = unsafe { Module::deserialize(e, Bytes::from_owner(map)) };
+            drop(black_box(m.unwrap()));
+        }),
+        ("deserialize_from_file", |e, raw, _| {
+            drop(black_box(raw_from_file(e, raw)))
+        }),
+    ]
+}
+
+type WhyOp = fn(&Engine, &Path, &Bytes);
+
+/// Minor and major page faults of this process so far.
+fn faults() -> (u64, u64) {
+    let stat = procfs::process::Process::myself()
+        .and_then(|p| p.stat())
+        .map(|s| (s.minflt, s.majflt));
+    stat.unwrap_or((0, 0))
+}
+
+fn why(c: &mut Criterion, cases: &[Case]) {
+    let real: Vec<&Case> = cases.iter().filter(|c| c.real).collect();
+    if real.is_empty() {
+        eprintln!("disk_why: no real module found, group skipped (scripts/fetch-real-modules)");
+        return;
+    }
+    eprintln!("page faults per operation (mean of 16, fresh engine, after one warm-up):");
+    for case in &real {
+        for (name, op) in why_ops() {
+            let engine = Engine::default();
+            op(&engine, &case.raw, &case.artifact);
+            let before = faults();
+            for _ in 0..16 {
+                op(&engine, &case.raw, &case.artifact);
+            }
+            let after = faults();
+            eprintln!(
+                "  {:<18} {:<34} minor {:>7.0}  major {:>3.0}",
+                case.label,
+                name,
+                (after.0 - before.0) as f64 / 16.0,
+                (after.1 - before.1) as f64 / 16.0
+            );
+        }
+    }
+    let mut g = c.benchmark_group("disk_why");
+    g.warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(2));
+    g.sample_size(20);
+    for case in real {
+        for (name, op) in why_ops() {
+            let len = case.artifact.len();
+            g.bench_function(BenchmarkId::new(name, &case.label), |b| {
+                b.iter_custom(|iters| timed(len, iters, &|e| op(e, &case.raw, &case.artifact)))
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, hit);
 criterion_main!(benches);

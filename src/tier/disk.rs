@@ -39,7 +39,35 @@
 //! device or link at an entry path is [`Corruption::NotARegularFile`]. The
 //! file's length is compared with the header's claim and the tier's entry
 //! bound ([`FileSystemCacheBuilder::max_entry_bytes`]) before anything is
-//! allocated for the artifact.
+//! mapped or allocated for the artifact.
+//!
+//! ## Reading an entry: one mapping, verified, then loaded
+//!
+//! A hit opens the entry once and, after the checks above, maps it
+//! read-only; the header, the checksum (or the MAC) are verified over the
+//! mapping and wasmer deserializes a slice of that same mapping (no copy,
+//! no second open of the path that another writer could have replaced in
+//! between). Reading the file into a buffer instead cost up to 4.8x the
+//! mapped path on real modules (BENCHMARKS.md, section 3b): wasmer keeps
+//! the buffer for the module's life, so every hit copied the artifact out
+//! of the page cache into fresh pages that fault in one by one, while a
+//! mapping of a cached file shares the page cache. The module (and its engine,
+//! which keeps what it loaded, wasmer #4377) holds the mapping: page-cache
+//! pages, clean and reclaimable, rather than anonymous memory; an entry
+//! evicted meanwhile keeps its disk blocks until the last engine that
+//! loaded it is dropped.
+//!
+//! A mapped file must not change or shrink while mapped (a change would
+//! alter verified bytes; a read past a truncated end raises `SIGBUS`). So
+//! only entries owned by this process' user and writable by nobody else
+//! (`fstat` on the open descriptor) are mapped, and tierscope never writes
+//! an entry in place: saves write a temporary file and rename it over the
+//! entry (a new inode), evictions unlink (the inode outlives its name
+//! while mapped), and a hit only touches the modification time. Only this
+//! user (or root) could truncate a mapped entry, by hand. Any other entry
+//! (another user's, in a shared directory; a group-writable one; every
+//! entry off Unix; a filesystem that cannot map) is read into a buffer of
+//! the checked length, as before, and verified the same way.
 //!
 //! `contains` answers from the entry's header and length alone (a regular
 //! file, valid header for this key and engine, exactly the announced
@@ -53,7 +81,9 @@
 //! any process see the old entry or the new one, never a part. A writer
 //! killed mid-write leaves only its temporary file, which is not a name any
 //! reader looks up; [`FileSystemCache::open`] removes such files once no
-//! process holds their lock. Every read verifies the header and checksum
+//! process holds their lock. Entries are never modified after the rename,
+//! which is also what makes mapping them safe (above). Every read verifies
+//! the header and checksum
 //! before the artifact reaches wasmer, so even a torn write after a power
 //! loss (no `fsync` unless [`FileSystemCacheBuilder::sync_data`]) is caught
 //! as [`CacheError::Corrupt`], removed, and recompiled by the loader. A
@@ -718,7 +748,9 @@ impl FileSystemCache {
         };
         let artifact_len = (range.end - range.start) as u64;
         sizes::record(key, ekey, artifact_len);
-        let artifact = Bytes::from(data).slice(range);
+        // The same bytes that were verified: a slice of the mapping (or of
+        // the buffer read), no copy, no second open of the path.
+        let artifact = data.slice(range);
         // SAFETY: the file was opened without following links, is a
         // regular file, and before this point `entry::decode` verified that
         // the bytes carry our magic and format version, were written for
@@ -729,7 +761,11 @@ impl FileSystemCache {
         // entry path and every byte was verified instead of the checksum,
         // so the entry was written by a holder of the key). The directory
         // was checked to be writable only by this user, unless the operator
-        // opted into a shared directory. The bytes are therefore the
+        // opted into a shared directory. When `read_entry` mapped the file,
+        // the verified bytes are pages of a file that only this user can change, which
+        // tierscope never changes in place (see `map_entry`), so they are
+        // still the verified bytes when wasmer reads them; otherwise they
+        // are this process' own buffer. The bytes are therefore the
         // artifact this wasmer produced for this engine, which is what
         // `Module::deserialize` requires.
         #[allow(unsafe_code)]
@@ -983,16 +1019,28 @@ fn no_follow_flags() -> i32 {
     (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32
 }
 
+/// An entry file that passed [`check_entry_file`].
+struct CheckedFile {
+    /// Positioned after the header.
+    file: File,
+    header: [u8; entry::HEADER_LEN],
+    /// Length of the file (= header + announced artifact), at most the bound.
+    len: u64,
+    times: FileTimes,
+    /// Only this process' user can change or truncate the file (see
+    /// [`may_map`]).
+    private: bool,
+}
+
 /// Open an entry without following links or blocking, and check that it is
 /// a regular file no larger than `max`, whose header is valid for `key`
-/// and announces exactly the file's length. Returns the file, positioned
-/// after the header, the header, its length and times.
+/// and announces exactly the file's length.
 fn check_entry_file(
     path: &Path,
     key: &ModuleHash,
     ident: &EngineIdent,
     max: u64,
-) -> Result<(File, [u8; entry::HEADER_LEN], u64, FileTimes), Refused> {
+) -> Result<CheckedFile, Refused> {
     let mut options = OpenOptions::new();
     options.read(true);
     #[cfg(unix)]
@@ -1070,21 +1118,70 @@ fn check_entry_file(
         modified: md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
         created: md.created().ok(),
     };
-    Ok((file, header, len, times))
+    Ok(CheckedFile {
+        file,
+        header,
+        len,
+        times,
+        private: may_map(&md),
+    })
 }
 
-/// Read a whole entry file, after [`check_entry_file`]: one open, one
-/// `fstat`, one allocation of the checked length, two reads.
+/// Whether only this process' user can write or truncate the file behind
+/// `md` (an `fstat` of the open descriptor): owned by the effective user,
+/// no write permission for group or others. Only such a file is mapped: a
+/// file that someone else can truncate could raise `SIGBUS` on a read of
+/// the mapping, and one they can write could change after it was verified.
+/// Unix only; elsewhere entries are always read.
+fn may_map(md: &fs::Metadata) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        md.uid() == rustix::process::geteuid().as_raw() && md.mode() & 0o022 == 0
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = md;
+        false
+    }
+}
+
+/// A whole entry file, after [`check_entry_file`], in one open and one
+/// `fstat`: mapped when [`may_map`] allows it (no copy: the same pages are
+/// verified and then handed to wasmer, and stay in the page cache, shared,
+/// clean and reclaimable, for as long as the module lives), else read into
+/// one allocation of the checked length. Returns the bytes and the file's
+/// times.
 fn read_entry(
     path: &Path,
     key: &ModuleHash,
     ident: &EngineIdent,
     max: u64,
-) -> Result<(Vec<u8>, FileTimes), Refused> {
-    let (file, header, len, times) = check_entry_file(path, key, ident, max)?;
+) -> Result<(Bytes, FileTimes), Refused> {
+    let checked = check_entry_file(path, key, ident, max)?;
     // `len` is at most `max`, which fits in memory on the platforms wasmer
-    // supports; an allocation failure is an error, not an abort.
-    let len_usize = usize::try_from(len).map_err(|_| io::Error::other("entry too large"))?;
+    // supports; an allocation (or mapping) failure is an error, not an abort.
+    let len_usize =
+        usize::try_from(checked.len).map_err(|_| io::Error::other("entry too large"))?;
+    if checked.private {
+        match map_entry(&checked.file, len_usize) {
+            Ok(map) => return Ok((Bytes::from_owner(map), checked.times)),
+            // A filesystem that cannot map (some FUSE or network ones):
+            // read instead.
+            Err(e) => tracing::debug!(
+                path = %path.display(),
+                error = &e as &dyn std::error::Error,
+                "cannot map a cache entry: reading it"
+            ),
+        }
+    }
+    let CheckedFile {
+        file,
+        header,
+        len,
+        times,
+        ..
+    } = checked;
     let mut data = Vec::new();
     data.try_reserve_exact(len_usize)
         .map_err(|e| io::Error::new(io::ErrorKind::OutOfMemory, e))?;
@@ -1093,7 +1190,37 @@ fn read_entry(
     // short and fails the length check in `entry::decode`.
     file.take(len - entry::HEADER_LEN as u64)
         .read_to_end(&mut data)?;
-    Ok((data, times))
+    Ok((Bytes::from(data), times))
+}
+
+/// Map the first `len` bytes of an entry file, read-only.
+#[cfg(unix)]
+fn map_entry(file: &File, len: usize) -> io::Result<memmap2::Mmap> {
+    // SAFETY: a mapping is only sound while nobody changes or truncates
+    // the file: a change would alter bytes after they were verified, and
+    // reading a page past a truncated end raises SIGBUS. `read_entry` maps
+    // only a file that `check_entry_file` found, on this very descriptor
+    // (opened with O_NOFOLLOW, then `fstat`), to be a regular file owned by
+    // this process' effective user and writable by nobody else
+    // (`may_map`), whose length matched the header's claim and the entry
+    // bound: only this user (or root) could change it. tierscope itself
+    // never writes or truncates an entry in place: a save writes a
+    // temporary file and renames it over the entry (a new inode: this
+    // mapping keeps the old one, unchanged), an eviction or a removal
+    // unlinks it (the inode lives on until unmapped), and a hit only
+    // updates its modification time. The mapping is read-only and `len` is
+    // the checked length.
+    #[allow(unsafe_code)]
+    let map = unsafe { memmap2::MmapOptions::new().len(len).map(file) }?;
+    Ok(map)
+}
+
+#[cfg(not(unix))]
+fn map_entry(_file: &File, _len: usize) -> io::Result<memmap2::Mmap> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "entries are mapped on Unix only",
+    ))
 }
 
 /// Errors of an `O_NOFOLLOW | O_NONBLOCK` open that mean "not a regular

@@ -1,0 +1,204 @@
+//! The disk tier serves hits from a mapping of the entry file: what it
+//! verified (header, checksum, MAC) is the very bytes wasmer loads. A
+//! flipped byte in a mapped entry is never loaded; an entry that others
+//! could change under the mapping is read instead of mapped.
+//!
+//! The mapping is observed in `/proc/self/maps` (Linux only).
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::{fs, os::unix::fs::FileExt, path::Path, time::Duration};
+
+use common::{Recording, sized};
+use tierscope::{
+    CacheError, Corruption, EvictionCause, FileSystemCache, ModuleCache, ModuleLoader, entry,
+    mac::MacKey,
+};
+use wasmer::{Engine, Instance, Module, Store, imports};
+
+fn open(dir: &Path) -> FileSystemCache {
+    FileSystemCache::builder(dir)
+        .capacity(1 << 30)
+        .inline_io(true)
+        .open()
+        .unwrap()
+}
+
+/// Mappings of `path` in this process, as the lines of `/proc/self/maps`.
+fn mappings_of(path: &Path) -> Vec<String> {
+    let maps = fs::read_to_string("/proc/self/maps").unwrap();
+    let wanted = path.to_str().unwrap();
+    maps.lines()
+        .filter(|l| l.contains(wanted))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Instantiate the module: the code loaded from the entry is usable.
+fn exercise(engine: &Engine, module: &Module) {
+    let mut store = Store::new(engine.clone());
+    Instance::new(&mut store, module, &imports! {}).expect("instantiate a loaded module");
+}
+
+#[tokio::test]
+async fn a_hit_is_served_from_a_mapping_of_the_entry() {
+    let engine = Engine::default();
+    let (key, module, _) = sized(&engine, 20_000, 1);
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = open(tmp.path());
+    cache.save(key, &engine, &module).await.unwrap();
+    let path = cache.entry_path(key, &engine);
+    assert!(mappings_of(&path).is_empty());
+
+    let loaded = cache.load(key, &engine).await.unwrap();
+    let maps = mappings_of(&path);
+    assert!(
+        !maps.is_empty(),
+        "the loaded module should hold a mapping of {}",
+        path.display()
+    );
+    exercise(&engine, &loaded);
+
+    // Replacing or evicting the entry never changes the mapped pages: a
+    // save renames a new file over the path, an eviction unlinks it; the
+    // module keeps the old inode.
+    cache.save(key, &engine, &module).await.unwrap();
+    assert!(cache.remove(key, &engine).unwrap());
+    assert!(!path.exists());
+    assert!(
+        mappings_of(&path).iter().any(|l| l.ends_with("(deleted)")),
+        "{:?}",
+        mappings_of(&path)
+    );
+    exercise(&engine, &loaded);
+
+    // The engine keeps what it loaded until it is dropped itself (wasmer
+    // #4377): the artifact's bytes, here the mapping, included.
+    drop(loaded);
+    drop(engine);
+    assert!(
+        mappings_of(&path).is_empty(),
+        "dropping the module and its engine releases the mapping: {:?}",
+        mappings_of(&path)
+    );
+}
+
+/// Save, load once (so the entry has been mapped and its pages are in the
+/// page cache), flip one byte of the file in place, load again.
+async fn flipped_case(offset: impl Fn(u64) -> u64, mac: Option<MacKey>) {
+    let engine = Engine::default();
+    let (key, module, wasm) = sized(&engine, 20_000, 2);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut builder = FileSystemCache::builder(tmp.path())
+        .capacity(1 << 30)
+        .inline_io(true);
+    if let Some(mac) = mac.clone() {
+        builder = builder.mac_key(mac);
+    }
+    let cache = builder.open().unwrap();
+    let seen = Recording::attach(&cache);
+    cache.save(key, &engine, &module).await.unwrap();
+    let path = cache.entry_path(key, &engine);
+    let len = fs::metadata(&path).unwrap().len();
+
+    // On an engine of its own, so that dropping it releases the mapping.
+    let probe = Engine::default();
+    let first = cache.load(key, &probe).await.unwrap();
+    assert!(!mappings_of(&path).is_empty(), "the entry should be mapped");
+    drop(first);
+    drop(probe);
+    assert!(mappings_of(&path).is_empty());
+
+    let at = offset(len);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
+    drop(file);
+
+    let err = cache.load(key, &engine).await.unwrap_err();
+    match (&err, &mac) {
+        (CacheError::Integrity { location, .. }, Some(_)) => {
+            assert!(location.contains(&key.to_string()), "{location}")
+        }
+        (CacheError::Corrupt { location, reason }, None) => {
+            assert!(location.contains(&key.to_string()), "{location}");
+            assert!(
+                at < entry::HEADER_LEN as u64 || *reason == Corruption::Checksum,
+                "byte {at}: {reason:?}"
+            );
+        }
+        (other, _) => panic!("byte {at} of {len}: expected a refusal, got {other:?}"),
+    }
+    assert!(!path.exists(), "the flipped entry is removed (byte {at})");
+    assert!(
+        mappings_of(&path).is_empty(),
+        "a refused entry leaves no mapping behind"
+    );
+    let ev = seen.evictions();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].cause, EvictionCause::Corrupt);
+
+    // The loader recompiles and rewrites it; the new entry loads, mapped.
+    let loader = ModuleLoader::new("disk-mmap-test", cache.clone());
+    loader.load_or_compile(&engine, &wasm).await.unwrap();
+    for _ in 0..100 {
+        if path.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let again = cache.load(key, &engine).await.unwrap();
+    assert!(!mappings_of(&path).is_empty());
+    exercise(&engine, &again);
+}
+
+#[tokio::test]
+async fn a_flipped_byte_in_a_mapped_entry_is_never_loaded() {
+    let header = entry::HEADER_LEN as u64;
+    // The checksum field, the first artifact byte (wasmer's own magic),
+    // one in the middle, the last.
+    flipped_case(|_| 30, None).await;
+    flipped_case(|_| header, None).await;
+    flipped_case(|len| header + (len - header) / 2, None).await;
+    flipped_case(|len| len - 1, None).await;
+}
+
+#[tokio::test]
+async fn with_a_mac_key_a_flipped_byte_in_a_mapped_entry_is_never_loaded() {
+    let header = entry::HEADER_LEN as u64;
+    let key = || Some(MacKey::new([0x5A; 32]));
+    flipped_case(|_| 100, key()).await; // in the MAC itself
+    flipped_case(|len| header + (len - header) / 3, key()).await;
+    flipped_case(|len| len - 1, key()).await;
+}
+
+#[tokio::test]
+async fn an_entry_that_others_could_write_is_read_not_mapped() {
+    use std::os::unix::fs::PermissionsExt;
+    let engine = Engine::default();
+    let (key, module, _) = sized(&engine, 20_000, 3);
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = open(tmp.path());
+    cache.save(key, &engine, &module).await.unwrap();
+    let path = cache.entry_path(key, &engine);
+
+    // Group-writable: another user could truncate it under a mapping
+    // (SIGBUS) or change it after verification.
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o620)).unwrap();
+    let loaded = cache.load(key, &engine).await.unwrap();
+    assert!(mappings_of(&path).is_empty(), "{:?}", mappings_of(&path));
+    exercise(&engine, &loaded);
+    drop(loaded);
+
+    // Back to private: mapped again.
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    let loaded = cache.load(key, &engine).await.unwrap();
+    assert!(!mappings_of(&path).is_empty());
+    drop(loaded);
+}
