@@ -56,6 +56,8 @@ pub mod observe;
 pub mod observer;
 pub mod sizes;
 pub mod tier;
+#[cfg(feature = "wasix")]
+pub mod wasix;
 
 pub use cache::{CacheError, Corruption, ErrorKind, Hit, ModuleCache, TierName};
 pub use fallback::FallbackCache;
