@@ -7,6 +7,8 @@
 
 mod demo;
 mod expo;
+#[cfg(feature = "wasix")]
+mod run;
 mod size;
 
 use std::process::ExitCode;
@@ -29,6 +31,10 @@ enum Command {
     /// Run a workload through an instrumented memory -> disk (-> Redis)
     /// stack and serve its metrics.
     Demo(demo::DemoArgs),
+    /// Run a WASI program through a wasmer-wasix runtime cached by an
+    /// instrumented memory -> disk (-> Redis) stack (feature `wasix`).
+    #[cfg(feature = "wasix")]
+    Run(run::RunArgs),
 }
 
 /// Exit code for bad input (flags, unreadable files), as clap uses.
@@ -39,6 +45,18 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Demo(args) => match demo::run(args) {
             Ok(()) => ExitCode::SUCCESS,
+            Err(demo::Failure::Usage(msg)) => {
+                eprintln!("error: {msg}");
+                ExitCode::from(USAGE)
+            }
+            Err(demo::Failure::Runtime(msg)) => {
+                eprintln!("error: {msg}");
+                ExitCode::FAILURE
+            }
+        },
+        #[cfg(feature = "wasix")]
+        Command::Run(args) => match run::run(args) {
+            Ok(code) => ExitCode::from(code),
             Err(demo::Failure::Usage(msg)) => {
                 eprintln!("error: {msg}");
                 ExitCode::from(USAGE)
