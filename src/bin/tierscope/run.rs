@@ -33,6 +33,10 @@ use crate::{demo::Failure, size};
 /// The `cache` label of every metric `run` records.
 const CACHE: &str = "run";
 
+/// The exit code wasix gives a program that trapped or failed to start
+/// (WASI `ENOEXEC`), after printing the error on stderr.
+const NOEXEC: i32 = 45;
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The WASI program: a `.wasm` binary (or WebAssembly text).
@@ -201,7 +205,16 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
                 .and_then(WasiRuntimeError::as_exit_code);
             match code {
                 // The program's own exit code, passed through.
-                Some(code) => Ok(u8::try_from(code.raw()).ok().filter(|c| *c != 0).unwrap_or(1)),
+                Some(code) => {
+                    if code.raw() == NOEXEC {
+                        // wasix turns a trap (printed above) into ENOEXEC.
+                        eprintln!(
+                            "error: {} stopped with exit code {NOEXEC}: it trapped or could not start (see above)",
+                            args.file.display()
+                        );
+                    }
+                    Ok(u8::try_from(code.raw()).ok().filter(|c| *c != 0).unwrap_or(1))
+                }
                 None => Err(Failure::Runtime(format!(
                     "{} failed: {error:#}",
                     args.file.display()
