@@ -18,7 +18,8 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures::FutureExt;
 use tierscope::{
-    InstrumentExt, MemoryCache, ModuleCache, ModuleHash, corpus, observe::prometheus,
+    InstrumentExt, MemoryCache, ModuleCache, ModuleHash, corpus,
+    observe::prometheus,
     wasix::{WasixCache, runtime_with_engine},
 };
 use wasmer::{Engine, Module};
@@ -72,7 +73,13 @@ fn all(c: &mut Criterion) {
         b.iter(|| black_box(WasixModuleCache::load(&adapter, key, &engine).now_or_never()))
     });
     g.bench_function("Runtime::load_hashed_module", |b| {
-        b.iter(|| black_box(runtime.load_hashed_module(data.clone(), None).now_or_never()))
+        b.iter(|| {
+            black_box(
+                runtime
+                    .load_hashed_module(data.clone(), None)
+                    .now_or_never(),
+            )
+        })
     });
     g.bench_function("wasix SharedCache load", |b| {
         b.iter(|| black_box(WasixModuleCache::load(&shared, key, &engine).now_or_never()))

@@ -80,7 +80,13 @@ fn runs_a_wasi_program_and_the_second_run_is_a_disk_hit() {
     // --cache-dir overrides the default.
     let elsewhere = tmp.path().join("elsewhere");
     let third = tierscope(
-        &["run", "-v", "--cache-dir", elsewhere.to_str().unwrap(), hello],
+        &[
+            "run",
+            "-v",
+            "--cache-dir",
+            elsewhere.to_str().unwrap(),
+            hello,
+        ],
         &home,
     );
     assert_eq!(third.status.code(), Some(0));
@@ -107,7 +113,10 @@ fn bad_input_is_exit_2_with_a_clear_message() {
     let out = tierscope(&["run", missing.to_str().unwrap()], tmp.path());
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
-    assert!(err.contains("cannot read") && err.contains("missing.wasm"), "{err}");
+    assert!(
+        err.contains("cannot read") && err.contains("missing.wasm"),
+        "{err}"
+    );
     assert_no_panic(&out);
 
     let garbage = tmp.path().join("garbage.wasm");
@@ -135,7 +144,10 @@ fn a_trapping_program_fails_clearly() {
     assert_eq!(out.status.code(), Some(45), "{}", text(&out.stderr));
     let err = text(&out.stderr);
     assert!(err.contains("unreachable"), "{err}");
-    assert!(err.contains("trap.wasm stopped with exit code 45: it trapped"), "{err}");
+    assert!(
+        err.contains("trap.wasm stopped with exit code 45: it trapped"),
+        "{err}"
+    );
     assert_no_panic(&out);
 }
 
@@ -150,7 +162,8 @@ const BUSY: &str = r#"(module
 fn scrape(addr: std::net::SocketAddr) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     Some(body)
@@ -165,7 +178,12 @@ fn metrics_are_served_while_the_program_runs() {
         .local_addr()
         .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tierscope"))
-        .args(["run", "--metrics-addr", &addr.to_string(), busy.to_str().unwrap()])
+        .args([
+            "run",
+            "--metrics-addr",
+            &addr.to_string(),
+            busy.to_str().unwrap(),
+        ])
         .env("XDG_CACHE_HOME", tmp.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

@@ -129,12 +129,19 @@ fn a_wasi_program_runs_through_an_instrumented_stack_then_hits_memory_then_disk(
     let (runtime, _disk, snap, _) = stack_runtime(&tokio, "wasix-run", dir.path());
     assert_eq!(run(&runtime, &wasm), OUTPUT);
     let s = take(&snap);
-    assert_eq!(counter(&s, "tierscope_compilations_total", &[("result", "ok")]), 1);
+    assert_eq!(
+        counter(&s, "tierscope_compilations_total", &[("result", "ok")]),
+        1
+    );
     assert_eq!(lookups(&s, "memory", "miss"), 1);
     assert_eq!(lookups(&s, "disk", "miss"), 1);
     for tier in ["memory", "disk"] {
         assert_eq!(
-            counter(&s, "tierscope_saves_total", &[("tier", tier), ("result", "ok")]),
+            counter(
+                &s,
+                "tierscope_saves_total",
+                &[("tier", tier), ("result", "ok")]
+            ),
             1,
             "{tier}"
         );
@@ -144,7 +151,10 @@ fn a_wasi_program_runs_through_an_instrumented_stack_then_hits_memory_then_disk(
     // (hits are running totals, misses counted per snapshot).
     assert_eq!(run(&runtime, &wasm), OUTPUT);
     let s = take(&snap);
-    assert_eq!(counter(&s, "tierscope_compilations_total", &[("result", "ok")]), 0);
+    assert_eq!(
+        counter(&s, "tierscope_compilations_total", &[("result", "ok")]),
+        0
+    );
     assert_eq!(lookups(&s, "memory", "hit"), 1);
     assert_eq!(lookups(&s, "memory", "miss"), 0);
     assert_eq!(lookups(&s, "disk", "hit") + lookups(&s, "disk", "miss"), 0);
@@ -155,7 +165,10 @@ fn a_wasi_program_runs_through_an_instrumented_stack_then_hits_memory_then_disk(
     let (runtime, _disk, snap, events) = stack_runtime(&tokio, "wasix-run", dir.path());
     assert_eq!(run(&runtime, &wasm), OUTPUT);
     let s = take(&snap);
-    assert_eq!(counter(&s, "tierscope_compilations_total", &[("result", "ok")]), 0);
+    assert_eq!(
+        counter(&s, "tierscope_compilations_total", &[("result", "ok")]),
+        0
+    );
     assert_eq!(lookups(&s, "memory", "miss"), 1);
     assert_eq!(lookups(&s, "disk", "hit"), 1);
     assert_eq!(
@@ -212,7 +225,10 @@ fn a_corrupt_disk_entry_is_counted_never_deserialized_and_the_program_still_runs
         0
     );
     assert_eq!(lookups(&s, "disk", "hit"), 0);
-    assert_eq!(counter(&s, "tierscope_compilations_total", &[("result", "ok")]), 1);
+    assert_eq!(
+        counter(&s, "tierscope_compilations_total", &[("result", "ok")]),
+        1
+    );
     assert_eq!(
         counter(
             &s,
@@ -269,17 +285,28 @@ fn wasix_shared_cache_as_a_tier_in_front_of_disk_promotes_and_saves_to_both() {
     let (runtime, shared, snap) = build();
     assert_eq!(run(&runtime, &wasm), OUTPUT);
     let s = take(&snap);
-    assert_eq!(counter(&s, "tierscope_compilations_total", &[("result", "ok")]), 1);
+    assert_eq!(
+        counter(&s, "tierscope_compilations_total", &[("result", "ok")]),
+        1
+    );
     for tier in ["shared", "disk"] {
         assert_eq!(lookups(&s, tier, "miss"), 1, "{tier}");
         assert_eq!(
-            counter(&s, "tierscope_saves_total", &[("tier", tier), ("result", "ok")]),
+            counter(
+                &s,
+                "tierscope_saves_total",
+                &[("tier", tier), ("result", "ok")]
+            ),
             1,
             "saved to both: {tier}"
         );
     }
     let engine = runtime.engine();
-    assert!(tokio.block_on(WasixModuleCache::contains(&*shared, key, &engine)).unwrap());
+    assert!(
+        tokio
+            .block_on(WasixModuleCache::contains(&*shared, key, &engine))
+            .unwrap()
+    );
     drop(runtime);
 
     // A fresh runtime and SharedCache over the same disk: a disk hit,
@@ -287,7 +314,10 @@ fn wasix_shared_cache_as_a_tier_in_front_of_disk_promotes_and_saves_to_both() {
     let (runtime, shared, snap) = build();
     assert_eq!(run(&runtime, &wasm), OUTPUT);
     let s = take(&snap);
-    assert_eq!(counter(&s, "tierscope_compilations_total", &[("result", "ok")]), 0);
+    assert_eq!(
+        counter(&s, "tierscope_compilations_total", &[("result", "ok")]),
+        0
+    );
     assert_eq!(lookups(&s, "shared", "miss"), 1);
     assert_eq!(lookups(&s, "disk", "hit"), 1);
     assert_eq!(
@@ -299,7 +329,11 @@ fn wasix_shared_cache_as_a_tier_in_front_of_disk_promotes_and_saves_to_both() {
         1
     );
     let engine = runtime.engine();
-    assert!(tokio.block_on(WasixModuleCache::contains(&*shared, key, &engine)).unwrap());
+    assert!(
+        tokio
+            .block_on(WasixModuleCache::contains(&*shared, key, &engine))
+            .unwrap()
+    );
     assert_eq!(run(&runtime, &wasm), OUTPUT);
     let s = take(&snap);
     // Hits are published as running totals (per-thread hit counters, see
@@ -334,10 +368,15 @@ fn the_adapter_takes_arc_dyn_stacks_and_load_with_progress_keeps_the_load() {
             .await
             .unwrap_err();
         assert!(
-            matches!(miss, wasmer_wasix::runtime::module_cache::CacheError::NotFound),
+            matches!(
+                miss,
+                wasmer_wasix::runtime::module_cache::CacheError::NotFound
+            ),
             "{miss:?}"
         );
-        WasixModuleCache::save(&cache, key, &engine, &module).await.unwrap();
+        WasixModuleCache::save(&cache, key, &engine, &module)
+            .await
+            .unwrap();
         assert!(dyn_stack.contains(key, &engine).await.unwrap());
         let loaded = cache
             .load_with_progress(key, &engine, reporter)
@@ -345,6 +384,10 @@ fn the_adapter_takes_arc_dyn_stacks_and_load_with_progress_keeps_the_load() {
             .unwrap();
         assert_eq!(loaded, module);
         assert_eq!(*reported.lock().unwrap(), ["LocalCacheHit"]);
-        assert!(WasixModuleCache::contains(&cache, key, &engine).await.unwrap());
+        assert!(
+            WasixModuleCache::contains(&cache, key, &engine)
+                .await
+                .unwrap()
+        );
     });
 }

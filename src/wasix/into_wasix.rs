@@ -102,7 +102,10 @@ impl<C> WasixCache<C> {
 
     /// Call `listener` with the outcome of every load and every compile
     /// the runtime saves (e.g. to log which tier served a module).
-    pub fn on_load(mut self, listener: impl Fn(ModuleHash, &LoadEvent) + Send + Sync + 'static) -> Self {
+    pub fn on_load(
+        mut self,
+        listener: impl Fn(ModuleHash, &LoadEvent) + Send + Sync + 'static,
+    ) -> Self {
         self.listener = Some(Arc::new(listener));
         self
     }

@@ -3,10 +3,7 @@
 use std::sync::Arc;
 
 use wasmer::Engine;
-use wasmer_wasix::{
-    PluggableRuntime,
-    runtime::task_manager::tokio::TokioTaskManager,
-};
+use wasmer_wasix::{PluggableRuntime, runtime::task_manager::tokio::TokioTaskManager};
 
 use crate::{ModuleCache, wasix::WasixCache};
 

@@ -122,9 +122,10 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     };
     // Export first: tiers register their metric handles when built.
     let _metrics = match args.metrics_addr {
-        Some(addr) => Some(prometheus::serve(addr).map_err(|e| {
-            Failure::Runtime(format!("cannot serve metrics on {addr}: {e}"))
-        })?),
+        Some(addr) => Some(
+            prometheus::serve(addr)
+                .map_err(|e| Failure::Runtime(format!("cannot serve metrics on {addr}: {e}")))?,
+        ),
         None => None,
     };
     let tokio = tokio::runtime::Builder::new_multi_thread()
@@ -213,7 +214,10 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
                             args.file.display()
                         );
                     }
-                    Ok(u8::try_from(code.raw()).ok().filter(|c| *c != 0).unwrap_or(1))
+                    Ok(u8::try_from(code.raw())
+                        .ok()
+                        .filter(|c| *c != 0)
+                        .unwrap_or(1))
                 }
                 None => Err(Failure::Runtime(format!(
                     "{} failed: {error:#}",
