@@ -8,7 +8,7 @@
 //!
 //! - [`WasixCache`]: any tierscope cache (one tier, an instrumented
 //!   [`FallbackCache`](crate::FallbackCache) chain, an `Arc<dyn ...>`)
-//!   **as** a wasix [`ModuleCache`](wasix::ModuleCache), with errors mapped
+//!   **as** a wasix [`ModuleCache`](wasmer_wasix::runtime::module_cache::ModuleCache), with errors mapped
 //!   so the runtime behaves right: a miss is `NotFound`; corruption,
 //!   integrity failures and timeouts are `Other` carrying their message
 //!   (the runtime logs them and compiles) and are still counted by the spy.
