@@ -391,3 +391,37 @@ fn the_adapter_takes_arc_dyn_stacks_and_load_with_progress_keeps_the_load() {
         );
     });
 }
+
+#[test]
+fn every_compile_after_a_miss_is_counted_even_when_two_race() {
+    let tokio = tokio();
+    let engine = Engine::default();
+    let wasm = hello();
+    let key = ModuleHash::new(&wasm);
+    let module = wasmer::Module::new(&engine, &wasm).unwrap();
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let cache = metrics::with_local_recorder(&recorder, || {
+        WasixCache::new("wasix-race", MemoryCache::new(1 << 20))
+    });
+    tokio.block_on(async {
+        // Two runtimes' tasks miss before either compile is saved.
+        assert!(WasixModuleCache::load(&cache, key, &engine).await.is_err());
+        assert!(WasixModuleCache::load(&cache, key, &engine).await.is_err());
+        WasixModuleCache::save(&cache, key, &engine, &module)
+            .await
+            .unwrap();
+        WasixModuleCache::save(&cache, key, &engine, &module)
+            .await
+            .unwrap();
+        // A save nobody missed for (the user's own) is not a compile.
+        WasixModuleCache::save(&cache, key, &engine, &module)
+            .await
+            .unwrap();
+    });
+    let s = take(&snap);
+    assert_eq!(
+        counter(&s, "tierscope_compilations_total", &[("result", "ok")]),
+        2
+    );
+}

@@ -79,7 +79,9 @@ pub struct WasixCache<C> {
     name: String,
     compiled_ok: Counter,
     compile_duration: Histogram,
-    pending: Mutex<HashMap<ModuleHash, Instant>>,
+    /// Per key: when the first outstanding miss was answered, and how many
+    /// misses still wait for their compile's save.
+    pending: Mutex<HashMap<ModuleHash, (Instant, u32)>>,
     listener: Option<Listener>,
 }
 
@@ -159,7 +161,7 @@ impl<C: ModuleCache + Send + Sync> WasixCache<C> {
                     if pending.len() >= PENDING_LIMIT {
                         pending.clear();
                     }
-                    pending.insert(key, Instant::now());
+                    pending.entry(key).or_insert((Instant::now(), 0)).1 += 1;
                 }
                 if error.is_not_found() {
                     self.tell(key, || LoadEvent::Miss);
@@ -218,7 +220,20 @@ where
         engine: &Engine,
         module: &Module,
     ) -> Result<(), WasixError> {
-        let missed = self.pending.lock().remove(&key);
+        let missed = {
+            let mut pending = self.pending.lock();
+            match pending.get_mut(&key) {
+                Some((since, waiting)) => {
+                    let since = *since;
+                    *waiting -= 1;
+                    if *waiting == 0 {
+                        pending.remove(&key);
+                    }
+                    Some(since)
+                }
+                None => None,
+            }
+        };
         if let Some(since) = missed {
             // The runtime compiled after our miss: count it as the loader would.
             self.compiled_ok.increment(1);
