@@ -57,6 +57,8 @@ pub mod observer;
 pub mod sizes;
 pub mod sizing;
 pub mod tier;
+#[cfg(feature = "wasix")]
+pub mod wasix;
 
 pub use cache::{CacheError, Corruption, ErrorKind, Hit, ModuleCache, TierName};
 pub use fallback::FallbackCache;

@@ -11,6 +11,8 @@ mod demo;
 mod expo;
 mod plot;
 mod record;
+#[cfg(feature = "wasix")]
+mod run;
 mod size;
 mod sizing;
 
@@ -37,6 +39,10 @@ enum Command {
     /// Model each tier at other sizes from a trace: hit ratio against
     /// capacity, charts, and a recommendation.
     Size(sizing::SizeArgs),
+    /// Run a WASI program through a wasmer-wasix runtime cached by an
+    /// instrumented memory -> disk (-> Redis) stack (feature `wasix`).
+    #[cfg(feature = "wasix")]
+    Run(run::RunArgs),
 }
 
 /// Exit code for bad input (flags, unreadable files), as clap uses.
@@ -47,6 +53,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Size(args) => sizing::run(args),
+        #[cfg(feature = "wasix")]
+        Command::Run(args) => match run::run(args) {
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
