@@ -45,8 +45,13 @@
 #![deny(missing_docs)]
 
 pub mod cache;
+// Internals that tests, benches and the CLI reach into: public so they can,
+// hidden so that `cargo doc` shows the crate as a user meets it.
+#[doc(hidden)]
 pub mod corpus;
+#[doc(hidden)]
 pub mod engine;
+#[doc(hidden)]
 pub mod entry;
 pub mod fallback;
 pub mod generations;
@@ -54,6 +59,7 @@ pub mod loader;
 pub mod mac;
 pub mod observe;
 pub mod observer;
+#[doc(hidden)]
 pub mod sizes;
 pub mod sizing;
 pub mod tier;
@@ -64,10 +70,11 @@ pub use cache::{CacheError, Corruption, ErrorKind, Hit, ModuleCache, TierName};
 pub use fallback::FallbackCache;
 pub use generations::{EngineGenerations, Generation, LoadedModule};
 pub use loader::{LoadError, ModuleLoader};
+pub use mac::MacKey;
 pub use observe::instrumented::{InstrumentExt, InstrumentOptions, Instrumented};
 pub use observer::{Eviction, EvictionCause, Residency, TierObserver};
 #[cfg(feature = "redis")]
-pub use tier::redis::{RedisCache, RedisCacheBuilder};
+pub use tier::redis::{RedisCache, RedisCacheBuilder, RedisConfigError, RedisTarget};
 pub use tier::{
     disk::{FileSystemCache, FileSystemCacheBuilder},
     memory::{MemoryCache, MemoryCacheBuilder},

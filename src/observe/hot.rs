@@ -1,6 +1,6 @@
 //! Per-thread counters for the memory-hit path.
 //!
-//! A memory hit costs about 35 ns; one atomic read-modify-write (what a
+//! A memory hit costs about 20-30 ns (BENCHMARKS.md); one atomic read-modify-write (what a
 //! `metrics` counter handle does, twice with the Prometheus exporter's
 //! generational storage) costs 5-10 ns, and more when two threads fight
 //! over its cache line. So the hit path counts into a block of counters

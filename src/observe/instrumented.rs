@@ -29,8 +29,10 @@ use crate::{
 /// Metric handles are registered **once, at construction**, with whatever
 /// recorder is installed then (install it first); the hot path touches only
 /// handles. A memory-tier hit (served through [`ModuleCache::load_now`])
-/// costs one counter increment, and one in `latency_sample_every` hits is
-/// also timed; every other operation is always timed.
+/// is counted in a per-thread counter (a plain load and store, published
+/// as increments; see [`crate::observe::hot`]), and one in
+/// `latency_sample_every` hits is also timed; every other operation is
+/// always timed.
 ///
 /// ```
 /// use tierscope::{FileSystemCache, InstrumentExt, MemoryCache, ModuleCache};
