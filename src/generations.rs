@@ -255,7 +255,11 @@ impl Generations {
     }
 
     fn start(&self) -> Arc<Generation> {
-        let engine = (self.config.factory)();
+        self.start_with((self.config.factory)())
+    }
+
+    /// A new generation around `engine` (made by the factory), counted.
+    fn start_with(&self, engine: Engine) -> Arc<Generation> {
         let ledger = track_code(&engine);
         let g = &self.gauges;
         g.started.increment(1);
@@ -287,12 +291,23 @@ impl Generations {
     /// return the retired one (whose in-process entries the caller must
     /// drop). Also refreshes the gauges.
     pub(crate) fn after_load(&self, generation: &Arc<Generation>) -> Option<Arc<Generation>> {
-        let retired = if generation.ledger.unheld() > self.config.budget && !generation.is_retired()
+        let is_current = || {
+            self.current
+                .read()
+                .as_ref()
+                .is_some_and(|cur| Arc::ptr_eq(cur, generation))
+        };
+        let retired = if generation.ledger.unheld() > self.config.budget
+            && !generation.is_retired()
+            && is_current()
         {
+            // The engine is made before taking the write lock: hits (which
+            // take the read lock) never wait for an engine to be built.
+            let engine = (self.config.factory)();
             let mut slot = self.current.write();
             match slot.as_ref() {
                 Some(cur) if Arc::ptr_eq(cur, generation) => {
-                    let fresh = self.start();
+                    let fresh = self.start_with(engine);
                     let old = slot.replace(fresh);
                     drop(slot);
                     let bytes = generation.ledger.loaded();
