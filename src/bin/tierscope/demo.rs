@@ -286,7 +286,7 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
     let lower: Arc<dyn ModuleCache + Send + Sync> = match &args.redis {
         None => Arc::new(disk),
         #[cfg(feature = "redis")]
-        Some(url) => Arc::new(disk.with_fallback(redis_tier(url).await?)),
+        Some(url) => Arc::new(disk.with_fallback(redis_tier(url, CACHE).await?)),
         #[cfg(not(feature = "redis"))]
         Some(_) => unreachable!("checked before the runtime starts"),
     };
@@ -414,7 +414,12 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
 }
 
 #[cfg(feature = "redis")]
-async fn redis_tier(url: &str) -> Result<tierscope::Instrumented<tierscope::RedisCache>, Failure> {
+/// The Redis tier of the CLI's stacks, instrumented under the cache name `name`, its key
+/// read from the environment and the server checked before use.
+pub(crate) async fn redis_tier(
+    url: &str,
+    name: &str,
+) -> Result<tierscope::Instrumented<tierscope::RedisCache>, Failure> {
     // The key comes from the environment, never the command line (which
     // other users of the machine can read).
     let cache = tierscope::RedisCache::builder(url)
@@ -428,7 +433,7 @@ async fn redis_tier(url: &str) -> Result<tierscope::Instrumented<tierscope::Redi
         .map_err(|e| Failure::Usage(format!("--redis {url}: {e}")))?;
     // Instrument first, so availability is reported, then check the server
     // answers: a wrong address or password is a clear error now, not later.
-    let cache = cache.instrumented(CACHE, "redis");
+    let cache = cache.instrumented(name, "redis");
     cache
         .get_ref()
         .ping()

@@ -141,7 +141,9 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     let lower: Arc<dyn ModuleCache + Send + Sync> = match &args.redis {
         None => Arc::new(disk),
         #[cfg(feature = "redis")]
-        Some(url) => Arc::new(disk.with_fallback(tokio.block_on(redis_tier(url))?)),
+        Some(url) => {
+            Arc::new(disk.with_fallback(tokio.block_on(crate::demo::redis_tier(url, CACHE))?))
+        }
         #[cfg(not(feature = "redis"))]
         Some(_) => return Err(Failure::Usage("--redis needs the `redis` feature".into())),
     };
@@ -257,24 +259,4 @@ fn pump(
         }
         let _ = out.flush();
     })
-}
-
-#[cfg(feature = "redis")]
-async fn redis_tier(url: &str) -> Result<tierscope::Instrumented<tierscope::RedisCache>, Failure> {
-    let cache = tierscope::RedisCache::builder(url)
-        .mac_keys_from_env()
-        .map_err(|e| {
-            Failure::Usage(format!(
-                "--redis: {e}; generate one with `openssl rand -hex 32`"
-            ))
-        })?
-        .build()
-        .map_err(|e| Failure::Usage(format!("--redis {url}: {e}")))?;
-    let cache = cache.instrumented(CACHE, "redis");
-    cache
-        .get_ref()
-        .ping()
-        .await
-        .map_err(|e| Failure::Runtime(format!("--redis {url}: {e}")))?;
-    Ok(cache)
 }
