@@ -21,7 +21,7 @@
 //!   configuration ever seen: a handful per process (configurations come
 //!   from code, not traffic), so unbounded by design.
 //! - Instances (`by_engine`): at most [`MAX_TRACKED_INSTANCES`] engine
-//!   instances, least recently looked up dropped first; a dropped one is
+//!   instances, the oldest entry dropped first; a dropped one is
 //!   looked up again (one `deterministic_id()` call) if it comes back.
 //!   Runtimes that create an engine per tenant or request stay bounded.
 //! - Code ledgers: one weak entry per engine generation that asked for
@@ -108,8 +108,9 @@ impl EngineIdent {
     }
 }
 
-/// How many engine instances the identity table remembers (least recently
-/// looked up dropped first).
+/// How many engine instances the identity table remembers (the oldest
+/// entry dropped first; the per-thread cache in front of it keeps the
+/// common lookup off the table).
 pub const MAX_TRACKED_INSTANCES: usize = 1024;
 
 struct Registry {

@@ -289,7 +289,7 @@ impl Generations {
     /// After code was loaded into `generation`: if it is the current one
     /// and its evicted code passed the budget, start a new generation and
     /// return the retired one (whose in-process entries the caller must
-    /// drop). Also refreshes the gauges.
+    /// drop, then refresh the gauges).
     pub(crate) fn after_load(&self, generation: &Arc<Generation>) -> Option<Arc<Generation>> {
         let is_current = || {
             self.current
@@ -297,7 +297,7 @@ impl Generations {
                 .as_ref()
                 .is_some_and(|cur| Arc::ptr_eq(cur, generation))
         };
-        let retired = if generation.ledger.unheld() > self.config.budget
+        if generation.ledger.unheld() > self.config.budget
             && !generation.is_retired()
             && is_current()
         {
@@ -332,9 +332,7 @@ impl Generations {
             }
         } else {
             None
-        };
-        self.refresh();
-        retired
+        }
     }
 
     /// Set the current generation's code gauges.
