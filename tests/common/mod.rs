@@ -23,6 +23,19 @@ pub const ADD_WAT: &[u8] = br#"(
             (i64.add (local.get $x) (local.get $y)))
     )"#;
 
+/// A WASI program: `_start` prints "hello from wasix" with `fd_write` and
+/// calls `proc_exit(0)`.
+pub const WASI_HELLO_WAT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "hello from wasix\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 17))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (call $proc_exit (i32.const 0))))"#;
+
 /// A compiled tiny module distinct per seed, with its hash.
 pub fn tiny(engine: &Engine, seed: u64) -> (ModuleHash, Module, Vec<u8>) {
     let wasm = corpus::tiny(seed);
