@@ -266,6 +266,11 @@ async fn a_panicking_leader_fails_its_callers_once_and_the_next_call_starts_afre
     for r in later {
         r.expect("a fresh flight after the panicked one");
     }
+    // The last flight answers before it saves; give its save a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while loader.in_flight() > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     assert_eq!(loader.in_flight(), 0, "no finished flight is kept");
 }
 
