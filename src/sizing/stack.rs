@@ -78,7 +78,7 @@ impl StackModel {
                 .into_iter()
                 .map(|c| {
                     let mut disk = LruCore::new(disk_grid);
-                    disk.scale = 1.0 / rate;
+                    disk.set_scale(1.0 / rate);
                     (
                         Shadow::new(c, &options, rate),
                         disk,
