@@ -1,5 +1,4 @@
-//! The [`ModuleCache`] trait, its error type and the blanket implementation
-//! that lets `Arc<dyn ModuleCache + Send + Sync>` (or `Box`, or `&`) be used
+//! The [`ModuleCache`] trait and the blanket implementation that lets `Arc<dyn ModuleCache + Send + Sync>` (or `Box`, or `&`) be used
 //! wherever a cache is expected.
 //!
 //! The trait is source-compatible with `wasmer_wasix::runtime::module_cache::ModuleCache`:
@@ -10,12 +9,16 @@
 //! written against wasmer's trait compile unchanged because every addition
 //! has a default.
 
-use std::{fmt::Debug, ops::Deref, path::PathBuf, sync::Arc, time::Duration};
+use std::{fmt::Debug, ops::Deref, sync::Arc};
 
 use wasmer::{Engine, Module};
 use wasmer_types::ModuleHash;
 
 use crate::{FallbackCache, observer::TierObserver};
+pub use crate::{
+    error::{CacheError, Corruption, ErrorKind},
+    tier_name::TierName,
+};
 
 /// A cache for compiled WebAssembly modules.
 ///
@@ -207,55 +210,6 @@ where
     }
 }
 
-/// The user's name for one tier (e.g. `memory`, `disk`, `redis`).
-///
-/// Interned: each distinct name is stored once for the life of the process
-/// (names come from configuration, so there are few), which makes a
-/// `TierName` a copyable pointer. A memory hit carries one without touching
-/// a reference count.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TierName(&'static str);
-
-impl TierName {
-    /// The interned name for `name`.
-    pub fn intern(name: &str) -> TierName {
-        static NAMES: std::sync::OnceLock<
-            parking_lot::Mutex<std::collections::HashSet<&'static str>>,
-        > = std::sync::OnceLock::new();
-        let mut names = NAMES.get_or_init(Default::default).lock();
-        if let Some(known) = names.get(name) {
-            return TierName(known);
-        }
-        let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
-        names.insert(leaked);
-        TierName(leaked)
-    }
-
-    /// The name.
-    pub fn as_str(self) -> &'static str {
-        self.0
-    }
-}
-
-impl std::ops::Deref for TierName {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.0
-    }
-}
-
-impl std::fmt::Display for TierName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0)
-    }
-}
-
-impl std::fmt::Debug for TierName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self.0, f)
-    }
-}
-
 /// A successful [`ModuleCache::load_traced()`]: the module and, when known,
 /// the name of the tier that held it.
 #[derive(Debug, Clone)]
@@ -266,235 +220,6 @@ pub struct Hit {
     pub tier: Option<TierName>,
     /// Serialized artifact bytes of the module, when the tier knows them.
     pub bytes: Option<u64>,
-}
-
-/// Why an entry was judged corrupt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum Corruption {
-    /// Fewer bytes than the header announces, or than a header needs.
-    #[error("truncated: {actual} bytes, expected {expected}")]
-    Truncated {
-        /// Bytes present.
-        actual: u64,
-        /// Bytes required.
-        expected: u64,
-    },
-    /// More bytes than the header announces.
-    #[error("trailing bytes: {actual} bytes, expected {expected}")]
-    TrailingBytes {
-        /// Bytes present.
-        actual: u64,
-        /// Bytes the header announces.
-        expected: u64,
-    },
-    /// The file does not start with tierscope's magic number.
-    #[error("bad magic number (not a tierscope entry)")]
-    BadMagic,
-    /// Written by another version of tierscope's entry format.
-    #[error("entry format version {found}, this build reads {expected}")]
-    FormatVersion {
-        /// Version in the entry.
-        found: u16,
-        /// Version this build writes and reads.
-        expected: u16,
-    },
-    /// Written under another engine configuration or wasmer version.
-    #[error("written by another engine configuration or wasmer version")]
-    ForeignEngine,
-    /// The entry holds another module than the key asks for.
-    #[error("entry belongs to another module hash")]
-    WrongKey,
-    /// The artifact's checksum does not match the header.
-    #[error("checksum mismatch")]
-    Checksum,
-    /// Not a regular file (a FIFO, a device, a socket, a directory or a
-    /// symbolic link): never opened for reading nor followed.
-    #[error("not a regular file")]
-    NotARegularFile,
-    /// Larger than the tier accepts: refused before being read.
-    #[error("{actual} bytes, above the {limit}-byte limit")]
-    Oversized {
-        /// Bytes present.
-        actual: u64,
-        /// The tier's limit.
-        limit: u64,
-    },
-}
-
-/// Possible errors that may occur during [`ModuleCache`] operations.
-///
-/// The first six variants are wasmer-wasix's; the rest let operators tell
-/// apart what matters in production. [`CacheError::kind`] gives the bounded
-/// label used in metrics.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CacheError {
-    /// Serializing a module to bytes failed.
-    #[error("unable to serialize the module")]
-    Serialize(#[from] wasmer::SerializeError),
-    /// Deserializing a verified artifact failed.
-    #[error("unable to deserialize the module")]
-    Deserialize(#[from] wasmer::DeserializeError),
-    /// Reading a file failed.
-    #[error("unable to read from \"{}\"", path.display())]
-    FileRead {
-        /// The file or directory.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        error: std::io::Error,
-    },
-    /// Writing a file failed.
-    #[error("unable to write to \"{}\"", path.display())]
-    FileWrite {
-        /// The file or directory.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        error: std::io::Error,
-    },
-    /// The item was not found: a miss.
-    #[error("not found")]
-    NotFound,
-    /// A stored entry failed its structural checks (magic, version, length,
-    /// checksum) and was not deserialized.
-    #[error("corrupt cache entry at {location}: {reason}")]
-    Corrupt {
-        /// Where the entry was (a path, or a tier and key).
-        location: String,
-        /// What check failed.
-        reason: Corruption,
-    },
-    /// An entry from a shared tier failed its keyed MAC: tampered, truncated,
-    /// or signed with a key this process does not hold. Never deserialized.
-    #[error("integrity check failed for {location}: {reason}")]
-    Integrity {
-        /// Where the entry was.
-        location: String,
-        /// What check failed.
-        reason: String,
-    },
-    /// An operation took longer than its bound.
-    #[error("{op} on tier {tier} timed out after {after:?}")]
-    Timeout {
-        /// The operation (`load`, `save`, `contains`).
-        op: &'static str,
-        /// The tier.
-        tier: String,
-        /// The bound that passed.
-        after: Duration,
-    },
-    /// A tier cannot be reached (connection refused, circuit breaker open,
-    /// authentication failed).
-    #[error("tier {tier} is unavailable: {reason}")]
-    Unavailable {
-        /// The tier.
-        tier: String,
-        /// Why.
-        reason: String,
-    },
-    /// An entry is larger than the tier accepts.
-    #[error("entry of {size} bytes exceeds the {limit}-byte limit of tier {tier}")]
-    TooLarge {
-        /// The tier.
-        tier: String,
-        /// Bytes of the entry.
-        size: u64,
-        /// Largest entry the tier accepts.
-        limit: u64,
-    },
-    /// A catch-all variant for any other errors that may occur.
-    #[error(transparent)]
-    Other(Box<dyn std::error::Error + Send + Sync>),
-}
-
-impl CacheError {
-    /// Wrap any error as [`CacheError::Other`].
-    pub fn other(error: impl std::error::Error + Send + Sync + 'static) -> Self {
-        CacheError::Other(Box::new(error))
-    }
-
-    /// The bounded class of this error, as used for the `kind` label.
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            CacheError::Serialize(_) => ErrorKind::Serialize,
-            CacheError::Deserialize(_) => ErrorKind::Deserialize,
-            CacheError::FileRead { .. } | CacheError::FileWrite { .. } => ErrorKind::Io,
-            CacheError::NotFound => ErrorKind::NotFound,
-            CacheError::Corrupt { .. } => ErrorKind::Corrupt,
-            CacheError::Integrity { .. } => ErrorKind::Integrity,
-            CacheError::Timeout { .. } => ErrorKind::Timeout,
-            CacheError::Unavailable { .. } => ErrorKind::Unavailable,
-            CacheError::TooLarge { .. } | CacheError::Other(_) => ErrorKind::Other,
-        }
-    }
-
-    /// True for a miss ([`CacheError::NotFound`]).
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, CacheError::NotFound)
-    }
-}
-
-/// The class of a [`CacheError`]: the `kind` label of
-/// `tierscope_errors_total`. `NotFound` is a miss and is never counted as an
-/// error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// File or socket I/O failed.
-    Io,
-    /// An entry failed its checksum or structural checks.
-    Corrupt,
-    /// An entry failed its keyed MAC.
-    Integrity,
-    /// wasmer refused to deserialize an artifact.
-    Deserialize,
-    /// wasmer could not serialize a module.
-    Serialize,
-    /// An operation passed its time bound.
-    Timeout,
-    /// A tier could not be reached.
-    Unavailable,
-    /// Anything else.
-    Other,
-    /// A miss, not an error.
-    NotFound,
-}
-
-impl ErrorKind {
-    /// Every kind that is counted as an error, in label order.
-    pub const ERRORS: [ErrorKind; 8] = [
-        ErrorKind::Io,
-        ErrorKind::Corrupt,
-        ErrorKind::Integrity,
-        ErrorKind::Deserialize,
-        ErrorKind::Serialize,
-        ErrorKind::Timeout,
-        ErrorKind::Unavailable,
-        ErrorKind::Other,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::Io => "io",
-            ErrorKind::Corrupt => "corrupt",
-            ErrorKind::Integrity => "integrity",
-            ErrorKind::Deserialize => "deserialize",
-            ErrorKind::Serialize => "serialize",
-            ErrorKind::Timeout => "timeout",
-            ErrorKind::Unavailable => "unavailable",
-            ErrorKind::Other => "other",
-            ErrorKind::NotFound => "not_found",
-        }
-    }
-}
-
-impl std::fmt::Display for ErrorKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 #[cfg(test)]
@@ -514,34 +239,5 @@ mod tests {
             key.to_string(),
             "000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F"
         );
-    }
-
-    #[test]
-    fn every_error_kind_has_a_distinct_label() {
-        let mut labels: Vec<_> = ErrorKind::ERRORS.iter().map(|k| k.as_str()).collect();
-        labels.sort();
-        labels.dedup();
-        assert_eq!(labels.len(), ErrorKind::ERRORS.len());
-        assert!(!labels.contains(&"not_found"));
-    }
-
-    #[test]
-    fn errors_name_where_they_happened() {
-        let e = CacheError::Corrupt {
-            location: "/tmp/x/ABCD.bin".into(),
-            reason: Corruption::Checksum,
-        };
-        assert_eq!(e.kind(), ErrorKind::Corrupt);
-        assert_eq!(
-            e.to_string(),
-            "corrupt cache entry at /tmp/x/ABCD.bin: checksum mismatch"
-        );
-        let t = CacheError::Timeout {
-            op: "load",
-            tier: "redis".into(),
-            after: Duration::from_millis(250),
-        };
-        assert_eq!(t.kind(), ErrorKind::Timeout);
-        assert!(t.to_string().contains("load on tier redis timed out"));
     }
 }

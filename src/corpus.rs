@@ -1,5 +1,5 @@
 //! Synthetic but real WebAssembly modules of chosen sizes, for tests,
-//! benchmarks and the demo.
+//! benchmarks and the demo (feature `test-util`).
 //!
 //! Each module is valid wasm that wasmer compiles like any other: a number
 //! of functions doing integer and floating-point arithmetic with locals,

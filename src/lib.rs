@@ -44,11 +44,14 @@
 
 #![deny(missing_docs)]
 
-pub mod cache;
+mod cache;
+mod error;
+mod tier_name;
+// Test data (feature `test-util`).
+#[cfg(feature = "test-util")]
+pub mod corpus;
 // Internals that tests, benches and the CLI reach into: public so they can,
 // hidden so that `cargo doc` shows the crate as a user meets it.
-#[doc(hidden)]
-pub mod corpus;
 #[doc(hidden)]
 pub mod engine;
 #[doc(hidden)]
