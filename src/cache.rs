@@ -16,7 +16,7 @@ use wasmer_types::ModuleHash;
 
 use crate::{FallbackCache, observer::TierObserver};
 pub use crate::{
-    error::{CacheError, Corruption, ErrorKind},
+    error::{CacheError, Corruption, ErrorKind, IntegrityFailure, Unavailability},
     tier_name::TierName,
 };
 

@@ -4,6 +4,8 @@
 
 use std::{path::PathBuf, time::Duration};
 
+use crate::TierName;
+
 /// Why an entry was judged corrupt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -58,6 +60,128 @@ pub enum Corruption {
     },
 }
 
+/// Why an entry failed its integrity check ([`CacheError::Integrity`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IntegrityFailure {
+    /// The keyed MAC does not match the bytes.
+    #[error(
+        "MAC mismatch ({bytes} bytes): the entry was tampered with, truncated, copied from \
+         another key, written unsigned, or signed with a key this process does not hold"
+    )]
+    MacMismatch {
+        /// Bytes of the entry as stored.
+        bytes: u64,
+    },
+    /// Without a MAC key (`insecure_no_mac`), the entry's digest does not
+    /// match its bytes.
+    #[error(
+        "digest mismatch ({bytes} bytes): the entry was corrupted, truncated, copied from \
+         another key, or signed with a MAC key (this process runs without one)"
+    )]
+    DigestMismatch {
+        /// Bytes of the entry as stored.
+        bytes: u64,
+    },
+    /// Too short to hold its MAC.
+    #[error("value of {bytes} bytes is shorter than its {mac_len}-byte MAC")]
+    ShorterThanMac {
+        /// Bytes of the entry as stored.
+        bytes: u64,
+        /// Bytes of the MAC.
+        mac_len: u64,
+    },
+    /// Larger than the tier's limit: refused by its size, without reading
+    /// more than its first bytes.
+    #[error(
+        "value of {bytes} bytes exceeds max_entry_bytes ({limit} bytes): refused by its size, \
+         without reading more than its first {read} bytes"
+    )]
+    Oversized {
+        /// Bytes of the entry as stored.
+        bytes: u64,
+        /// The tier's limit.
+        limit: u64,
+        /// Bytes read before refusing it.
+        read: u64,
+    },
+}
+
+/// Why a tier cannot be reached ([`CacheError::Unavailable`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Unavailability {
+    /// The circuit breaker is open: calls fail fast until its next probe.
+    #[error(
+        "{}circuit breaker open (last failure: {last_failure}); {next}",
+        server_prefix(server)
+    )]
+    CircuitOpen {
+        /// The server (a cluster master) whose breaker is open, when the
+        /// tier has one per server.
+        server: Option<String>,
+        /// What made it open.
+        last_failure: String,
+        /// When it lets the next call through (e.g. "next probe in 20 ms").
+        next: String,
+    },
+    /// The connection was refused.
+    #[error("connection refused ({endpoint}): {detail}")]
+    ConnectionRefused {
+        /// The address.
+        endpoint: String,
+        /// The client's words.
+        detail: String,
+    },
+    /// The connection failed or broke.
+    #[error("connection failed ({endpoint}): {detail}")]
+    ConnectionFailed {
+        /// The address.
+        endpoint: String,
+        /// The client's words.
+        detail: String,
+    },
+    /// Authentication failed: a wrong or missing password.
+    #[error("authentication failed ({endpoint}): {detail}")]
+    AuthenticationFailed {
+        /// The address.
+        endpoint: String,
+        /// The client's words.
+        detail: String,
+    },
+    /// The server's access control list forbids a command.
+    #[error("not permitted by the server's ACL ({endpoint}): {detail}")]
+    NotPermitted {
+        /// The address.
+        endpoint: String,
+        /// The client's words.
+        detail: String,
+    },
+    /// The server answers but is not ready (loading, cluster down, a
+    /// failover under way).
+    #[error("server not ready ({endpoint}): {detail}")]
+    NotReady {
+        /// The address.
+        endpoint: String,
+        /// The client's words.
+        detail: String,
+    },
+    /// The client's configuration is invalid.
+    #[error("invalid client configuration ({endpoint}): {detail}")]
+    InvalidConfiguration {
+        /// The address.
+        endpoint: String,
+        /// The client's words.
+        detail: String,
+    },
+}
+
+fn server_prefix(server: &Option<String>) -> String {
+    server
+        .as_ref()
+        .map_or_else(String::new, |s| format!("master {s}: "))
+}
+
 /// Possible errors that may occur during [`ModuleCache`] operations.
 ///
 /// The first six variants are wasmer-wasix's; the rest let operators tell
@@ -102,14 +226,15 @@ pub enum CacheError {
         /// What check failed.
         reason: Corruption,
     },
-    /// An entry from a shared tier failed its keyed MAC: tampered, truncated,
-    /// or signed with a key this process does not hold. Never deserialized.
+    /// An entry failed its keyed MAC (or, without a key, its digest):
+    /// tampered, truncated, or signed with a key this process does not
+    /// hold. Never deserialized.
     #[error("integrity check failed for {location}: {reason}")]
     Integrity {
         /// Where the entry was.
         location: String,
         /// What check failed.
-        reason: String,
+        reason: IntegrityFailure,
     },
     /// An operation took longer than its bound.
     #[error("{op} on tier {tier} timed out after {after:?}")]
@@ -117,7 +242,7 @@ pub enum CacheError {
         /// The operation (`load`, `save`, `contains`).
         op: &'static str,
         /// The tier.
-        tier: String,
+        tier: TierName,
         /// The bound that passed.
         after: Duration,
     },
@@ -126,15 +251,15 @@ pub enum CacheError {
     #[error("tier {tier} is unavailable: {reason}")]
     Unavailable {
         /// The tier.
-        tier: String,
+        tier: TierName,
         /// Why.
-        reason: String,
+        reason: Unavailability,
     },
     /// An entry is larger than the tier accepts.
     #[error("entry of {size} bytes exceeds the {limit}-byte limit of tier {tier}")]
     TooLarge {
         /// The tier.
-        tier: String,
+        tier: TierName,
         /// Bytes of the entry.
         size: u64,
         /// Largest entry the tier accepts.
@@ -261,7 +386,7 @@ mod tests {
         );
         let t = CacheError::Timeout {
             op: "load",
-            tier: "redis".into(),
+            tier: TierName::intern("redis"),
             after: Duration::from_millis(250),
         };
         assert_eq!(t.kind(), ErrorKind::Timeout);

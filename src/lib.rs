@@ -69,7 +69,9 @@ pub mod tier;
 #[cfg(feature = "wasix")]
 pub mod wasix;
 
-pub use cache::{CacheError, Corruption, ErrorKind, Hit, ModuleCache, TierName};
+pub use cache::{
+    CacheError, Corruption, ErrorKind, Hit, IntegrityFailure, ModuleCache, TierName, Unavailability,
+};
 pub use fallback::FallbackCache;
 pub use generations::{EngineGenerations, Generation, LoadedModule};
 pub use loader::{LoadError, ModuleLoader};

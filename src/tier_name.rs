@@ -55,3 +55,22 @@ impl std::fmt::Debug for TierName {
         std::fmt::Debug::fmt(self.0, f)
     }
 }
+
+impl PartialEq<str> for TierName {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for TierName {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl From<&str> for TierName {
+    /// Interns `name` (see [`TierName::intern`]).
+    fn from(name: &str) -> TierName {
+        TierName::intern(name)
+    }
+}

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use common::{ADD_WAT, Spy, tiny};
 use tierscope::{
-    CacheError, FallbackCache, FileSystemCache, InstrumentExt, MemoryCache, ModuleCache, ModuleHash,
+    CacheError, FallbackCache, FileSystemCache, InstrumentExt, MemoryCache, ModuleCache,
+    ModuleHash, Unavailability,
 };
 use wasmer::{Engine, Module};
 
@@ -141,7 +142,10 @@ impl ModuleCache for Broken {
 fn unavailable() -> CacheError {
     CacheError::Unavailable {
         tier: "broken".into(),
-        reason: "test".into(),
+        reason: Unavailability::ConnectionRefused {
+            endpoint: "test".into(),
+            detail: "test".into(),
+        },
     }
 }
 

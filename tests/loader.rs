@@ -175,7 +175,10 @@ async fn a_failing_tier_still_yields_a_module() {
         ) -> Result<wasmer::Module, tierscope::CacheError> {
             Err(tierscope::CacheError::Unavailable {
                 tier: "down".into(),
-                reason: "test".into(),
+                reason: tierscope::Unavailability::ConnectionRefused {
+                    endpoint: "test".into(),
+                    detail: "test".into(),
+                },
             })
         }
         async fn contains(&self, _: ModuleHash, _: &Engine) -> Result<bool, tierscope::CacheError> {
@@ -189,7 +192,10 @@ async fn a_failing_tier_still_yields_a_module() {
         ) -> Result<(), tierscope::CacheError> {
             Err(tierscope::CacheError::Unavailable {
                 tier: "down".into(),
-                reason: "test".into(),
+                reason: tierscope::Unavailability::ConnectionRefused {
+                    endpoint: "test".into(),
+                    detail: "test".into(),
+                },
             })
         }
     }

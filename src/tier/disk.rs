@@ -129,7 +129,7 @@ use wasmer::{Engine, Module};
 use wasmer_types::ModuleHash;
 
 use crate::{
-    cache::{CacheError, Corruption, Hit, ModuleCache},
+    cache::{CacheError, Corruption, Hit, IntegrityFailure, ModuleCache, TierName},
     engine::{EngineIdent, engine_key, ident_of},
     entry,
     mac::{KeyRing, MAC_LEN, MacKey},
@@ -140,6 +140,9 @@ use crate::{
 const ENTRY_EXT: &str = "bin";
 const TMP_PREFIX: &str = ".tmp-";
 const LOCK_NAME: &str = ".tierscope-lock";
+/// The tier name the disk tier's own errors carry (an instrumented tier's
+/// errors carry the spy's name instead).
+const DISK_TIER_NAME: &str = "disk";
 /// Default for [`FileSystemCacheBuilder::temp_grace`].
 const TMP_GRACE: Duration = Duration::from_secs(10);
 /// Default for [`FileSystemCacheBuilder::touch_interval`].
@@ -724,10 +727,7 @@ impl FileSystemCache {
                     self.discard_corrupt(&rel, &path, file_len);
                     return Err(CacheError::Integrity {
                         location: path.display().to_string(),
-                        reason: format!(
-                            "MAC mismatch ({file_len} bytes): the entry was forged, tampered with, \
-                             written unsigned, or signed with a key this process does not hold"
-                        ),
+                        reason: IntegrityFailure::MacMismatch { bytes: file_len },
                     });
                 }
                 // The keyed hash covers every byte: the checksum would only
@@ -889,7 +889,7 @@ impl FileSystemCache {
         let file_len = (entry::HEADER_LEN + artifact.len()) as u64;
         if file_len > shared.max_entry {
             return Err(CacheError::TooLarge {
-                tier: format!("disk at {}", shared.root.display()),
+                tier: TierName::intern(DISK_TIER_NAME),
                 size: file_len,
                 limit: shared.max_entry,
             });

@@ -193,7 +193,7 @@ use wasmer::{Engine, Module};
 use wasmer_types::ModuleHash;
 
 use crate::{
-    cache::{CacheError, Corruption, Hit, ModuleCache},
+    cache::{CacheError, Corruption, Hit, IntegrityFailure, ModuleCache, TierName, Unavailability},
     engine::{EngineIdent, engine_key, ident_of},
     entry,
     observer::{Eviction, EvictionCause, Observers, TierObserver},
@@ -588,7 +588,7 @@ impl RedisCacheBuilder {
         };
         Ok(RedisCache {
             shared: Arc::new(Shared {
-                tier: self.tier,
+                tier: TierName::intern(&self.tier),
                 prefix: self.prefix,
                 endpoint,
                 conn: Mutex::new(None),
@@ -619,7 +619,7 @@ pub struct RedisCache {
 }
 
 struct Shared {
-    tier: String,
+    tier: TierName,
     prefix: String,
     target: Target,
     /// Where Redis is, for messages (never a password).
@@ -851,7 +851,7 @@ enum Fetched {
 
 /// Why a value was refused before (or by) wasmer.
 enum Rejected {
-    Integrity(String),
+    Integrity(IntegrityFailure),
     Corrupt(Corruption),
     Deserialize(wasmer::DeserializeError),
 }
@@ -900,8 +900,9 @@ impl Breaker {
         matches!(self.state.lock().0, BreakerState::Closed { .. })
     }
 
-    /// Let a call through (`Ok(probe)`) or say why not.
-    fn admit(&self) -> Result<bool, String> {
+    /// Let a call through (`Ok(probe)`) or say why not: the last failure,
+    /// and when the next probe goes.
+    fn admit(&self) -> Result<bool, (String, String)> {
         let mut guard = self.state.lock();
         let (state, last) = &mut *guard;
         match *state {
@@ -912,15 +913,13 @@ impl Breaker {
                     *state = BreakerState::Probing;
                     Ok(true)
                 } else {
-                    Err(format!(
-                        "circuit breaker open (last failure: {last}); next probe in {} ms",
-                        (until - now).as_millis() + 1
+                    Err((
+                        last.clone(),
+                        format!("next probe in {} ms", (until - now).as_millis() + 1),
                     ))
                 }
             }
-            BreakerState::Probing => Err(format!(
-                "circuit breaker open (last failure: {last}); a probe is in flight"
-            )),
+            BreakerState::Probing => Err((last.clone(), "a probe is in flight".to_string())),
         }
     }
 
@@ -994,7 +993,7 @@ impl Call {
             Err(CacheError::Timeout { op, after, .. }) => {
                 Verdict::Failed(format!("{op} timed out after {after:?}"))
             }
-            Err(CacheError::Unavailable { reason, .. }) => Verdict::Failed(reason.clone()),
+            Err(CacheError::Unavailable { reason, .. }) => Verdict::Failed(reason.to_string()),
             _ => Verdict::Answered,
         };
         self.settle(verdict);
@@ -1052,11 +1051,12 @@ impl Shared {
                 probe,
                 settled: false,
             }),
-            Err(reason) => Err(CacheError::Unavailable {
-                tier: self.tier.clone(),
-                reason: match master {
-                    Some(master) => format!("master {master}: {reason}"),
-                    None => reason,
+            Err((last_failure, next)) => Err(CacheError::Unavailable {
+                tier: self.tier,
+                reason: Unavailability::CircuitOpen {
+                    server: master.map(|m| m.to_string()),
+                    last_failure,
+                    next,
                 },
             }),
         }
@@ -1369,16 +1369,16 @@ impl Shared {
     fn timed_out(&self, op: &'static str) -> CacheError {
         CacheError::Timeout {
             op,
-            tier: self.tier.clone(),
+            tier: self.tier,
             after: self.timeout,
         }
     }
 
     fn classify(&self, op: &'static str, e: RedisError) -> CacheError {
         use redis::{ErrorKind as K, ServerErrorKind as S};
-        let unavailable = |what: &str| CacheError::Unavailable {
-            tier: self.tier.clone(),
-            reason: format!("{what} ({}): {e}", self.endpoint),
+        let unavailable = |what: fn(String, String) -> Unavailability| CacheError::Unavailable {
+            tier: self.tier,
+            reason: what(self.endpoint.clone(), e.to_string()),
         };
         if e.is_timeout() {
             return self.timed_out(op);
@@ -1386,23 +1386,37 @@ impl Shared {
         let code = e.code();
         if e.kind() == K::AuthenticationFailed || matches!(code, Some("NOAUTH" | "WRONGPASS")) {
             self.reset_connection();
-            return unavailable("authentication failed");
+            return unavailable(|endpoint, detail| Unavailability::AuthenticationFailed {
+                endpoint,
+                detail,
+            });
         }
         if code == Some("NOPERM") {
-            return unavailable("not permitted by the server's ACL");
+            return unavailable(|endpoint, detail| Unavailability::NotPermitted {
+                endpoint,
+                detail,
+            });
         }
         if e.is_connection_refusal() {
-            return unavailable("connection refused");
+            return unavailable(|endpoint, detail| Unavailability::ConnectionRefused {
+                endpoint,
+                detail,
+            });
         }
         match e.kind() {
-            K::Io => unavailable("connection failed"),
+            K::Io => unavailable(|endpoint, detail| Unavailability::ConnectionFailed {
+                endpoint,
+                detail,
+            }),
             K::ClusterConnectionNotFound
             | K::Server(S::ClusterDown | S::MasterDown | S::TryAgain | S::BusyLoading) => {
-                unavailable("server not ready")
+                unavailable(|endpoint, detail| Unavailability::NotReady { endpoint, detail })
             }
-            K::InvalidClientConfig => unavailable("invalid client configuration"),
+            K::InvalidClientConfig => unavailable(|endpoint, detail| {
+                Unavailability::InvalidConfiguration { endpoint, detail }
+            }),
             _ => CacheError::other(CommandError {
-                tier: self.tier.clone(),
+                tier: self.tier,
                 endpoint: self.endpoint.clone(),
                 op,
                 source: e,
@@ -1481,7 +1495,7 @@ impl Shared {
 #[derive(Debug, thiserror::Error)]
 #[error("{op} on tier {tier} ({endpoint}) failed: {source}")]
 struct CommandError {
-    tier: String,
+    tier: TierName,
     endpoint: String,
     op: &'static str,
     #[source]
@@ -1499,28 +1513,19 @@ fn open_value(
     value: Bytes,
 ) -> Result<(Module, u64), Rejected> {
     let Some(entry_len) = value.len().checked_sub(MAC_LEN) else {
-        return Err(Rejected::Integrity(format!(
-            "value of {} bytes is shorter than its {MAC_LEN}-byte MAC",
-            value.len()
-        )));
+        return Err(Rejected::Integrity(IntegrityFailure::ShorterThanMac {
+            bytes: value.len() as u64,
+            mac_len: MAC_LEN as u64,
+        }));
     };
     let (entry_bytes, tag) = value.split_at(entry_len);
     let tag: &[u8; MAC_LEN] = tag.try_into().expect("split at MAC_LEN from the end");
     if !signing.verify(redis_key.as_bytes(), entry_bytes, tag) {
-        let what = match signing {
-            Signing::Keyed(_) => {
-                "MAC mismatch: the value was tampered with, truncated, copied from another key, \
-                 or signed with a key this node does not hold"
-            }
-            Signing::Unkeyed => {
-                "digest mismatch: the value was corrupted, truncated, copied from another key, \
-                 or signed with a MAC key (this node runs insecure_no_mac)"
-            }
-        };
-        return Err(Rejected::Integrity(format!(
-            "{what} ({} bytes)",
-            value.len()
-        )));
+        let bytes = value.len() as u64;
+        return Err(Rejected::Integrity(match signing {
+            Signing::Keyed(_) => IntegrityFailure::MacMismatch { bytes },
+            Signing::Unkeyed => IntegrityFailure::DigestMismatch { bytes },
+        }));
     }
     // The BLAKE3 hash just verified covers every byte of the entry: the
     // header's own checksum would only repeat it.
@@ -1600,7 +1605,7 @@ impl RedisCache {
 
     /// The tier's name (in errors and logs).
     pub fn tier_name(&self) -> &str {
-        &self.shared.tier
+        self.shared.tier.as_str()
     }
 
     /// The bound of one operation.
@@ -1644,12 +1649,11 @@ impl RedisCache {
                 s.discard_oversized(&redis_key).await;
                 return Err(CacheError::Integrity {
                     location: s.location(&redis_key),
-                    reason: format!(
-                        "value of {size} bytes exceeds max_entry_bytes ({} bytes): refused \
-                         by its size, without reading more than its first {} bytes",
-                        s.max_entry_bytes,
-                        s.max_entry_bytes.min(FIRST_READ_BYTES)
-                    ),
+                    reason: IntegrityFailure::Oversized {
+                        bytes: size,
+                        limit: s.max_entry_bytes,
+                        read: s.max_entry_bytes.min(FIRST_READ_BYTES),
+                    },
                 });
             }
         };
@@ -1960,12 +1964,12 @@ mod tests {
         assert!(!b.settle(false, Verdict::Failed("x".into())));
         assert!(b.settle(false, Verdict::Failed("y".into()))); // opens
         assert!(!b.available());
-        assert!(b.admit().unwrap_err().contains("last failure: y"));
+        assert!(b.admit().unwrap_err().0 == "y");
         // a late failure of a call admitted before: ignored
         assert!(!b.settle(false, Verdict::Failed("z".into())));
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(b.admit(), Ok(true)); // the probe
-        assert!(b.admit().unwrap_err().contains("probe is in flight"));
+        assert!(b.admit().unwrap_err().1.contains("probe is in flight"));
         assert!(!b.settle(true, Verdict::Failed("still down".into())));
         assert!(b.admit().is_err());
         std::thread::sleep(Duration::from_millis(40));
