@@ -142,7 +142,10 @@ const TMP_PREFIX: &str = ".tmp-";
 const LOCK_NAME: &str = ".tierscope-lock";
 /// The tier name the disk tier's own errors carry (an instrumented tier's
 /// errors carry the spy's name instead).
-const DISK_TIER_NAME: &str = "disk";
+fn disk_tier_name() -> TierName {
+    static NAME: OnceLock<TierName> = OnceLock::new();
+    *NAME.get_or_init(|| TierName::intern("disk"))
+}
 /// Default for [`FileSystemCacheBuilder::temp_grace`].
 const TMP_GRACE: Duration = Duration::from_secs(10);
 /// Default for [`FileSystemCacheBuilder::touch_interval`].
@@ -689,13 +692,9 @@ impl FileSystemCache {
         F: FnOnce(&FileSystemCache) -> Result<T, CacheError> + Send + 'static,
         T: Send + 'static,
     {
-        if self.shared.inline_io || tokio::runtime::Handle::try_current().is_err() {
-            return f(self);
-        }
         let this = self.clone();
-        tokio::task::spawn_blocking(move || f(&this))
-            .await
-            .map_err(|e| CacheError::Other(format!("disk tier worker failed: {e}").into()))?
+        let off_thread = !self.shared.inline_io;
+        crate::tier::blocking::run(disk_tier_name(), off_thread, move || f(&this)).await?
     }
 
     fn load_blocking(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
@@ -889,7 +888,7 @@ impl FileSystemCache {
         let file_len = (entry::HEADER_LEN + artifact.len()) as u64;
         if file_len > shared.max_entry {
             return Err(CacheError::TooLarge {
-                tier: TierName::intern(DISK_TIER_NAME),
+                tier: disk_tier_name(),
                 size: file_len,
                 limit: shared.max_entry,
             });
