@@ -117,6 +117,7 @@ impl<I: ModuleCache + Send + Sync> ModuleCache for Spy<I> {
 pub struct Recording {
     pub evictions: Mutex<Vec<Eviction>>,
     pub residency: Mutex<Vec<Residency>>,
+    pub available: Mutex<Vec<bool>>,
 }
 
 impl Recording {
@@ -127,6 +128,9 @@ impl Recording {
     }
     pub fn evictions(&self) -> Vec<Eviction> {
         self.evictions.lock().clone()
+    }
+    pub fn availability(&self) -> Vec<bool> {
+        self.available.lock().clone()
     }
     pub fn last_residency(&self) -> Residency {
         *self.residency.lock().last().expect("residency reported")
@@ -140,4 +144,25 @@ impl TierObserver for Recording {
     fn resident(&self, residency: Residency) {
         self.residency.lock().push(residency);
     }
+    fn available(&self, available: bool) {
+        self.available.lock().push(available);
+    }
+}
+
+/// Panics so far on any thread of this test binary (a hook installed on
+/// first call counts them; the default hook still prints them).
+pub fn panics() -> usize {
+    static COUNT: std::sync::OnceLock<Arc<AtomicUsize>> = std::sync::OnceLock::new();
+    COUNT
+        .get_or_init(|| {
+            let count = Arc::new(AtomicUsize::new(0));
+            let seen = count.clone();
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                previous(info);
+            }));
+            count
+        })
+        .load(Ordering::SeqCst)
 }

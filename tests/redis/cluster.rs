@@ -1,32 +1,8 @@
-//! The Redis tier against a real three-master Redis Cluster started by the
-//! test on free loopback ports: modules spread over every master and shared
-//! by a fleet; one master killed and restarted.
-#![cfg(feature = "redis")]
+//! A Redis Cluster: reached through the cluster client, one breaker per master, a fleet surviving a dead master.
 
-mod common;
-#[path = "support/redis_cluster.rs"]
-mod redis_cluster;
-#[path = "support/redis_server.rs"]
-mod redis_server;
+use super::*;
 
-use std::{
-    path::Path,
-    sync::{
-        Arc, OnceLock,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::{Duration, Instant},
-};
-
-use common::snapshot::{counter, take};
-use metrics_util::debugging::DebuggingRecorder;
-use redis_cluster::RedisCluster;
-use tierscope::{
-    CacheError, FileSystemCache, InstrumentExt, MemoryCache, ModuleCache, ModuleHash, ModuleLoader,
-    RedisCache, corpus, tier::redis::RedisTarget,
-};
-use wasmer::Engine;
-
+/// The cluster tests' own MAC key.
 const KEY: [u8; 32] = [0x3c; 32];
 const TIMEOUT: Duration = Duration::from_millis(250);
 /// Scheduling slack on a shared 2-core machine.
@@ -64,31 +40,84 @@ fn stack(name: &str, dir: &Path, redis: RedisCache) -> Stack {
     }
 }
 
-async fn until_saved(redis: &RedisCache, key: ModuleHash, engine: &Engine) {
-    for _ in 0..400 {
-        if redis.contains(key, engine).await.unwrap_or(false) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("the save after a compile never reached the cluster");
+#[tokio::test]
+async fn a_redis_cluster_is_reached_through_the_cluster_client() {
+    // arrange: a one-node cluster holding every slot
+    let server = RedisServer::start_with(Options {
+        cluster: true,
+        ..Options::default()
+    });
+    let engine = Engine::default();
+    let (key, module, _) = tiny(&engine, 14);
+    let redis = RedisCache::builder(RedisTarget::cluster([server.url()]))
+        .mac_key(KEY)
+        .build()
+        .unwrap();
+    let watch = Recording::attach(&redis);
+
+    // act
+    redis.save(key, &engine, &module).await.unwrap();
+    let loaded = redis.load(key, &engine).await.unwrap();
+
+    // assert
+    assert_eq!(exports(&loaded), ["add"]);
+    assert!(redis.contains(key, &engine).await.unwrap());
+    let rkey = redis.redis_key(key, &engine);
+    set_raw(&server, &rkey, b"junk");
+    assert!(matches!(
+        redis.load(key, &engine).await.unwrap_err(),
+        CacheError::Integrity { .. }
+    ));
+    assert!(!exists_raw(&server, &rkey));
+    assert_eq!(watch.evictions().len(), 1);
 }
 
-/// Counts panics on any thread (the default hook still prints them).
-fn panics() -> usize {
-    static COUNT: OnceLock<Arc<AtomicUsize>> = OnceLock::new();
-    COUNT
-        .get_or_init(|| {
-            let count = Arc::new(AtomicUsize::new(0));
-            let seen = count.clone();
-            let previous = std::panic::take_hook();
-            std::panic::set_hook(Box::new(move |info| {
-                seen.fetch_add(1, Ordering::SeqCst);
-                previous(info);
-            }));
-            count
-        })
-        .load(Ordering::SeqCst)
+#[tokio::test]
+async fn an_unreachable_cluster_is_a_clear_error_on_first_use_and_recovers() {
+    // arrange: a cluster target on a port where nothing listens yet
+    let engine = Engine::default();
+    let (key, module, _) = tiny(&engine, 16);
+    let timeout = Duration::from_millis(250);
+    let mut server = RedisServer::start_with(Options {
+        cluster: true,
+        ..Options::default()
+    });
+    server.stop();
+    let redis = RedisCache::builder(RedisTarget::cluster([server.url()]))
+        .mac_key(KEY)
+        .timeout(timeout)
+        .probe_interval(Duration::from_millis(100))
+        .build()
+        .unwrap();
+
+    // act
+    let started = Instant::now();
+    let err = redis.load(key, &engine).await.unwrap_err();
+    let elapsed = started.elapsed();
+
+    // assert: a failure naming the tier, in bound
+    match &err {
+        CacheError::Unavailable { tier, .. } | CacheError::Timeout { tier, .. } => {
+            assert_eq!(tier, "redis")
+        }
+        other => panic!("expected Unavailable or Timeout, got {other:?}"),
+    }
+    assert!(
+        elapsed < timeout + Duration::from_millis(200),
+        "{elapsed:?}"
+    );
+
+    // the cluster comes up: the tier recovers without being rebuilt
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match redis.save(key, &engine, &module).await {
+            Ok(()) => break,
+            Err(e) => assert!(Instant::now() < deadline, "never recovered: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(redis.load(key, &engine).await.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
