@@ -1,66 +1,60 @@
-//! A reader for the Prometheus text exposition format, enough to summarize
-//! tierscope's own metrics (the demo's progress line and final table read
-//! exactly what a Prometheus server would scrape).
+//! Summaries of tierscope's own metrics as a Prometheus server would scrape
+//! them (the demo's progress line and final table): the exposition text is
+//! parsed by the `prometheus-parse` crate; what is kept here is the
+//! arithmetic (sums over label sets, and histogram quantiles interpolated
+//! as PromQL's `histogram_quantile` does).
 
 use std::collections::BTreeMap;
 
-/// One sample line.
-#[derive(Debug, Clone)]
-pub struct Sample {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub value: f64,
-}
+use prometheus_parse::Value;
 
 /// All samples of one scrape.
-#[derive(Debug, Default)]
-pub struct Scrape {
-    pub samples: Vec<Sample>,
-}
+#[derive(Debug)]
+pub struct Scrape(prometheus_parse::Scrape);
 
 impl Scrape {
     /// Parse exposition text; lines that do not parse are skipped.
     pub fn parse(text: &str) -> Scrape {
-        let samples = text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .filter_map(parse_line)
-            .collect();
-        Scrape { samples }
-    }
-
-    /// Sum of the samples named `name` whose labels include `labels`.
-    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.matching(name, labels).map(|s| s.value).sum()
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        Scrape(
+            prometheus_parse::Scrape::parse(lines).unwrap_or(prometheus_parse::Scrape {
+                docs: Default::default(),
+                samples: Vec::new(),
+            }),
+        )
     }
 
     fn matching<'a>(
         &'a self,
         name: &'a str,
         labels: &'a [(&'a str, &'a str)],
-    ) -> impl Iterator<Item = &'a Sample> + 'a {
-        self.samples.iter().filter(move |s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
+    ) -> impl Iterator<Item = &'a prometheus_parse::Sample> + 'a {
+        self.0.samples.iter().filter(move |s| {
+            s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
         })
+    }
+
+    /// Sum of the samples named `name` whose labels include `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.matching(name, labels)
+            .map(|s| match s.value {
+                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+                Value::Histogram(_) | Value::Summary(_) => 0.0,
+            })
+            .sum()
     }
 
     /// The `q` quantile (0..1) of histogram `name` over all series matching
     /// `labels`, interpolated within buckets as Prometheus'
     /// `histogram_quantile` does. `None` without observations.
     pub fn quantile(&self, name: &str, labels: &[(&str, &str)], q: f64) -> Option<f64> {
-        let bucket = format!("{name}_bucket");
         let mut by_le: BTreeMap<OrdF64, f64> = BTreeMap::new();
-        for s in self.matching(&bucket, labels) {
-            let le = s.labels.get("le")?;
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            *by_le.entry(OrdF64(le)).or_default() += s.value;
+        for s in self.matching(name, labels) {
+            if let Value::Histogram(buckets) = &s.value {
+                for b in buckets {
+                    *by_le.entry(OrdF64(b.less_than)).or_default() += b.count;
+                }
+            }
         }
         let total = *by_le.values().last()?;
         if total <= 0.0 {
@@ -110,55 +104,6 @@ impl Ord for OrdF64 {
     }
 }
 
-fn parse_line(line: &str) -> Option<Sample> {
-    let (head, value) = line.rsplit_once(' ')?;
-    let value: f64 = match value {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        v => v.parse().ok()?,
-    };
-    let (name, labels) = match head.split_once('{') {
-        None => (head.to_string(), BTreeMap::new()),
-        Some((name, rest)) => {
-            let body = rest.strip_suffix('}')?;
-            let mut labels = BTreeMap::new();
-            let mut rest = body;
-            while !rest.is_empty() {
-                let (k, after) = rest.split_once("=\"")?;
-                let mut val = String::new();
-                let mut chars = after.char_indices();
-                let mut end = None;
-                while let Some((i, c)) = chars.next() {
-                    match c {
-                        '\\' => {
-                            if let Some((_, n)) = chars.next() {
-                                val.push(match n {
-                                    'n' => '\n',
-                                    other => other,
-                                });
-                            }
-                        }
-                        '"' => {
-                            end = Some(i);
-                            break;
-                        }
-                        c => val.push(c),
-                    }
-                }
-                let end = end?;
-                labels.insert(k.trim_start_matches(',').to_string(), val);
-                rest = after[end + 1..].trim_start_matches(',');
-            }
-            (name.to_string(), labels)
-        }
-    };
-    Some(Sample {
-        name,
-        labels,
-        value,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +111,7 @@ mod tests {
     #[test]
     fn parses_samples_and_interpolates_quantiles() {
         let text = r#"# HELP x help
+# TYPE c_total counter
 # TYPE h histogram
 c_total{cache="m",tier="memory",result="hit"} 7
 c_total{cache="m",tier="disk",result="hit"} 3
