@@ -434,8 +434,13 @@ impl LruCore {
                             }
                         }
                         None => {
+                            // A branch-free count (a binary search over a
+                            // few points mispredicts or serializes).
                             let g = self.shared_from
-                                + self.thresholds[self.shared_from..].partition_point(|&t| t < d);
+                                + self.thresholds[self.shared_from..]
+                                    .iter()
+                                    .map(|&t| usize::from(t < d))
+                                    .sum::<usize>();
                             if g < self.grid.len() {
                                 add_counts(&mut self.from[g], &hit_counts);
                             }
@@ -672,8 +677,10 @@ impl LruModel {
     /// Feed one request.
     pub fn access(&mut self, req: &Request) {
         self.totals.add(req);
-        let h = key_hash(req.key);
-        if !self.sampler.sampled(h) {
+        // Every key is modelled without sampling: no hash to compute.
+        let exact = !self.sampler.bounded() && self.sampler.rate() == 1.0;
+        let h = if exact { 0 } else { key_hash(req.key) };
+        if !exact && !self.sampler.sampled(h) {
             return;
         }
         let cost = self.costs.cost(req);
