@@ -182,7 +182,7 @@ fn server_prefix(server: &Option<String>) -> String {
         .map_or_else(String::new, |s| format!("master {s}: "))
 }
 
-/// Possible errors that may occur during [`ModuleCache`] operations.
+/// Possible errors that may occur during [`ModuleCache`](crate::ModuleCache) operations.
 ///
 /// The first six variants are wasmer-wasix's; the rest let operators tell
 /// apart what matters in production. [`CacheError::kind`] gives the bounded

@@ -39,6 +39,22 @@
 //! # }).unwrap();
 //! ```
 //!
+//! # Process-wide state
+//!
+//! Everything else belongs to the value that holds it. These tables are
+//! shared by the whole process, each for a reason and each bounded:
+//!
+//! | table | why process-wide | bound |
+//! |---|---|---|
+//! | tier names ([`TierName::intern`]) | a memory hit carries its tier's name as a copyable pointer, without a reference count | one entry per distinct name; names come from configuration, so there are few (never intern untrusted input) |
+//! | engine identities (engine instance to its configuration key) | every tier keys on the engine, and wasmer gives an engine no cheap identity | the 1,024 most recently used instances (`MAX_TRACKED_INSTANCES`); configurations: one per distinct engine configuration the program builds; a one-entry cache per thread |
+//! | code ledgers (engine instance to the code it holds) | the tiers report code loaded and held per engine, the generations read it | one weak entry per engine of a live [`EngineGenerations`] generation, pruned whenever one is added |
+//! | artifact weights ((module, engine) to artifact bytes) | the disk and Redis tiers learn a module's size, the memory tier weighs it without serializing | 8,192 entries, least recently used dropped |
+//! | hit counters | see [`observe`] | see [`observe`] |
+//! | the disk tier's temporary-file counter | unique names for files being written, across caches sharing a directory | one `u64` |
+//! | the disk tier's "foreign file" warnings | each foreign path is reported once, not on every scan | 4,096 paths |
+//! | the process collector (feature `prometheus`) | one `process_*` metric set per process | one |
+//!
 //! [`Module`]: wasmer::Module
 //! [`ModuleHash`]: wasmer_types::ModuleHash
 

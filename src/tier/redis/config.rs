@@ -128,7 +128,7 @@ impl From<ClusterClient> for RedisTarget {
     }
 }
 
-/// Builder for [`RedisCache`]; see the [module docs](self) for the design.
+/// Builder for [`RedisCache`]; see the [module docs](super) for the design.
 #[derive(Debug, Clone)]
 pub struct RedisCacheBuilder {
     target: RedisTarget,

@@ -44,7 +44,7 @@
 //! ```
 //!
 //! The prefix is configurable (default `tierscope`); the namespace is
-//! [`EngineIdent::namespace`], which binds the engine's deterministic id, its
+//! [`EngineIdent::namespace`](crate::engine::EngineIdent::namespace), which binds the engine's deterministic id, its
 //! artifact format, the wasmer version and tierscope's entry format version:
 //! nodes running another wasmer never read each other's artifacts.
 //!
@@ -61,7 +61,7 @@
 //! written by a node with another key, or not a tierscope value at all) is
 //! [`CacheError::Integrity`]: it is never deserialized, the tier deletes it
 //! (only if it is still the same value, so a fresh save by another node
-//! survives) and reports an eviction with cause [`EvictionCause::Corrupt`];
+//! survives) and reports an eviction with cause [`EvictionCause::Corrupt`](crate::EvictionCause::Corrupt);
 //! the loader then compiles and saves a good one.
 //!
 //! Several keys may be configured for rotation: values are signed with the
@@ -107,7 +107,7 @@
 //! ## Single server and Redis Cluster
 //!
 //! A single server is reached through the `redis` crate's
-//! [`ConnectionManager`], which multiplexes every call over one connection
+//! [`ConnectionManager`](redis::aio::ConnectionManager), which multiplexes every call over one connection
 //! and reconnects after a failure. A Redis Cluster is reached through the
 //! crate's asynchronous cluster client
 //! ([`redis::cluster_async::ClusterConnection`]), which routes each key to
@@ -161,7 +161,7 @@
 //! limit one more `GETRANGE` for the rest. A value larger than the limit,
 //! such as junk written by someone else, costs at most that first read: it
 //! is [`CacheError::Integrity`], deleted if still oversized, and reported as
-//! an eviction with cause [`EvictionCause::Corrupt`]. (So a 256 MiB value
+//! an eviction with cause [`EvictionCause::Corrupt`](crate::EvictionCause::Corrupt). (So a 256 MiB value
 //! under a 1 MiB limit costs no memory, and no timeout.) Give every node the
 //! same limit: a node deletes values larger than its own. Keep the timeout
 //! in proportion to the limit: a 64 MiB value needs about half a second on
