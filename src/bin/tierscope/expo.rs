@@ -126,6 +126,8 @@ plain 4.5
         assert_eq!(s.sum("c_total", &[("result", "hit")]), 10.0);
         assert_eq!(s.sum("c_total", &[("tier", "disk")]), 3.0);
         assert_eq!(s.sum("plain", &[]), 4.5);
+        assert_eq!(s.sum("h_sum", &[("tier", "a")]), 15.0);
+        assert_eq!(s.sum("h_count", &[]), 10.0);
         assert_eq!(s.quantile("h", &[("tier", "a")], 0.5), Some(1.5));
         assert_eq!(s.quantile("h", &[("tier", "b")], 0.5), None);
     }
