@@ -108,13 +108,21 @@ pub fn otel_name(prometheus: &str) -> (Cow<'static, str>, &'static str) {
             "tierscope.sizing.compilations",
             "{compilation}",
         ),
-        (names::SIZING_SAMPLING_RATE, "tierscope.sizing.sampling_rate", "1"),
+        (
+            names::SIZING_SAMPLING_RATE,
+            "tierscope.sizing.sampling_rate",
+            "1",
+        ),
         (
             names::SIZING_WINDOW_REQUESTS,
             "tierscope.sizing.window.requests",
             "{request}",
         ),
-        (names::SIZING_DROPPED, "tierscope.sizing.dropped", "{update}"),
+        (
+            names::SIZING_DROPPED,
+            "tierscope.sizing.dropped",
+            "{update}",
+        ),
     ];
     match known.iter().find(|(p, _, _)| *p == prometheus) {
         Some((_, otel, unit)) => (Cow::Borrowed(otel), unit),

@@ -70,10 +70,10 @@ mod tier;
 use std::{
     fmt,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
-    thread::JoinHandle,
+    thread::{JoinHandle, Thread},
     time::{Duration, Instant},
 };
 
@@ -254,6 +254,8 @@ struct State {
     /// What was published so far (counters take deltas).
     published: Mutex<Published>,
     stop: AtomicBool,
+    /// The worker, woken when a ring is half full.
+    worker: OnceLock<Thread>,
 }
 
 #[derive(Default)]
@@ -290,9 +292,11 @@ impl State {
         let handles = self.handles.lock();
         for (t, h) in report.tiers.iter().zip(handles.iter()) {
             for (i, p) in t.points.iter().enumerate() {
-                if let (Some(a), Some(b), Some(c)) =
-                    (h.hit_ratio.get(i), h.byte_hit_ratio.get(i), h.capacity.get(i))
-                {
+                if let (Some(a), Some(b), Some(c)) = (
+                    h.hit_ratio.get(i),
+                    h.byte_hit_ratio.get(i),
+                    h.capacity.get(i),
+                ) {
                     a.set(p.hit_ratio);
                     b.set(p.byte_hit_ratio);
                     c.set(p.capacity as f64);
@@ -322,9 +326,7 @@ impl State {
 
     #[inline]
     fn record(&self, e: Event) {
-        self.rings
-            .get_or(|| Ring::new(self.options.buffer))
-            .push(e);
+        self.rings.get_or(|| Ring::new(self.options.buffer)).push(e);
     }
 }
 
@@ -411,6 +413,7 @@ impl LiveSizing {
             rings: ThreadLocal::new(),
             published: Mutex::new(Published::default()),
             stop: AtomicBool::new(false),
+            worker: OnceLock::new(),
             options,
             cache,
         });
@@ -422,7 +425,10 @@ impl LiveSizing {
                 .spawn(move || work(&state, &running))
         };
         let worker = match worker {
-            Ok(h) => Some(h),
+            Ok(h) => {
+                let _ = state.worker.set(h.thread().clone());
+                Some(h)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start the sizing worker; call LiveSizing::flush to model");
                 running.store(false, Ordering::Release);
@@ -454,7 +460,10 @@ impl LiveSizing {
         let state = &*self.inner.state;
         let mut models = state.models.lock();
         if models.tiers.len() > usize::from(u8::MAX) {
-            tracing::warn!(tier, "more than 256 sized tiers in one stack; not sizing this one");
+            tracing::warn!(
+                tier,
+                "more than 256 sized tiers in one stack; not sizing this one"
+            );
             return None;
         }
         let index = models.register(tier.to_string(), policy);
@@ -471,9 +480,7 @@ impl LiveSizing {
                 })
                 .collect()
         };
-        let plain = |name: &'static str| {
-            metrics::gauge!(name, label::CACHE => state.cache.clone(), label::TIER => tier.to_string())
-        };
+        let plain = |name: &'static str| metrics::gauge!(name, label::CACHE => state.cache.clone(), label::TIER => tier.to_string());
         state.handles.lock().push(TierHandles {
             hit_ratio: scaled(names::SIZING_HIT_RATIO),
             byte_hit_ratio: scaled(names::SIZING_BYTE_HIT_RATIO),

@@ -101,7 +101,8 @@ pub struct SizingReport {
     pub compiles: Vec<CompilePoint>,
     /// Events the hit path dropped because its buffer was full.
     pub dropped: u64,
-    /// Events modelled since the start.
+    /// Lookups modelled since the start (a miss waiting for its size
+    /// included).
     pub modelled: u64,
 }
 
@@ -351,11 +352,7 @@ impl Models {
                     Box::new(StackModel::new(&t.capacities, &[disk], options, sampling)),
                     disk,
                 ),
-                None => Model::Memory(Box::new(MemoryModel::new(
-                    &t.capacities,
-                    options,
-                    sampling,
-                ))),
+                None => Model::Memory(Box::new(MemoryModel::new(&t.capacities, options, sampling))),
             },
             TierPolicy::Lru { capacity: Some(_) } => {
                 Model::Lru(Box::new(LruModel::new(&t.capacities, sampling)))
@@ -385,7 +382,9 @@ impl Models {
         if self.tiers[tier].model.is_none() {
             self.build(tier, now_us);
         }
-        self.modelled += 1;
+        if e.kind() != Kind::Size {
+            self.modelled += 1;
+        }
         let window = self.window;
         let scales = &self.scales;
         let t = &mut self.tiers[tier];
@@ -519,7 +518,11 @@ impl Models {
     /// Approximate bytes of model state per modelled key, summed over tiers
     /// (see BENCHMARKS.md for measured figures).
     pub(crate) fn distinct_keys(&self) -> usize {
-        self.tiers.iter().map(|t| t.ws.keys.len()).max().unwrap_or(0)
+        self.tiers
+            .iter()
+            .map(|t| t.ws.keys.len())
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -555,7 +558,10 @@ impl TierState {
         scales: &[f64],
     ) {
         let bytes = if bytes == 0 {
-            self.sizes.get(&key).copied().unwrap_or_else(|| self.mean_size())
+            self.sizes
+                .get(&key)
+                .copied()
+                .unwrap_or_else(|| self.mean_size())
         } else {
             bytes
         };
@@ -628,7 +634,11 @@ impl TierState {
                     .collect();
             }
             Model::Memory(_) => {
-                cum.compiles = cum.hits.iter().map(|h| (cum.requests - h).max(0.0)).collect();
+                cum.compiles = cum
+                    .hits
+                    .iter()
+                    .map(|h| (cum.requests - h).max(0.0))
+                    .collect();
             }
             _ => {}
         }
@@ -676,7 +686,12 @@ mod tests {
     #[test]
     fn the_window_forgets_old_requests() {
         let mut m = Models::new(vec![1.0], Window::requests(100), Sampling::Off);
-        let t = m.register("disk".into(), TierPolicy::Lru { capacity: Some(1000) }) as u8;
+        let t = m.register(
+            "disk".into(),
+            TierPolicy::Lru {
+                capacity: Some(1000),
+            },
+        ) as u8;
         let now = Instant::now();
         // Ten 100-byte keys in a loop: all fit, all hit after the first pass.
         for i in 0..1000u64 {

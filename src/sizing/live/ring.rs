@@ -101,20 +101,23 @@ impl Ring {
     }
 
     /// Record `e`, or drop and count it if the ring is full. Only the
-    /// thread that owns the ring calls this.
+    /// thread that owns the ring calls this. Returns true when this event
+    /// filled the ring to half: time to wake the consumer.
     #[inline]
-    pub(crate) fn push(&self, e: Event) {
+    pub(crate) fn push(&self, e: Event) -> bool {
         let head = self.head.load(Ordering::Relaxed);
         let tail = self.tail.load(Ordering::Acquire);
-        if head.wrapping_sub(tail) > self.mask {
+        let used = head.wrapping_sub(tail);
+        if used > self.mask {
             let d = self.dropped.load(Ordering::Relaxed);
             self.dropped.store(d + 1, Ordering::Relaxed);
-            return;
+            return false;
         }
         let slot = &self.slots[(head & self.mask) as usize];
         slot[0].store(e.key, Ordering::Relaxed);
         slot[1].store(e.meta, Ordering::Relaxed);
         self.head.store(head.wrapping_add(1), Ordering::Release);
+        used == self.mask / 2
     }
 
     /// Hand every event recorded so far to `f`, oldest first, and free
@@ -154,9 +157,15 @@ mod tests {
     #[test]
     fn events_round_trip() {
         let e = Event::new(7, Kind::MissUnknown, 42, 123_456);
-        assert_eq!((e.tier(), e.kind(), e.key, e.bytes()), (7, Kind::MissUnknown, 42, 123_456));
+        assert_eq!(
+            (e.tier(), e.kind(), e.key, e.bytes()),
+            (7, Kind::MissUnknown, 42, 123_456)
+        );
         let e = Event::new(255, Kind::Size, 1, u64::MAX);
-        assert_eq!((e.tier(), e.kind(), e.bytes()), (255, Kind::Size, BYTES_MASK));
+        assert_eq!(
+            (e.tier(), e.kind(), e.bytes()),
+            (255, Kind::Size, BYTES_MASK)
+        );
         assert_eq!(Event::new(0, Kind::Hit, 0, 5).kind(), Kind::Hit);
         assert_eq!(Event::new(0, Kind::Miss, 0, 5).kind(), Kind::Miss);
     }
