@@ -85,7 +85,7 @@ pub use model::{CompilePoint, ScalePoint, SizingReport, TierReport};
 pub use tier::{Sizable, SizingExt, SizingTier};
 
 use self::{
-    model::Models,
+    model::{Models, Reach},
     ring::{Event, Ring},
 };
 use crate::{
@@ -163,6 +163,7 @@ pub struct SizingOptions {
     sampling: Sampling,
     buffer: usize,
     publish_every: Duration,
+    background: bool,
 }
 
 impl Default for SizingOptions {
@@ -173,6 +174,7 @@ impl Default for SizingOptions {
             sampling: Sampling::Bounded { max_keys: 16_384 },
             buffer: 8192,
             publish_every: Duration::from_secs(1),
+            background: true,
         }
     }
 }
@@ -220,6 +222,15 @@ impl SizingOptions {
         self
     }
 
+    /// Whether a background worker thread drains and models (default).
+    /// `false`: no thread; nothing is modelled or published until
+    /// [`LiveSizing::flush`] is called (drive it from your own task, or
+    /// in tests and benches).
+    pub fn background(mut self, on: bool) -> Self {
+        self.background = on;
+        self
+    }
+
     /// The scales modelled.
     pub fn grid(&self) -> &[f64] {
         &self.scales
@@ -261,7 +272,11 @@ struct State {
 #[derive(Default)]
 struct Published {
     dropped: u64,
-    compiles: Vec<u64>,
+    /// Per memory scale: requests reaching below the bounded tiers, as
+    /// last read; projected compiles so far; and what the counter has.
+    reach: Vec<f64>,
+    compiles: Vec<f64>,
+    counted: Vec<u64>,
 }
 
 impl State {
@@ -281,14 +296,14 @@ impl State {
         self.rings.iter().map(Ring::dropped).sum()
     }
 
-    fn report(&self) -> (SizingReport, Vec<f64>) {
-        let (mut r, totals) = self.models.lock().report(Instant::now());
+    fn report(&self) -> (SizingReport, Reach) {
+        let (mut r, reach) = self.models.lock().report(Instant::now());
         r.dropped = self.dropped();
-        (r, totals)
+        (r, reach)
     }
 
     fn publish(&self) {
-        let (report, compiles) = self.report();
+        let (report, reach) = self.report();
         let handles = self.handles.lock();
         for (t, h) in report.tiers.iter().zip(handles.iter()) {
             for (i, p) in t.points.iter().enumerate() {
@@ -312,14 +327,23 @@ impl State {
             self.dropped.increment(report.dropped - published.dropped);
             published.dropped = report.dropped;
         }
-        published.compiles.resize(compiles.len(), 0);
-        for (i, c) in compiles.iter().enumerate() {
-            let c = c.max(0.0).round() as u64;
-            if c > published.compiles[i]
+        // Counters take increments: what reached below the bounded tiers
+        // since the last publish, times the share an unbounded tier below
+        // misses now.
+        let n = reach.cumulative.len();
+        published.reach.resize(n, 0.0);
+        published.compiles.resize(n, 0.0);
+        published.counted.resize(n, 0);
+        for (i, &c) in reach.cumulative.iter().enumerate() {
+            let delta = (c - published.reach[i]).max(0.0);
+            published.reach[i] = published.reach[i].max(c);
+            published.compiles[i] += delta * reach.below;
+            let whole = published.compiles[i].round() as u64;
+            if whole > published.counted[i]
                 && let Some(counter) = self.compiles.get(i)
             {
-                counter.increment(c - published.compiles[i]);
-                published.compiles[i] = c;
+                counter.increment(whole - published.counted[i]);
+                published.counted[i] = whole;
             }
         }
     }
@@ -417,17 +441,22 @@ impl LiveSizing {
             options,
             cache,
         });
-        let running = Arc::new(AtomicBool::new(true));
-        let worker = {
+        let running = Arc::new(AtomicBool::new(state.options.background));
+        let worker = if state.options.background {
             let (state, running) = (Arc::clone(&state), Arc::clone(&running));
             std::thread::Builder::new()
                 .name("tierscope-sizing".into())
                 .spawn(move || work(&state, &running))
+                .map(Some)
+        } else {
+            Ok(None)
         };
         let worker = match worker {
             Ok(h) => {
-                let _ = state.worker.set(h.thread().clone());
-                Some(h)
+                if let Some(h) = &h {
+                    let _ = state.worker.set(h.thread().clone());
+                }
+                h
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start the sizing worker; call LiveSizing::flush to model");
@@ -495,6 +524,19 @@ impl LiveSizing {
     #[inline]
     fn record(&self, e: Event) {
         self.inner.state.record(e);
+    }
+
+    /// Record a lookup of the `tier`-th sized tier (in the order tiers
+    /// were sized) on model key `key`, as a [`SizingTier`] does: for
+    /// benches and tests that drive the models without modules.
+    #[doc(hidden)]
+    pub fn record_lookup(&self, tier: u8, key: u64, bytes: u64, hit: bool) {
+        let kind = if hit {
+            ring::Kind::Hit
+        } else {
+            ring::Kind::Miss
+        };
+        self.record(Event::new(tier, kind, key, bytes));
     }
 
     /// Model every event recorded so far (on this thread, now) and publish

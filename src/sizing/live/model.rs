@@ -84,8 +84,9 @@ pub struct CompilePoint {
     /// Memory capacity modelled, bytes.
     pub memory_capacity: u64,
     /// Requests that would have missed the memory tier and the first
-    /// bounded tier below it over the window (compiles, when nothing
-    /// unbounded sits below; estimated when sampled).
+    /// bounded tier below it over the window, times the measured miss ratio
+    /// of the unbounded tiers sized below (a remote tier): the compiles
+    /// (estimated when sampled).
     pub compiles: f64,
     /// The same per second of the window, once it spans some time.
     pub per_second: Option<f64>,
@@ -111,6 +112,15 @@ impl SizingReport {
     pub fn tier(&self, tier: &str) -> Option<&TierReport> {
         self.tiers.iter().find(|t| t.tier == tier)
     }
+}
+
+/// Requests that miss the memory tier at each scale and the bounded tier
+/// below it, since the start, and the share of those an unbounded tier
+/// below would miss as well (1 without one).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Reach {
+    pub(crate) cumulative: Vec<f64>,
+    pub(crate) below: f64,
 }
 
 /// Cumulative counts of one tier, at one moment.
@@ -435,8 +445,9 @@ impl Models {
         }
     }
 
-    /// The windowed report (dropped left at 0: the rings know it).
-    pub(crate) fn report(&self, now: Instant) -> (SizingReport, Vec<f64>) {
+    /// The windowed report (dropped left at 0: the rings know it), and
+    /// the cumulative requests reaching below the bounded tiers.
+    pub(crate) fn report(&self, now: Instant) -> (SizingReport, Reach) {
         let now_us = self.now_us(now);
         let mut report = SizingReport {
             modelled: self.modelled,
@@ -512,7 +523,28 @@ impl Models {
                 total_compiles = cur.compiles.clone();
             }
         }
-        (report, total_compiles)
+        // An unbounded tier below (a remote tier) serves what the bounded
+        // tiers miss, except its own misses: scale by its miss ratio.
+        let below: f64 = report
+            .tiers
+            .iter()
+            .zip(&self.tiers)
+            .filter(|(r, t)| {
+                matches!(t.policy, TierPolicy::Lru { capacity: None }) && r.window_requests > 0
+            })
+            .map(|(r, _)| 1.0 - r.measured_hit_ratio)
+            .product();
+        for c in &mut report.compiles {
+            c.compiles *= below;
+            c.per_second = c.per_second.map(|p| p * below);
+        }
+        (
+            report,
+            Reach {
+                cumulative: total_compiles,
+                below,
+            },
+        )
     }
 
     /// Approximate bytes of model state per modelled key, summed over tiers
@@ -710,6 +742,31 @@ mod tests {
         assert_eq!(r.tiers[0].points[0].hit_ratio, 0.0);
         assert_eq!(r.tiers[0].measured_hit_ratio, 0.0);
         assert_eq!(r.tiers[0].working_set_bytes, 2000);
+    }
+
+    #[test]
+    fn an_unbounded_tier_below_scales_the_compiles_by_its_misses() {
+        let mut m = Models::new(vec![1.0], Window::requests(1000), Sampling::Off);
+        let mem = m.register(
+            "memory".into(),
+            TierPolicy::Memory {
+                capacity: 100,
+                options: one_shard(),
+            },
+        ) as u8;
+        let redis = m.register("redis".into(), TierPolicy::Lru { capacity: None }) as u8;
+        let now = Instant::now();
+        // Ten 100-byte keys in a loop through a 100-byte memory tier: each
+        // misses memory (no disk sized); the remote tier hits 3 in 4.
+        for i in 0..40u64 {
+            m.apply(Event::new(mem, Kind::Miss, i % 10, 100), now);
+            let kind = if i % 4 == 0 { Kind::Miss } else { Kind::Hit };
+            m.apply(Event::new(redis, kind, i % 10, 100), now);
+        }
+        let (r, reach) = m.report(now);
+        assert_eq!(reach.cumulative, [40.0]);
+        assert_eq!(reach.below, 0.25);
+        assert_eq!(r.compiles[0].compiles, 10.0);
     }
 
     #[test]
