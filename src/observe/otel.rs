@@ -91,16 +91,16 @@ pub fn otel_name(prometheus: &str) -> (Cow<'static, str>, &'static str) {
             "tierscope.engine.generations.alive",
             "{generation}",
         ),
-        (names::SIZING_HIT_RATIO, "tierscope.sizing.hit_ratio", "1"),
+        (names::SIZING_HIT_RATIO, "tierscope.sizing.hit.ratio", "1"),
         (
             names::SIZING_BYTE_HIT_RATIO,
-            "tierscope.sizing.byte_hit_ratio",
+            "tierscope.sizing.byte.hit.ratio",
             "1",
         ),
         (names::SIZING_CAPACITY, "tierscope.sizing.capacity", "By"),
         (
             names::SIZING_WORKING_SET,
-            "tierscope.sizing.working_set.size",
+            "tierscope.sizing.working.set.size",
             "By",
         ),
         (
@@ -110,7 +110,7 @@ pub fn otel_name(prometheus: &str) -> (Cow<'static, str>, &'static str) {
         ),
         (
             names::SIZING_SAMPLING_RATE,
-            "tierscope.sizing.sampling_rate",
+            "tierscope.sizing.sampling.rate",
             "1",
         ),
         (
