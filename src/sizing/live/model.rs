@@ -18,6 +18,7 @@ use crate::sizing::{
     Curve, KeyMap, Request,
     lru::LruModel,
     memory::MemoryModel,
+    mix64,
     sampling::{Sampling, key_hash},
     stack::StackModel,
     weight,
@@ -267,9 +268,7 @@ pub(crate) struct TierState {
     requests: u64,
     measured_hits: u64,
     ws: WorkingSet,
-    /// Known sizes of sampled keys (for misses whose size the hit path did
-    /// not know).
-    sizes: KeyMap<u64>,
+    /// Misses whose size the hit path did not know, waiting for a save.
     pending: VecDeque<u64>,
     size_sum: f64,
     size_count: f64,
@@ -321,7 +320,6 @@ impl Models {
             requests: 0,
             measured_hits: 0,
             ws: WorkingSet::new(),
-            sizes: KeyMap::default(),
             pending: VecDeque::new(),
             size_sum: 0.0,
             size_count: 0.0,
@@ -383,7 +381,9 @@ impl Models {
     }
 
     /// Apply one event recorded at about `now`.
-    pub(crate) fn apply(&mut self, e: Event, now: Instant) {
+    pub(crate) fn apply(&mut self, mut e: Event, now: Instant) {
+        // The hit path leaves the key unmixed (hash bytes and engine).
+        e.key = mix64(e.key);
         let tier = e.tier();
         if tier >= self.tiers.len() {
             return;
@@ -401,8 +401,8 @@ impl Models {
         match e.kind() {
             Kind::Hit => t.access(e.key, e.bytes(), true, now_us, window, scales),
             Kind::Miss => t.access(e.key, e.bytes(), false, now_us, window, scales),
-            Kind::MissUnknown => match t.sizes.get(&e.key) {
-                Some(&b) => t.access(e.key, b, false, now_us, window, scales),
+            Kind::MissUnknown => match t.known_size(e.key) {
+                Some(b) => t.access(e.key, b, false, now_us, window, scales),
                 None => {
                     if t.pending.len() >= PENDING_MAX
                         && let Some(old) = t.pending.pop_front()
@@ -415,7 +415,6 @@ impl Models {
             },
             Kind::Size => {
                 let bytes = weight(e.bytes());
-                t.learn(e.key, bytes);
                 let waiting = t.pending.iter().filter(|&&k| k == e.key).count();
                 if waiting > 0 {
                     t.pending.retain(|&k| k != e.key);
@@ -574,10 +573,9 @@ impl TierState {
         }
     }
 
-    fn learn(&mut self, key: u64, bytes: u64) {
-        if key_hash(key) <= self.threshold {
-            self.sizes.insert(key, bytes);
-        }
+    /// The size of a key requested within the window (sampled keys).
+    fn known_size(&self, key: u64) -> Option<u64> {
+        self.ws.keys.get(&key).map(|&(_, b)| b)
     }
 
     fn access(
@@ -590,17 +588,13 @@ impl TierState {
         scales: &[f64],
     ) {
         let bytes = if bytes == 0 {
-            self.sizes
-                .get(&key)
-                .copied()
-                .unwrap_or_else(|| self.mean_size())
+            self.known_size(key).unwrap_or_else(|| self.mean_size())
         } else {
             bytes
         };
         let bytes = weight(bytes);
         self.size_sum += bytes as f64;
         self.size_count += 1.0;
-        self.learn(key, bytes);
         if let Some(m) = &mut self.model {
             m.access(&Request::new(now_us, key, bytes));
         }
@@ -626,7 +620,6 @@ impl TierState {
         self.threshold = threshold(self.rate());
         let threshold = self.threshold;
         self.ws.close_epoch(threshold);
-        self.sizes.retain(|k, _| key_hash(*k) <= threshold);
     }
 
     /// Cumulative counts now.

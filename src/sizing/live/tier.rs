@@ -1,7 +1,7 @@
 //! [`SizingTier`]: the decorator that hands each lookup of one tier to its
 //! live model.
 
-use std::{hash::Hasher, sync::Arc};
+use std::sync::Arc;
 
 use wasmer::{Engine, Module};
 use wasmer_types::ModuleHash;
@@ -16,7 +16,6 @@ use crate::{
     engine::engine_key,
     observer::TierObserver,
     sizes,
-    sizing::{MixHasher, mix64},
 };
 
 /// A tier whose policy and capacity live sizing can model.
@@ -90,6 +89,8 @@ impl<C: ModuleCache + Sizable + Sized> SizingExt for C {}
 #[derive(Clone)]
 pub struct SizingTier<C> {
     inner: C,
+    /// The models' shared state, one pointer away from the hit path.
+    state: Arc<super::State>,
     sizing: LiveSizing,
     /// Index of this tier in the models (`None`: too many tiers, not sized).
     tier: Option<u8>,
@@ -105,18 +106,17 @@ impl<C: std::fmt::Debug> std::fmt::Debug for SizingTier<C> {
     }
 }
 
-/// The model's key of a module under an engine: the module hash with the
-/// engine configuration folded in (one module under two configurations is
-/// two keys, as in every tier). Two multiplies on the hit path.
+/// The model's key of a module under an engine, before mixing (the worker
+/// mixes it): the module hash's first 8 bytes with the engine
+/// configuration folded in (one module under two configurations is two
+/// keys, as in every tier). A load and an xor on the hit path.
 #[inline]
 fn key_id(key: &ModuleHash, engine: &Engine) -> u64 {
-    let mut h = MixHasher::default();
-    std::hash::Hash::hash(&engine_key(engine), &mut h);
-    let bytes = key.as_bytes();
-    let mut w = [0u8; 8];
-    let n = bytes.len().min(8);
-    w[..n].copy_from_slice(&bytes[..n]);
-    mix64(u64::from_le_bytes(w) ^ h.finish())
+    let head = key
+        .as_bytes()
+        .first_chunk::<8>()
+        .map_or(0, |b| u64::from_le_bytes(*b));
+    head ^ u64::from(engine_key(engine).index()).rotate_right(8)
 }
 
 impl<C> SizingTier<C> {
@@ -124,6 +124,7 @@ impl<C> SizingTier<C> {
     pub fn new(inner: C, sizing: &LiveSizing, tier: &str, policy: TierPolicy) -> Self {
         SizingTier {
             tier: sizing.register(tier, policy),
+            state: Arc::clone(&sizing.inner.state),
             sizing: sizing.clone(),
             inner,
         }
@@ -152,7 +153,7 @@ impl<C> SizingTier<C> {
     #[inline]
     fn record(&self, kind: Kind, key: &ModuleHash, engine: &Engine, bytes: u64) {
         if let Some(tier) = self.tier {
-            self.sizing
+            self.state
                 .record(Event::new(tier, kind, key_id(key, engine), bytes));
         }
     }
