@@ -129,7 +129,7 @@ impl Ring {
             // Full as far as we know. While the consumer lags, look at its
             // cache line only once every 32 drops: dropping stays cheap.
             let d = p.dropped.load(Ordering::Relaxed);
-            if d % 32 != 0 {
+            if !d.is_multiple_of(32) {
                 p.dropped.store(d + 1, Ordering::Relaxed);
                 return false;
             }
