@@ -373,7 +373,8 @@ fn sixty_four_threads_on_a_tiny_buffer_drop_count_and_never_block() {
         counter(&s, "tierscope_sizing_dropped_total", &[("cache", "hammer")]),
         report.dropped
     );
-    assert!(sizing.buffer_bytes() <= 65 * 256);
+    // 64 rings of two events (and the main thread's), each a few cache lines.
+    assert!(sizing.buffer_bytes() <= 65 * 512);
 }
 
 #[tokio::test]
