@@ -61,8 +61,9 @@ pub const SIZING_CAPACITY: &str = "tierscope_sizing_capacity_bytes";
 /// Live sizing: bytes of the distinct modules a tier was asked for over the
 /// window.
 pub const SIZING_WORKING_SET: &str = "tierscope_sizing_working_set_bytes";
-/// Live sizing: requests that would miss the memory tier at `scale` and the
-/// first bounded tier below it (compiles, for a memory -> disk stack).
+/// Live sizing: projected compiles: requests that would miss the memory
+/// tier at `scale` and the first bounded tier below it, times the measured
+/// miss ratio of an unbounded tier sized below them (1 without one).
 pub const SIZING_COMPILES: &str = "tierscope_sizing_compiles_total";
 /// Live sizing: share of keys a tier's model samples (1 = exact).
 pub const SIZING_SAMPLING_RATE: &str = "tierscope_sizing_sampling_rate";

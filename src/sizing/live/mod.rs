@@ -488,7 +488,7 @@ impl LiveSizing {
     fn register(&self, tier: &str, policy: TierPolicy) -> Option<u8> {
         let state = &*self.inner.state;
         let mut models = state.models.lock();
-        if models.tiers.len() > usize::from(u8::MAX) {
+        if models.tiers.len() > usize::from(u8::MAX) - 1 {
             tracing::warn!(
                 tier,
                 "more than 256 sized tiers in one stack; not sizing this one"
