@@ -553,8 +553,8 @@ impl LiveSizing {
         self.inner.state.report().0
     }
 
-    /// Keys modelled now by the tier that models the most (at most the
-    /// sampling bound).
+    /// Distinct keys requested within the window, for the tier with the
+    /// most (sampled keys only: at most the sampling bound).
     pub fn modelled_keys(&self) -> usize {
         self.inner.state.models.lock().distinct_keys()
     }
