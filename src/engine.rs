@@ -53,6 +53,13 @@ pub const WASMER_VERSION: &str = wasmer_types::VERSION;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EngineKey(u32);
 
+impl EngineKey {
+    /// The handle as a number (stable within the process).
+    pub(crate) fn index(self) -> u32 {
+        self.0
+    }
+}
+
 /// Everything a tier needs to know about an engine configuration.
 #[derive(Debug)]
 pub struct EngineIdent {

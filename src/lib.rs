@@ -11,6 +11,9 @@
 //! - [`FallbackCache`]: chains tiers and promotes hits upward.
 //! - [`Instrumented`]: the spy decorator recording per-tier metrics through
 //!   the `metrics` facade (names in [`observe::names`]).
+//! - [`sizing`]: what-if models of each tier, offline from traces and live
+//!   inside a running stack ([`sizing::live`]: `tier.with_sizing(&sizing)`,
+//!   hit ratios at other sizes exported as metrics).
 //! - [`ModuleLoader`]: wasm bytes to a [`Module`] through the tiers,
 //!   compiling once per key however many callers ask, into engines it
 //!   recycles ([`EngineGenerations`]) so that code memory stays bounded;

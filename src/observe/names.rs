@@ -51,6 +51,27 @@ pub const ENGINE_GENERATIONS: &str = "tierscope_engine_generations_total";
 /// Engine generations alive now: the current one plus retired ones callers
 /// still use.
 pub const ENGINE_GENERATIONS_ALIVE: &str = "tierscope_engine_generations_alive";
+/// Live sizing: hit ratio a tier would have had over the recent window at
+/// `scale` times its current capacity.
+pub const SIZING_HIT_RATIO: &str = "tierscope_sizing_hit_ratio";
+/// Live sizing: byte hit ratio likewise.
+pub const SIZING_BYTE_HIT_RATIO: &str = "tierscope_sizing_byte_hit_ratio";
+/// Live sizing: the capacity modelled at `scale`.
+pub const SIZING_CAPACITY: &str = "tierscope_sizing_capacity_bytes";
+/// Live sizing: bytes of the distinct modules a tier was asked for over the
+/// window.
+pub const SIZING_WORKING_SET: &str = "tierscope_sizing_working_set_bytes";
+/// Live sizing: projected compiles: requests that would miss the memory
+/// tier at `scale` and the first bounded tier below it, times the measured
+/// miss ratio of an unbounded tier sized below them (1 without one).
+pub const SIZING_COMPILES: &str = "tierscope_sizing_compiles_total";
+/// Live sizing: share of keys a tier's model samples (1 = exact).
+pub const SIZING_SAMPLING_RATE: &str = "tierscope_sizing_sampling_rate";
+/// Live sizing: requests in a tier's window now.
+pub const SIZING_WINDOW_REQUESTS: &str = "tierscope_sizing_window_requests";
+/// Live sizing: lookups the hit path could not hand to the models (buffer
+/// full).
+pub const SIZING_DROPPED: &str = "tierscope_sizing_dropped_total";
 
 /// Label keys.
 pub mod label {
@@ -72,6 +93,9 @@ pub mod label {
     pub const TO: &str = "to";
     /// State of engine code: `cached`, `evicted`, `retired`.
     pub const STATE: &str = "state";
+    /// Live sizing: the multiple of a tier's current capacity modelled
+    /// (`0.25`, `0.5`, `1`, `2`, `4` by default).
+    pub const SCALE: &str = "scale";
 }
 
 /// Buckets (seconds) for operation latencies: resolve a 100 ns memory hit,
@@ -110,7 +134,7 @@ pub const HISTOGRAMS: [(&str, &[f64]); 3] = [
 ];
 
 /// Every metric with its kind, unit and help text.
-pub const DESCRIPTIONS: [(&str, Kind, Unit, &str); 22] = [
+pub const DESCRIPTIONS: [(&str, Kind, Unit, &str); 30] = [
     (
         LOOKUPS,
         Kind::Counter,
@@ -242,6 +266,54 @@ pub const DESCRIPTIONS: [(&str, Kind, Unit, &str); 22] = [
         Kind::Gauge,
         Unit::Count,
         "engine generations alive: the current one plus retired ones still in use",
+    ),
+    (
+        SIZING_HIT_RATIO,
+        Kind::Gauge,
+        Unit::Count,
+        "live sizing: hit ratio a tier would have had over the recent window at scale times its current capacity",
+    ),
+    (
+        SIZING_BYTE_HIT_RATIO,
+        Kind::Gauge,
+        Unit::Count,
+        "live sizing: byte hit ratio a tier would have had over the recent window at scale times its current capacity",
+    ),
+    (
+        SIZING_CAPACITY,
+        Kind::Gauge,
+        Unit::Bytes,
+        "live sizing: the capacity modelled at each scale",
+    ),
+    (
+        SIZING_WORKING_SET,
+        Kind::Gauge,
+        Unit::Bytes,
+        "live sizing: bytes of the distinct modules a tier was asked for over the recent window",
+    ),
+    (
+        SIZING_COMPILES,
+        Kind::Counter,
+        Unit::Count,
+        "live sizing: projected compiles with the memory tier at scale times its capacity, the tier below at its own",
+    ),
+    (
+        SIZING_SAMPLING_RATE,
+        Kind::Gauge,
+        Unit::Count,
+        "live sizing: share of keys a tier's model samples (1 = exact)",
+    ),
+    (
+        SIZING_WINDOW_REQUESTS,
+        Kind::Gauge,
+        Unit::Count,
+        "live sizing: requests in a tier's recent window",
+    ),
+    (
+        SIZING_DROPPED,
+        Kind::Counter,
+        Unit::Count,
+        "live sizing: lookups not modelled because the hit path's buffer was full",
     ),
 ];
 

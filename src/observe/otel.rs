@@ -91,6 +91,38 @@ pub fn otel_name(prometheus: &str) -> (Cow<'static, str>, &'static str) {
             "tierscope.engine.generations.alive",
             "{generation}",
         ),
+        (names::SIZING_HIT_RATIO, "tierscope.sizing.hit.ratio", "1"),
+        (
+            names::SIZING_BYTE_HIT_RATIO,
+            "tierscope.sizing.byte.hit.ratio",
+            "1",
+        ),
+        (names::SIZING_CAPACITY, "tierscope.sizing.capacity", "By"),
+        (
+            names::SIZING_WORKING_SET,
+            "tierscope.sizing.working.set.size",
+            "By",
+        ),
+        (
+            names::SIZING_COMPILES,
+            "tierscope.sizing.compilations",
+            "{compilation}",
+        ),
+        (
+            names::SIZING_SAMPLING_RATE,
+            "tierscope.sizing.sampling.rate",
+            "1",
+        ),
+        (
+            names::SIZING_WINDOW_REQUESTS,
+            "tierscope.sizing.window.requests",
+            "{request}",
+        ),
+        (
+            names::SIZING_DROPPED,
+            "tierscope.sizing.dropped",
+            "{update}",
+        ),
     ];
     match known.iter().find(|(p, _, _)| *p == prometheus) {
         Some((_, otel, unit)) => (Cow::Borrowed(otel), unit),
@@ -110,6 +142,7 @@ pub fn otel_attribute(label: &str) -> Cow<'static, str> {
         names::label::FROM => "cache.promotion.from".into(),
         names::label::TO => "cache.promotion.to".into(),
         names::label::STATE => "tierscope.code.state".into(),
+        names::label::SCALE => "tierscope.sizing.scale".into(),
         "version" => "tierscope.version".into(),
         "wasmer_version" => "wasmer.version".into(),
         other => other.to_string().into(),

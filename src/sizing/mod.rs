@@ -41,6 +41,7 @@
 //! assert_eq!(curve.working_set_bytes, 3_000);
 //! ```
 
+pub mod live;
 pub mod lru;
 pub mod memory;
 pub mod sampling;

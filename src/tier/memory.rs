@@ -161,6 +161,8 @@ struct Shared {
     capacity: u64,
     shard_capacity: u64,
     observers: Observers,
+    /// The options live sizing's shadows are built with.
+    shadow: crate::sizing::memory::ShadowOptions,
 }
 
 /// Builder for [`MemoryCache`].
@@ -217,6 +219,11 @@ impl MemoryCacheBuilder {
                 capacity,
                 shard_capacity,
                 observers: Observers::default(),
+                shadow: crate::sizing::memory::ShadowOptions {
+                    shards: self.shards,
+                    hot_allocation: self.hot_allocation,
+                    parallelism: super::memory_policy::parallelism(),
+                },
             }),
         }
     }
@@ -240,6 +247,11 @@ impl MemoryCache {
     /// The configured bound in bytes.
     pub fn capacity_bytes(&self) -> u64 {
         self.shared.capacity
+    }
+
+    /// The options a shadow of this tier is built with (live sizing).
+    pub(crate) fn shadow_options(&self) -> crate::sizing::memory::ShadowOptions {
+        self.shared.shadow
     }
 
     /// The largest entry one shard can hold.

@@ -18,6 +18,7 @@ use tierscope::{
     EngineGenerations, FileSystemCache, InstrumentExt, MemoryCache, ModuleCache, ModuleHash,
     ModuleLoader, corpus,
     observe::{names, prometheus},
+    sizing::live::{LiveSizing, SizingExt, SizingOptions, SizingReport, Window},
 };
 use wasmer::Engine;
 
@@ -81,6 +82,14 @@ pub struct DemoArgs {
     /// Write the request stream as a tierscope trace, for `tierscope size`.
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
+    /// Turn live sizing off (on by default: every tier's what-if hit ratios
+    /// at 0.25x to 4x its capacity, exported as tierscope_sizing_*).
+    #[arg(long)]
+    no_sizing: bool,
+    /// Live sizing's window: the last this many lookups of each tier (and
+    /// at most the last 5 minutes).
+    #[arg(long, default_value_t = 100_000, value_parser = value_parser!(u64).range(10..=100_000_000))]
+    sizing_window: u64,
 }
 
 fn parse_exponent(s: &str) -> Result<f64, String> {
@@ -279,14 +288,37 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
         }
     };
 
+    // Live sizing (unless --no-sizing): each tier wrapped around its spy,
+    // so the model sees the lookups the tier sees.
+    let sizing = (!args.no_sizing).then(|| {
+        LiveSizing::new(
+            CACHE,
+            SizingOptions::default()
+                .window(Window::requests(args.sizing_window).max_age(Duration::from_secs(300))),
+        )
+    });
     let memory = MemoryCache::new(args.memory_bytes).instrumented(CACHE, "memory");
+    let memory: Arc<dyn ModuleCache + Send + Sync> = match &sizing {
+        Some(s) => Arc::new(memory.with_sizing(s)),
+        None => Arc::new(memory),
+    };
     let disk = FileSystemCache::open(&dir, args.disk_bytes)
         .map_err(|e| Failure::Runtime(format!("cannot open the disk tier: {e}")))?
         .instrumented(CACHE, "disk");
-    let lower: Arc<dyn ModuleCache + Send + Sync> = match &args.redis {
+    let disk: Arc<dyn ModuleCache + Send + Sync> = match &sizing {
+        Some(s) => Arc::new(disk.with_sizing(s)),
         None => Arc::new(disk),
+    };
+    let lower: Arc<dyn ModuleCache + Send + Sync> = match &args.redis {
+        None => disk,
         #[cfg(feature = "redis")]
-        Some(url) => Arc::new(disk.with_fallback(redis_tier(url, CACHE).await?)),
+        Some(url) => {
+            let redis = redis_tier(url, CACHE).await?;
+            match &sizing {
+                Some(s) => Arc::new(disk.with_fallback(redis.with_sizing(s))),
+                None => Arc::new(disk.with_fallback(redis)),
+            }
+        }
         #[cfg(not(feature = "redis"))]
         Some(_) => unreachable!("checked before the runtime starts"),
     };
@@ -383,12 +415,17 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
     pb.finish_and_clear();
     tierscope::observe::flush();
     prometheus::collect_process_metrics();
+    let report = sizing.as_ref().map(|s| {
+        s.flush();
+        s.report()
+    });
     let scrape = Scrape::parse(&metrics.render());
     print_table(
         &scrape,
         requests.load(Ordering::Relaxed),
         failures.load(Ordering::Relaxed),
         elapsed,
+        report.as_ref(),
     );
     if let (Some(r), Some(path)) = (&recorder, &args.record) {
         let n = r.finish().map_err(Failure::Runtime)?;
@@ -495,7 +532,13 @@ fn duration(secs: Option<f64>) -> String {
     }
 }
 
-fn print_table(s: &Scrape, requests: u64, failures: u64, elapsed: Duration) {
+fn print_table(
+    s: &Scrape,
+    requests: u64,
+    failures: u64,
+    elapsed: Duration,
+    sizing: Option<&SizingReport>,
+) {
     let cache = [("cache", CACHE)];
     let compiles_ok = s.sum(
         "tierscope_compilations_total",
@@ -509,12 +552,22 @@ fn print_table(s: &Scrape, requests: u64, failures: u64, elapsed: Duration) {
     let compile_count = s.sum("tierscope_compile_duration_seconds_count", &cache);
     let mean_compile = (compile_count > 0.0).then(|| compile_sum / compile_count);
 
+    // What each tier would have hit at half and at double its size (live
+    // sizing, over its window).
+    let what_if = |tier: &str, scale: f64| -> String {
+        sizing
+            .and_then(|r| r.tier(tier))
+            .and_then(|t| t.at(scale))
+            .map_or("-".into(), |p| format!("{:.2}%", 100.0 * p.hit_ratio))
+    };
     println!();
     println!(
-        "{:<7} {:>11} {:>9} {:>10} {:>10} {:>9} {:>9} {:>10} {:>10} {:>12}",
+        "{:<7} {:>11} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9} {:>10} {:>10} {:>12}",
         "tier",
         "lookups",
         "hit ratio",
+        "at 0.5x",
+        "at 2x",
         "hit p50",
         "hit p99",
         "promoted",
@@ -554,7 +607,7 @@ fn print_table(s: &Scrape, requests: u64, failures: u64, elapsed: Duration) {
         let read = s.sum("tierscope_read_bytes_total", &labels);
         let saved = mean_compile.map(|m| hits * m);
         println!(
-            "{:<7} {:>11} {:>9} {:>10} {:>10} {:>9} {:>9} {:>10} {:>10} {:>12}",
+            "{:<7} {:>11} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9} {:>10} {:>10} {:>12}",
             tier,
             lookups as u64,
             if lookups > 0.0 {
@@ -562,6 +615,8 @@ fn print_table(s: &Scrape, requests: u64, failures: u64, elapsed: Duration) {
             } else {
                 "-".into()
             },
+            what_if(tier, 0.5),
+            what_if(tier, 2.0),
             duration(p50),
             duration(p99),
             promoted as u64,
@@ -599,6 +654,33 @@ fn print_table(s: &Scrape, requests: u64, failures: u64, elapsed: Duration) {
         size::human(s.sum(names::ENGINE_CODE_BUDGET, &cache)),
         code("retired"),
     );
+    if let Some(r) = sizing {
+        let mut line = String::from(
+            "live sizing (at 0.5x / 2x: hit ratio at half / double the tier's capacity",
+        );
+        let window = r.tiers.first().map_or(0, |t| t.window_requests);
+        line.push_str(&format!(", over the last {window} lookups); working set"));
+        for t in &r.tiers {
+            line.push_str(&format!(
+                " {} {}",
+                t.tier,
+                size::human(t.working_set_bytes as f64)
+            ));
+        }
+        let compiles: Vec<String> = r
+            .compiles
+            .iter()
+            .map(|c| format!("{}x {:.0}", c.scale, c.compiles))
+            .collect();
+        if !compiles.is_empty() {
+            line.push_str(&format!(
+                "; projected compiles in the window by memory scale: {}",
+                compiles.join(", ")
+            ));
+        }
+        line.push_str(&format!("; updates dropped {}", r.dropped));
+        println!("{line}");
+    }
 }
 
 /// The process's resident memory, exported by `metrics-process`.

@@ -1,0 +1,248 @@
+//! [`SizingTier`]: the decorator that hands each lookup of one tier to its
+//! live model.
+
+use std::sync::Arc;
+
+use wasmer::{Engine, Module};
+use wasmer_types::ModuleHash;
+
+use super::{
+    LiveSizing, TierPolicy,
+    ring::{Event, Kind},
+};
+use crate::{
+    FileSystemCache, Instrumented, MemoryCache,
+    cache::{CacheError, Hit, ModuleCache, TierName},
+    engine::engine_key,
+    observer::TierObserver,
+    sizes,
+};
+
+/// A tier whose policy and capacity live sizing can model.
+pub trait Sizable {
+    /// The policy the tier is modelled under, with its capacity now.
+    fn sizing_policy(&self) -> TierPolicy;
+}
+
+impl Sizable for MemoryCache {
+    fn sizing_policy(&self) -> TierPolicy {
+        TierPolicy::Memory {
+            capacity: self.capacity_bytes(),
+            options: self.shadow_options(),
+        }
+    }
+}
+
+impl Sizable for FileSystemCache {
+    fn sizing_policy(&self) -> TierPolicy {
+        TierPolicy::Lru {
+            capacity: self.capacity_bytes(),
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+impl Sizable for crate::RedisCache {
+    /// Unbounded (its store's own eviction is not modelled).
+    fn sizing_policy(&self) -> TierPolicy {
+        TierPolicy::Lru { capacity: None }
+    }
+}
+
+impl<C: Sizable> Sizable for Instrumented<C> {
+    fn sizing_policy(&self) -> TierPolicy {
+        self.get_ref().sizing_policy()
+    }
+}
+
+impl<C: Sizable + ?Sized> Sizable for Arc<C> {
+    fn sizing_policy(&self) -> TierPolicy {
+        (**self).sizing_policy()
+    }
+}
+
+/// Extension method: `tier.with_sizing(&sizing)`.
+pub trait SizingExt: ModuleCache + Sizable + Sized {
+    /// Model this tier live (see [`SizingTier`]), under the name its spy
+    /// gives it (`tier_names()`), or `memory` / `lru` for an unnamed tier.
+    fn with_sizing(self, sizing: &LiveSizing) -> SizingTier<Self> {
+        let policy = self.sizing_policy();
+        let name = self.tier_names().first().map_or_else(
+            || match policy {
+                TierPolicy::Memory { .. } => "memory".to_string(),
+                TierPolicy::Lru { .. } => "lru".to_string(),
+            },
+            |n| n.to_string(),
+        );
+        SizingTier::new(self, sizing, &name, policy)
+    }
+}
+
+impl<C: ModuleCache + Sizable + Sized> SizingExt for C {}
+
+/// Wraps one tier and hands each of its lookups (and the size of each of
+/// its saves) to a [`LiveSizing`]'s models, off the hit path (see the
+/// [module docs](super)). Place it around the tier's spy so both see the
+/// same calls: `memory.instrumented(..).with_sizing(&sizing)`.
+///
+/// A lookup that ends in an error (not a miss) is not modelled.
+#[derive(Clone)]
+pub struct SizingTier<C> {
+    inner: C,
+    /// The models' shared state, one pointer away from the hit path.
+    state: Arc<super::State>,
+    sizing: LiveSizing,
+    /// Index of this tier in the models (`None`: too many tiers, not sized).
+    tier: Option<u8>,
+}
+
+impl<C: std::fmt::Debug> std::fmt::Debug for SizingTier<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SizingTier")
+            .field("cache", &self.sizing.cache_name())
+            .field("tier", &self.tier)
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+/// The model's key of a module under an engine, before mixing (the worker
+/// mixes it): the module hash's first 8 bytes with the engine
+/// configuration folded in (one module under two configurations is two
+/// keys, as in every tier). A load and an xor on the hit path.
+#[inline]
+fn key_id(key: &ModuleHash, engine: &Engine) -> u64 {
+    let head = key
+        .as_bytes()
+        .first_chunk::<8>()
+        .map_or(0, |b| u64::from_le_bytes(*b));
+    head ^ u64::from(engine_key(engine).index()).rotate_right(8)
+}
+
+impl<C> SizingTier<C> {
+    /// Model `inner`, named `tier`, under `policy`, in `sizing`.
+    pub fn new(inner: C, sizing: &LiveSizing, tier: &str, policy: TierPolicy) -> Self {
+        SizingTier {
+            tier: sizing.register(tier, policy),
+            state: Arc::clone(&sizing.inner.state),
+            sizing: sizing.clone(),
+            inner,
+        }
+    }
+
+    /// The wrapped tier.
+    pub fn get_ref(&self) -> &C {
+        &self.inner
+    }
+
+    /// The wrapped tier, mutably.
+    pub fn get_mut(&mut self) -> &mut C {
+        &mut self.inner
+    }
+
+    /// Unwrap.
+    pub fn into_inner(self) -> C {
+        self.inner
+    }
+
+    /// The models this tier feeds.
+    pub fn sizing(&self) -> &LiveSizing {
+        &self.sizing
+    }
+
+    #[inline]
+    fn record(&self, kind: Kind, key: &ModuleHash, engine: &Engine, bytes: u64) {
+        if let Some(tier) = self.tier {
+            self.state
+                .record(Event::new(tier, kind, key_id(key, engine), bytes));
+        }
+    }
+
+    fn record_miss(&self, key: &ModuleHash, engine: &Engine) {
+        match sizes::lookup(*key, engine_key(engine)) {
+            Some(b) => self.record(Kind::Miss, key, engine, b),
+            None => self.record(Kind::MissUnknown, key, engine, 0),
+        }
+    }
+
+    fn record_save(&self, key: &ModuleHash, engine: &Engine) {
+        if let Some(b) = sizes::lookup(*key, engine_key(engine)) {
+            self.record(Kind::Size, key, engine, b);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<C: ModuleCache + Send + Sync> ModuleCache for SizingTier<C> {
+    async fn load(&self, key: ModuleHash, engine: &Engine) -> Result<Module, CacheError> {
+        self.load_traced(key, engine).await.map(|hit| hit.module)
+    }
+
+    #[inline]
+    fn load_now(&self, key: ModuleHash, engine: &Engine) -> Option<Hit> {
+        let hit = self.inner.load_now(key, engine)?;
+        self.record(Kind::Hit, &key, engine, hit.bytes.unwrap_or(0));
+        Some(hit)
+    }
+
+    async fn load_traced(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
+        // The inner tier tries its synchronous path first, and names
+        // itself in the hit.
+        let result = self.inner.load_traced(key, engine).await;
+        match &result {
+            Ok(hit) => {
+                let bytes = hit
+                    .bytes
+                    .or_else(|| sizes::lookup(key, engine_key(engine)))
+                    .unwrap_or(0);
+                self.record(Kind::Hit, &key, engine, bytes);
+            }
+            Err(e) if e.is_not_found() => self.record_miss(&key, engine),
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn contains(&self, key: ModuleHash, engine: &Engine) -> Result<bool, CacheError> {
+        self.inner.contains(key, engine).await
+    }
+
+    async fn save(
+        &self,
+        key: ModuleHash,
+        engine: &Engine,
+        module: &Module,
+    ) -> Result<(), CacheError> {
+        let result = self.inner.save(key, engine, module).await;
+        self.record_save(&key, engine);
+        result
+    }
+
+    async fn promote(
+        &self,
+        key: ModuleHash,
+        engine: &Engine,
+        module: &Module,
+        from: Option<TierName>,
+    ) -> Result<(), CacheError> {
+        let result = self.inner.promote(key, engine, module, from).await;
+        self.record_save(&key, engine);
+        result
+    }
+
+    fn attach_observer(&self, observer: Arc<dyn TierObserver>) {
+        self.inner.attach_observer(observer);
+    }
+
+    fn tier_names(&self) -> Vec<TierName> {
+        self.inner.tier_names()
+    }
+
+    fn expect_promotions_from(&self, lower: &[TierName]) {
+        self.inner.expect_promotions_from(lower);
+    }
+
+    fn forget_engine(&self, engine: &Engine) -> Vec<ModuleHash> {
+        self.inner.forget_engine(engine)
+    }
+}

@@ -1,0 +1,485 @@
+//! Live sizing inside a running stack: accuracy against the tier itself and
+//! against an offline replay, a shift in traffic, a full buffer under 64
+//! threads, the exported metrics, and the worker's lifetime.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::snapshot::{counter, gauge, take};
+use metrics_util::debugging::DebuggingRecorder;
+use tierscope::{
+    FileSystemCache, InstrumentExt, MemoryCache, ModuleCache, ModuleHash,
+    engine::engine_key,
+    sizes,
+    sizing::{
+        Request,
+        live::{LiveSizing, SizingExt, SizingOptions, Window},
+        memory::{MemoryModel, ShadowOptions},
+        sampling::Sampling,
+    },
+};
+use wasmer::{Engine, Module};
+
+/// xorshift64*, seeded.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Zipf(`a`) over `n` ranks: the cumulative distribution.
+fn zipf_cdf(n: usize, a: f64) -> Vec<f64> {
+    let mut acc = 0.0;
+    let w: Vec<f64> = (1..=n)
+        .map(|r| {
+            acc += 1.0 / (r as f64).powf(a);
+            acc
+        })
+        .collect();
+    w.iter().map(|x| x / acc).collect()
+}
+
+/// `n` keys of the one compiled module, each with a recorded artifact size
+/// (the weight the memory tier gives it), distinct per `salt`.
+fn keys(
+    engine: &Engine,
+    n: usize,
+    salt: u8,
+    size: impl Fn(usize) -> u64,
+) -> Vec<(ModuleHash, u64)> {
+    (0..n)
+        .map(|i| {
+            let mut b = [salt; 32];
+            b[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            let key = ModuleHash::from_bytes(b);
+            let bytes = size(i);
+            sizes::record(key, engine_key(engine), bytes);
+            (key, bytes)
+        })
+        .collect()
+}
+
+/// One request through the stack as the loader makes it: the synchronous
+/// path, else a load, and on a miss a save. Whether the first tier hit.
+async fn request(
+    stack: &impl ModuleCache,
+    engine: &Engine,
+    key: ModuleHash,
+    module: &Module,
+) -> bool {
+    if stack.load_now(key, engine).is_some() {
+        return true;
+    }
+    match stack.load(key, engine).await {
+        Ok(_) => false,
+        Err(e) => {
+            assert!(e.is_not_found(), "{e}");
+            stack.save(key, engine, module).await.unwrap();
+            false
+        }
+    }
+}
+
+#[tokio::test]
+async fn under_a_steady_zipf_workload_the_projection_matches_the_tier_and_an_offline_replay() {
+    // Arrange: 300 modules of 10-50 KB, Zipf 0.9; a one-shard memory tier
+    // at half the working set; a window of 20,000 requests.
+    let engine = Engine::default();
+    let module = Module::new(&engine, common::ADD_WAT).unwrap();
+    let keys = keys(&engine, 300, 1, |i| 10_000 + (i as u64 * 7_919) % 40_000);
+    let working_set: u64 = keys.iter().map(|k| k.1).sum();
+    let capacity = working_set / 2;
+    let sizing = LiveSizing::new(
+        "steady",
+        SizingOptions::default()
+            .window(Window::requests(20_000))
+            .buffer(1 << 17), // never full: every request is modelled
+    );
+    let stack = MemoryCache::builder(capacity)
+        .shards(1)
+        .build()
+        .instrumented("steady", "memory")
+        .with_sizing(&sizing);
+    let cdf = zipf_cdf(keys.len(), 0.9);
+    let mut rng = Rng(0x5eed);
+    let mut trace = Vec::new();
+    let mut hits = Vec::new();
+
+    // Act: 60,000 requests (three windows), single-threaded.
+    for t in 0..60_000u64 {
+        let u = rng.unit();
+        let i = cdf.partition_point(|&c| c < u).min(keys.len() - 1);
+        let (key, bytes) = keys[i];
+        hits.push(request(&stack, &engine, key, &module).await);
+        trace.push(Request::new(t, i as u64, bytes));
+    }
+    sizing.flush();
+    let report = sizing.report();
+
+    // Assert: the window is full and its measured ratio is the tier's own
+    // over exactly the window's requests.
+    let memory = report.tier("memory").unwrap();
+    assert!(memory.window_full);
+    assert!(
+        (18_000..=20_000).contains(&memory.window_requests),
+        "{}",
+        memory.window_requests
+    );
+    let n = memory.window_requests as usize;
+    let measured = hits[hits.len() - n..].iter().filter(|&&h| h).count() as f64 / n as f64;
+    assert!(
+        (memory.measured_hit_ratio - measured).abs() < 1e-9,
+        "{} vs {measured} over {n}",
+        memory.measured_hit_ratio
+    );
+    assert!(measured > 0.3 && measured < 0.95, "{measured}");
+    // The projection at 1x is within 0.02 of the measured ratio.
+    let at_one = memory.at(1.0).unwrap();
+    assert_eq!(at_one.capacity, capacity);
+    assert!(
+        (at_one.hit_ratio - measured).abs() <= 0.02,
+        "projection {} vs measured {measured}",
+        at_one.hit_ratio
+    );
+    // Every scale is within 0.02 of an offline replay of the same requests
+    // (the model `tierscope size` runs).
+    let grid: Vec<u64> = memory.points.iter().map(|p| p.capacity).collect();
+    let options = ShadowOptions {
+        shards: Some(1),
+        ..Default::default()
+    };
+    let mut offline = MemoryModel::new(&grid, options, Sampling::Off);
+    for r in &trace {
+        offline.access(r);
+    }
+    let curve = offline.curve();
+    for p in &memory.points {
+        let o = curve.at(p.capacity).unwrap();
+        assert!(
+            (p.hit_ratio - o.hit_ratio).abs() <= 0.02,
+            "scale {}: live {} vs offline {}",
+            p.scale,
+            p.hit_ratio,
+            o.hit_ratio
+        );
+    }
+    // The curve rises with capacity, and 4x holds everything.
+    assert!(
+        memory
+            .points
+            .windows(2)
+            .all(|w| w[0].hit_ratio <= w[1].hit_ratio + 0.01)
+    );
+    assert!(memory.at(4.0).unwrap().hit_ratio > 0.99);
+    assert!(memory.at(0.5).unwrap().hit_ratio < at_one.hit_ratio);
+    // Nearly every module was asked for in the window.
+    assert!(
+        memory.working_set_bytes <= working_set && memory.working_set_bytes > working_set * 8 / 10
+    );
+    assert_eq!(memory.sampling_rate, 1.0);
+    assert_eq!(report.dropped, 0);
+    // Memory alone: its projected misses are the compiles.
+    let compiles = report.compiles.iter().find(|c| c.scale == 1.0).unwrap();
+    assert!((compiles.compiles - (1.0 - at_one.hit_ratio) * n as f64).abs() < 1.0);
+}
+
+#[tokio::test]
+async fn a_shift_of_the_hot_set_shows_within_one_window() {
+    // Arrange: 10 KB modules; a memory tier of 50 of them; a window of
+    // 5,000 requests.
+    let engine = Engine::default();
+    let module = Module::new(&engine, common::ADD_WAT).unwrap();
+    let hot = keys(&engine, 20, 2, |_| 10_000);
+    let shifted = keys(&engine, 200, 3, |_| 10_000);
+    let sizing = LiveSizing::new(
+        "shift",
+        SizingOptions::default().window(Window::requests(5_000)),
+    );
+    let stack = MemoryCache::builder(50 * 10_000)
+        .shards(1)
+        .build()
+        .instrumented("shift", "memory")
+        .with_sizing(&sizing);
+    let mut rng = Rng(7);
+
+    // Act 1: 20 hot modules fit.
+    for _ in 0..20_000 {
+        let (key, _) = hot[(rng.next() % 20) as usize];
+        request(&stack, &engine, key, &module).await;
+    }
+    sizing.flush();
+    let before = sizing.report().tier("memory").unwrap().clone();
+
+    // Act 2: one window of 200 other modules, four times the tier.
+    for _ in 0..5_000 {
+        let (key, _) = shifted[(rng.next() % 200) as usize];
+        request(&stack, &engine, key, &module).await;
+    }
+    sizing.flush();
+    let after = sizing.report().tier("memory").unwrap().clone();
+
+    // Assert: the window holds only the new traffic.
+    assert!(before.at(1.0).unwrap().hit_ratio > 0.99);
+    assert!(before.working_set_bytes == 20 * 10_000);
+    let now = after.at(1.0).unwrap().hit_ratio;
+    assert!(now < 0.4, "{now}");
+    assert!(
+        (now - after.measured_hit_ratio).abs() <= 0.02,
+        "{now} vs {}",
+        after.measured_hit_ratio
+    );
+    assert!(after.at(4.0).unwrap().hit_ratio > now + 0.3);
+    assert_eq!(after.working_set_bytes, 200 * 10_000);
+}
+
+#[tokio::test]
+async fn a_memory_and_disk_stack_models_each_tier_on_its_own_requests() {
+    // Arrange: one module under 120 keys (one artifact size); memory holds
+    // 20 of them, disk 60; Zipf 0.8.
+    let engine = Engine::default();
+    let module = Module::new(&engine, common::ADD_WAT).unwrap();
+    let size = module.serialize().unwrap().len() as u64;
+    let keys = keys(&engine, 120, 4, |_| size);
+    let dir = tempfile::tempdir().unwrap();
+    let sizing = LiveSizing::new(
+        "stack",
+        SizingOptions::default().window(Window::requests(6_000)),
+    );
+    let disk = FileSystemCache::open(dir.path(), 60 * size)
+        .unwrap()
+        .instrumented("stack", "disk")
+        .with_sizing(&sizing);
+    let stack = MemoryCache::builder(20 * size)
+        .shards(1)
+        .build()
+        .instrumented("stack", "memory")
+        .with_sizing(&sizing)
+        .with_fallback(disk);
+    let cdf = zipf_cdf(keys.len(), 0.8);
+    let mut rng = Rng(11);
+    let mut compiles = Vec::new();
+
+    // Act
+    for _ in 0..18_000 {
+        let u = rng.unit();
+        let (key, _) = keys[cdf.partition_point(|&c| c < u).min(keys.len() - 1)];
+        let below = stack.fallback().contains(key, &engine).await.unwrap();
+        let hit = request(&stack, &engine, key, &module).await;
+        compiles.push(!hit && !below);
+    }
+    sizing.flush();
+    let report = sizing.report();
+
+    // Assert: each tier's projection at 1x matches what it measured.
+    for name in ["memory", "disk"] {
+        let t = report.tier(name).unwrap();
+        let p = t.at(1.0).unwrap();
+        assert!(t.window_full, "{name}");
+        assert!(
+            (p.hit_ratio - t.measured_hit_ratio).abs() <= 0.02,
+            "{name}: projection {} vs measured {}",
+            p.hit_ratio,
+            t.measured_hit_ratio
+        );
+        assert!(
+            t.measured_hit_ratio > 0.05 && t.measured_hit_ratio < 0.95,
+            "{name}"
+        );
+    }
+    let (memory, disk) = (report.tier("memory").unwrap(), report.tier("disk").unwrap());
+    assert_eq!(disk.capacity, Some(60 * size));
+    // The stack's compiles at 1x are the real ones over the memory window.
+    let n = memory.window_requests as usize;
+    let real = compiles[compiles.len() - n..]
+        .iter()
+        .filter(|&&c| c)
+        .count() as f64;
+    let projected = report
+        .compiles
+        .iter()
+        .find(|c| c.scale == 1.0)
+        .unwrap()
+        .compiles;
+    assert!(
+        (projected - real).abs() <= 0.02 * n as f64,
+        "projected {projected} vs {real}"
+    );
+    // More memory, fewer compiles.
+    assert!(
+        report
+            .compiles
+            .windows(2)
+            .all(|w| w[1].compiles <= w[0].compiles + 0.01 * n as f64)
+    );
+}
+
+#[test]
+fn sixty_four_threads_on_a_tiny_buffer_drop_count_and_never_block() {
+    // Arrange: a buffer of 2 events per thread, one module resident.
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let engine = Engine::default();
+    let module = Module::new(&engine, common::ADD_WAT).unwrap();
+    let (key, _) = keys(&engine, 1, 5, |_| 1_000)[0];
+    let (sizing, stack) = metrics::with_local_recorder(&recorder, || {
+        let sizing = LiveSizing::new("hammer", SizingOptions::default().buffer(2));
+        let stack = MemoryCache::new(1 << 20)
+            .instrumented("hammer", "memory")
+            .with_sizing(&sizing);
+        (sizing, Arc::new(stack))
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(stack.save(key, &engine, &module)).unwrap();
+    const PER_THREAD: u64 = 20_000;
+
+    // Act: 64 threads, memory hits only.
+    let threads: Vec<_> = (0..64)
+        .map(|_| {
+            let (stack, engine) = (Arc::clone(&stack), engine.clone());
+            std::thread::spawn(move || {
+                let mut hits = 0u64;
+                for _ in 0..PER_THREAD {
+                    hits += u64::from(stack.load_now(key, &engine).is_some());
+                }
+                hits
+            })
+        })
+        .collect();
+    let hits: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    sizing.flush();
+    let report = sizing.report();
+
+    // Assert: every hit is either modelled or counted as dropped, and the
+    // counter says the same.
+    assert_eq!(hits, 64 * PER_THREAD);
+    assert!(report.dropped > 0);
+    assert_eq!(report.modelled + report.dropped, hits);
+    let memory = report.tier("memory").unwrap();
+    assert_eq!(memory.measured_hit_ratio, 1.0);
+    let s = take(&snapshotter);
+    assert_eq!(
+        counter(&s, "tierscope_sizing_dropped_total", &[("cache", "hammer")]),
+        report.dropped
+    );
+    // 64 rings of two events (and the main thread's), each a few cache lines.
+    assert!(sizing.buffer_bytes() <= 65 * 512);
+}
+
+#[tokio::test]
+async fn the_metrics_carry_the_report() {
+    // Arrange
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let engine = Engine::default();
+    let module = Module::new(&engine, common::ADD_WAT).unwrap();
+    let keys = keys(&engine, 40, 6, |_| 1_000);
+    let (sizing, stack) = metrics::with_local_recorder(&recorder, || {
+        let sizing = LiveSizing::new(
+            "exported",
+            SizingOptions::default()
+                .scales(&[0.5, 4.0])
+                .window(Window::requests(1_000)),
+        );
+        let stack = MemoryCache::builder(20_000)
+            .shards(1)
+            .build()
+            .instrumented("exported", "memory")
+            .with_sizing(&sizing);
+        (sizing, stack)
+    });
+
+    // Act: a loop over 40 modules of 1 KB, twice the tier.
+    let mut misses = 0u64;
+    for i in 0..4_000usize {
+        misses += u64::from(!request(&stack, &engine, keys[(i * 7) % 40].0, &module).await);
+    }
+    sizing.flush();
+    let report = sizing.report();
+    let s = take(&snapshotter);
+
+    // Assert: 1 was added to the grid; every point is exported.
+    let memory = report.tier("memory").unwrap();
+    assert_eq!(sizing.options().grid(), [0.5, 1.0, 4.0]);
+    for p in &memory.points {
+        let labels = [
+            ("cache", "exported"),
+            ("tier", "memory"),
+            ("scale", &*tierscope::sizing::live::scale_label(p.scale)),
+        ];
+        assert_eq!(
+            gauge(&s, "tierscope_sizing_hit_ratio", &labels),
+            p.hit_ratio
+        );
+        assert_eq!(
+            gauge(&s, "tierscope_sizing_byte_hit_ratio", &labels),
+            p.byte_hit_ratio
+        );
+        assert_eq!(
+            gauge(&s, "tierscope_sizing_capacity_bytes", &labels),
+            p.capacity as f64
+        );
+    }
+    let tier = [("cache", "exported"), ("tier", "memory")];
+    assert_eq!(
+        gauge(&s, "tierscope_sizing_working_set_bytes", &tier),
+        40_000.0
+    );
+    assert_eq!(gauge(&s, "tierscope_sizing_sampling_rate", &tier), 1.0);
+    assert_eq!(
+        gauge(&s, "tierscope_sizing_window_requests", &tier),
+        memory.window_requests as f64
+    );
+    // The projected compiles counters count the whole history: at 1x the
+    // tier's real misses (memory alone: a miss is a compile), at 4x only
+    // the first request of each module.
+    assert!(misses > 1_000, "{misses}");
+    let compiles = counter(
+        &s,
+        "tierscope_sizing_compiles_total",
+        &[("cache", "exported"), ("scale", "1")],
+    );
+    assert!(
+        compiles.abs_diff(misses) <= misses / 100,
+        "{compiles} vs {misses}"
+    );
+    assert_eq!(
+        counter(
+            &s,
+            "tierscope_sizing_compiles_total",
+            &[("cache", "exported"), ("scale", "4")]
+        ),
+        40
+    );
+}
+
+#[tokio::test]
+async fn the_worker_stops_when_the_stack_is_dropped() {
+    // Arrange
+    let engine = Engine::default();
+    let sizing = LiveSizing::new("lifetime", SizingOptions::default());
+    let stack = MemoryCache::new(1 << 20)
+        .instrumented("lifetime", "memory")
+        .with_sizing(&sizing);
+    let probe = sizing.worker_probe();
+    let _ = stack.load(ModuleHash::from_bytes([9; 32]), &engine).await;
+
+    // Act 1: the handle goes, the stack still holds the models.
+    drop(sizing);
+    assert!(probe.is_running());
+
+    // Act 2: the stack goes; its drop joins the worker.
+    drop(stack);
+    assert!(!probe.is_running());
+}
