@@ -1,0 +1,81 @@
+//! The demo's command line.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, value_parser};
+
+use crate::size;
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How long the workload runs, in seconds.
+    #[arg(long, default_value_t = 20, value_parser = value_parser!(u64).range(1..=86_400))]
+    pub(super) duration: u64,
+    /// Where to serve Prometheus metrics (`/metrics`).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub(super) metrics_addr: SocketAddr,
+    /// Directory of the disk tier (default: a temporary directory, removed
+    /// at exit).
+    #[arg(long)]
+    pub(super) cache_dir: Option<PathBuf>,
+    /// Use the `.wasm` files of this directory instead of generated modules.
+    #[arg(long)]
+    pub(super) modules: Option<PathBuf>,
+    /// Bound of the memory tier (e.g. 16MiB).
+    #[arg(long, default_value = "8MiB", value_parser = size::parse)]
+    pub(super) memory_bytes: u64,
+    /// Bound of the disk tier (e.g. 1GiB).
+    #[arg(long, default_value = "1GiB", value_parser = size::parse)]
+    pub(super) disk_bytes: u64,
+    /// Evicted machine code one engine may keep before a fresh engine
+    /// replaces it (see "Engines and memory" in the README).
+    #[arg(long, default_value = "64MiB", value_parser = size::parse)]
+    pub(super) code_budget: u64,
+    /// Concurrent tasks asking for modules.
+    #[arg(long, default_value_t = 4, value_parser = value_parser!(u64).range(1..=1024))]
+    pub(super) concurrency: u64,
+    /// Add a shared Redis tier below the disk tier (needs the `redis`
+    /// feature). The MAC key is read from the environment variable
+    /// TIERSCOPE_REDIS_KEY (64 hex characters), never from the command line.
+    #[arg(long, value_name = "URL")]
+    pub(super) redis: Option<String>,
+    /// Number of generated modules (ignored with --modules).
+    #[arg(long, default_value_t = 40, value_parser = value_parser!(u64).range(1..=10_000))]
+    pub(super) corpus: u64,
+    /// Largest generated module, in bytes of wasm (sizes spread
+    /// log-uniformly from 4 KB up to this; ignored with --modules).
+    #[arg(long, default_value = "400KB", value_parser = size::parse)]
+    pub(super) max_wasm_bytes: u64,
+    /// Zipf exponent of module popularity (higher: a few modules dominate).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_exponent)]
+    pub(super) zipf: f64,
+    /// Seed for the corpus and the workload.
+    #[arg(long, default_value_t = 1)]
+    pub(super) seed: u64,
+    /// Keep serving /metrics this many seconds after the workload ends.
+    #[arg(long, default_value_t = 0, value_parser = value_parser!(u64).range(0..=86_400))]
+    pub(super) linger: u64,
+    /// No live progress line (it is also hidden when stderr is not a terminal).
+    #[arg(long)]
+    pub(super) no_progress: bool,
+    /// Write the request stream as a tierscope trace, for `tierscope size`.
+    #[arg(long, value_name = "FILE")]
+    pub(super) record: Option<PathBuf>,
+    /// Turn live sizing off (on by default: every tier's what-if hit ratios
+    /// at 0.25x to 4x its capacity, exported as tierscope_sizing_*).
+    #[arg(long)]
+    pub(super) no_sizing: bool,
+    /// Live sizing's window: the last this many lookups of each tier (and
+    /// at most the last 5 minutes).
+    #[arg(long, default_value_t = 100_000, value_parser = value_parser!(u64).range(10..=100_000_000))]
+    pub(super) sizing_window: u64,
+}
+
+pub(super) fn parse_exponent(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if v > 0.0 && v <= 10.0 {
+        Ok(v)
+    } else {
+        Err("the Zipf exponent must be in (0, 10]".into())
+    }
+}

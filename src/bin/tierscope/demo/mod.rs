@@ -1,0 +1,319 @@
+//! `tierscope demo`: the library doing its job, observably.
+//!
+//! - [`args`]: the command line;
+//! - [`modules`]: the modules it loads (a directory of `.wasm` files, or
+//!   generated ones);
+//! - this module: the stack, the workload, `/metrics`;
+//! - [`report`]: the progress line and the final table, read from the
+//!   exporter's own text as Prometheus would scrape it.
+
+mod args;
+mod modules;
+mod report;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{RngExt, SeedableRng, rngs::SmallRng};
+use rand_distr::Zipf;
+use tierscope::{
+    EngineGenerations, FileSystemCache, InstrumentExt, MemoryCache, ModuleCache, ModuleLoader,
+    observe::prometheus,
+    sizing::live::{LiveSizing, SizingExt, SizingOptions, Window},
+};
+use wasmer::Engine;
+
+use crate::{expo::Scrape, size};
+
+pub use args::DemoArgs;
+use modules::{Wasm, generate_corpus, read_modules};
+use report::{print_table, progress_line};
+
+/// The `cache` label of every metric the demo records.
+const CACHE: &str = "modules";
+
+/// How the demo failed: bad input (exit code 2) or at run time (1).
+pub enum Failure {
+    Usage(String),
+    Runtime(String),
+}
+
+pub fn run(args: DemoArgs) -> Result<(), Failure> {
+    // Validate the inputs before doing anything slow.
+    let files = match &args.modules {
+        Some(dir) => Some(read_modules(dir)?),
+        None => None,
+    };
+    if let Some(dir) = &args.cache_dir
+        && dir.exists()
+        && !dir.is_dir()
+    {
+        return Err(Failure::Usage(format!(
+            "--cache-dir {} exists and is not a directory",
+            dir.display()
+        )));
+    }
+    #[cfg(not(feature = "redis"))]
+    if args.redis.is_some() {
+        return Err(Failure::Usage(
+            "--redis needs a build with the `redis` feature: cargo run --release --features cli,redis -- demo --redis URL".into(),
+        ));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(run_async(args, files))
+}
+
+async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failure> {
+    // The recorder first: the tiers register their metric handles when built.
+    let metrics = prometheus::serve(args.metrics_addr).map_err(|e| {
+        Failure::Runtime(format!(
+            "cannot serve metrics on {}: {e}",
+            args.metrics_addr
+        ))
+    })?;
+    let show = !args.no_progress;
+    let bar = |len: u64| {
+        let pb = if show {
+            ProgressBar::new(len)
+        } else {
+            ProgressBar::hidden()
+        };
+        pb.set_style(
+            ProgressStyle::with_template("{spinner} {prefix:>9} [{elapsed_precise}] {wide_msg}")
+                .expect("valid template"),
+        );
+        pb
+    };
+
+    let modules = match files {
+        Some(f) => f,
+        None => {
+            let pb = bar(args.corpus);
+            pb.set_prefix("corpus");
+            pb.set_message("generating wasm modules");
+            let seed = args.seed;
+            let n = args.corpus;
+            let max = args.max_wasm_bytes;
+            let pb2 = pb.clone();
+            let m = tokio::task::spawn_blocking(move || generate_corpus(n, max, seed, &pb2))
+                .await
+                .map_err(|e| Failure::Runtime(format!("corpus generation failed: {e}")))?;
+            pb.finish_and_clear();
+            m
+        }
+    };
+    let total_wasm: usize = modules.iter().map(|m| m.bytes.len()).sum();
+
+    let temp;
+    let dir = match &args.cache_dir {
+        Some(d) => d.clone(),
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("tierscope-demo-")
+                .tempdir()
+                .map_err(|e| {
+                    Failure::Runtime(format!("cannot create a temporary directory: {e}"))
+                })?;
+            temp.path().to_path_buf()
+        }
+    };
+
+    // Live sizing (unless --no-sizing): each tier wrapped around its spy,
+    // so the model sees the lookups the tier sees.
+    let sizing = (!args.no_sizing).then(|| {
+        LiveSizing::new(
+            CACHE,
+            SizingOptions::default()
+                .window(Window::requests(args.sizing_window).max_age(Duration::from_secs(300))),
+        )
+    });
+    let memory = MemoryCache::new(args.memory_bytes).instrumented(CACHE, "memory");
+    let memory: Arc<dyn ModuleCache + Send + Sync> = match &sizing {
+        Some(s) => Arc::new(memory.with_sizing(s)),
+        None => Arc::new(memory),
+    };
+    let disk = FileSystemCache::open(&dir, args.disk_bytes)
+        .map_err(|e| Failure::Runtime(format!("cannot open the disk tier: {e}")))?
+        .instrumented(CACHE, "disk");
+    let disk: Arc<dyn ModuleCache + Send + Sync> = match &sizing {
+        Some(s) => Arc::new(disk.with_sizing(s)),
+        None => Arc::new(disk),
+    };
+    let lower: Arc<dyn ModuleCache + Send + Sync> = match &args.redis {
+        None => disk,
+        #[cfg(feature = "redis")]
+        Some(url) => {
+            let redis = redis_tier(url, CACHE).await?;
+            match &sizing {
+                Some(s) => Arc::new(disk.with_fallback(redis.with_sizing(s))),
+                None => Arc::new(disk.with_fallback(redis)),
+            }
+        }
+        #[cfg(not(feature = "redis"))]
+        Some(_) => unreachable!("checked before the runtime starts"),
+    };
+    let recorder = match &args.record {
+        Some(p) => Some(Arc::new(
+            crate::record::Recorder::create(p).map_err(Failure::Usage)?,
+        )),
+        None => None,
+    };
+    let engines = EngineGenerations::new(Engine::default).code_budget(args.code_budget);
+    let loader = ModuleLoader::with_engines(CACHE, memory.with_fallback(lower.clone()), engines);
+
+    eprintln!(
+        "tierscope demo: {} modules ({}), memory {} -> disk {} at {}{}, code budget {}, {} tasks for {} s",
+        modules.len(),
+        size::human(total_wasm as f64),
+        size::human(args.memory_bytes as f64),
+        size::human(args.disk_bytes as f64),
+        dir.display(),
+        if args.redis.is_some() {
+            " -> redis"
+        } else {
+            ""
+        },
+        size::human(args.code_budget as f64),
+        args.concurrency,
+        args.duration,
+    );
+    eprintln!("metrics: http://{}/metrics", args.metrics_addr);
+
+    let modules = Arc::new(modules);
+    let zipf = Zipf::new(modules.len() as f64, args.zipf)
+        .map_err(|e| Failure::Usage(format!("Zipf distribution: {e}")))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let requests = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..args.concurrency {
+        let (loader, modules) = (loader.clone(), modules.clone());
+        let (stop, requests, failures) = (stop.clone(), requests.clone(), failures.clone());
+        let (recorder, lower) = (recorder.clone(), lower.clone());
+        let mut rng = SmallRng::seed_from_u64(args.seed ^ (t + 1).wrapping_mul(0x9E37_79B9));
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let i = rng.sample(zipf) as usize - 1;
+                let m = &modules[i];
+                let loaded = match &recorder {
+                    Some(r) => r.load(&loader, &lower, m.key, &m.bytes).await,
+                    None => loader.load_with_hash(m.key, &m.bytes).await,
+                };
+                match loaded {
+                    Ok(_) => requests.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        tracing::warn!(module = %m.name, error = %e, "load failed");
+                        failures.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                // Memory hits never wait: let the other tasks run.
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+
+    let pb = bar(args.duration);
+    pb.set_prefix("workload");
+    let deadline = started + Duration::from_secs(args.duration);
+    let mut interrupted = false;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let tick = tokio::time::sleep(Duration::from_millis(250).min(deadline - now));
+        tokio::select! {
+            _ = tick => {}
+            _ = tokio::signal::ctrl_c() => { interrupted = true; break; }
+        }
+        tierscope::observe::flush();
+        prometheus::collect_process_metrics();
+        let scrape = Scrape::parse(&metrics.render());
+        pb.set_message(progress_line(
+            &scrape,
+            requests.load(Ordering::Relaxed),
+            started.elapsed(),
+        ));
+        pb.tick();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = started.elapsed();
+    pb.finish_and_clear();
+    tierscope::observe::flush();
+    prometheus::collect_process_metrics();
+    let report = sizing.as_ref().map(|s| {
+        s.flush();
+        s.report()
+    });
+    let scrape = Scrape::parse(&metrics.render());
+    print_table(
+        &scrape,
+        requests.load(Ordering::Relaxed),
+        failures.load(Ordering::Relaxed),
+        elapsed,
+        report.as_ref(),
+    );
+    if let (Some(r), Some(path)) = (&recorder, &args.record) {
+        let n = r.finish().map_err(Failure::Runtime)?;
+        eprintln!(
+            "recorded {n} requests to {}; size the tiers with: tierscope size {} --memory {} --disk {}",
+            path.display(),
+            path.display(),
+            size::human(args.memory_bytes as f64).replace(' ', ""),
+            size::human(args.disk_bytes as f64).replace(' ', ""),
+        );
+    }
+    if args.linger > 0 && !interrupted {
+        eprintln!(
+            "serving http://{}/metrics for {} more seconds (Ctrl-C to stop)",
+            args.metrics_addr, args.linger
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(args.linger)) => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(feature = "redis")]
+/// The Redis tier of the CLI's stacks, instrumented under the cache name `name`, its key
+/// read from the environment and the server checked before use.
+pub(crate) async fn redis_tier(
+    url: &str,
+    name: &str,
+) -> Result<tierscope::Instrumented<tierscope::RedisCache>, Failure> {
+    // The key comes from the environment, never the command line (which
+    // other users of the machine can read).
+    let cache = tierscope::RedisCache::builder(url)
+        .mac_keys_from_env()
+        .map_err(|e| {
+            Failure::Usage(format!(
+                "--redis: {e}; generate one with `openssl rand -hex 32`"
+            ))
+        })?
+        .build()
+        .map_err(|e| Failure::Usage(format!("--redis {url}: {e}")))?;
+    // Instrument first, so availability is reported, then check the server
+    // answers: a wrong address or password is a clear error now, not later.
+    let cache = cache.instrumented(name, "redis");
+    cache
+        .get_ref()
+        .ping()
+        .await
+        .map_err(|e| Failure::Runtime(format!("--redis {url}: {e}")))?;
+    Ok(cache)
+}
