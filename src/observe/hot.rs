@@ -6,7 +6,7 @@
 //! Prometheus exporter's generational storage) costs 5-10 ns, and more when
 //! two threads fight over its cache line. So each instrumented tier owns a
 //! [`HitCounters`]: one pair of counters (hits, read bytes) per thread, in
-//! a [`thread_local::ThreadLocal`], each on its own cache line. Only the
+//! a [`thread_local::ThreadLocal`], each apart from the others' cache lines. Only the
 //! thread that owns a pair writes it, with a plain load and store.
 //!
 //! **Publishing.** [`HitCounters::publish`] sums every thread's pair and
@@ -23,7 +23,7 @@
 //! gives the thread's id, with that pair, to the next new thread, which
 //! goes on counting in it. The sum over the pairs is therefore always the
 //! tier's total and no count is lost or moved. A tier holds one pair
-//! (128 bytes) per thread id, that is at most one per thread ever alive at
+//! (136 bytes with padding) per thread id, that is at most one per thread ever alive at
 //! once.
 //!
 //! **Reaching every tier.** [`crate::observe::flush`] takes no argument,
@@ -45,14 +45,16 @@ use metrics::Counter;
 use parking_lot::Mutex;
 use thread_local::ThreadLocal;
 
-/// One thread's counts for one tier. On a cache line of its own (the
-/// pairs of a `ThreadLocal` are contiguous), so that two threads counting
-/// do not write the same line.
+/// One thread's counts for one tier. The entries of a `ThreadLocal` are
+/// contiguous: the padding keeps two threads' counts more than a cache
+/// line apart, so that two threads counting never write the same line.
+/// (Padding rather than `#[repr(align(64))]`, which makes every caller
+/// realign its stack for the value `ThreadLocal::get_or` builds.)
 #[derive(Default)]
-#[repr(align(64))]
 struct ThreadCounts {
     hits: AtomicU64,
     read_bytes: AtomicU64,
+    _padding: [u64; 14],
 }
 
 /// One instrumented tier's hits and read bytes, counted per thread and

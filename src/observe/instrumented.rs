@@ -341,6 +341,24 @@ impl<C> Instrumented<C> {
         &self.metrics.cache
     }
 
+    /// Out of line, to keep [`ModuleCache::load_now`] small enough to
+    /// inline: it runs for one hit in `latency_sample_every`.
+    #[cold]
+    #[inline(never)]
+    fn time_memory_hit(&self, start: quanta::Instant) {
+        self.metrics.duration[LOAD][HIT].record(start.elapsed().as_secs_f64());
+    }
+
+    /// Out of line, like [`Self::time_memory_hit`]: only with debug
+    /// tracing on.
+    #[cold]
+    #[inline(never)]
+    fn trace_memory_hit(&self, bytes: Option<u64>) {
+        let span = self.span("load");
+        span.record("result", "hit");
+        span.record("bytes", bytes);
+    }
+
     fn span(&self, op: &'static str) -> tracing::Span {
         tracing::debug_span!(
             "tierscope",
@@ -445,22 +463,21 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
         self.load_slow(key, engine).await.map(|hit| hit.module)
     }
 
-    #[inline]
+    // Always inlined (its cold parts are out of line): the memory-hit path,
+    // where a call and the copies it brings cost several per cent.
+    #[inline(always)]
     fn load_now(&self, key: ModuleHash, engine: &Engine) -> Option<Hit> {
-        let metrics = &*self.metrics;
         let local = self.hits.local();
         let start = local
-            .sampled(metrics.sample_mask)
+            .sampled(self.metrics.sample_mask)
             .then(quanta::Instant::now);
         let hit = self.inner.load_now(key, engine)?;
         local.hit(hit.bytes.unwrap_or(0));
         if let Some(start) = start {
-            metrics.duration[LOAD][HIT].record(start.elapsed().as_secs_f64());
+            self.time_memory_hit(start);
         }
         if tracing::enabled!(tracing::Level::DEBUG) {
-            let span = self.span("load");
-            span.record("result", "hit");
-            span.record("bytes", hit.bytes);
+            self.trace_memory_hit(hit.bytes);
         }
         // `tier` is left as the inner tier set it: `load_traced` names this
         // tier, and the loader's fast path never needs the name.
