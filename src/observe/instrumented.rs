@@ -341,22 +341,21 @@ impl<C> Instrumented<C> {
         &self.metrics.cache
     }
 
-    /// Out of line, to keep [`ModuleCache::load_now`] small enough to
-    /// inline: it runs for one hit in `latency_sample_every`.
+    /// What a memory hit does beyond counting, for one hit in
+    /// `latency_sample_every` (timed since `start`) or with debug tracing
+    /// on. Out of line, so that [`ModuleCache::load_now`] stays small: one
+    /// rare call on its path.
     #[cold]
     #[inline(never)]
-    fn time_memory_hit(&self, start: quanta::Instant) {
-        self.metrics.duration[LOAD][HIT].record(start.elapsed().as_secs_f64());
-    }
-
-    /// Out of line, like [`Self::time_memory_hit`]: only with debug
-    /// tracing on.
-    #[cold]
-    #[inline(never)]
-    fn trace_memory_hit(&self, bytes: Option<u64>) {
-        let span = self.span("load");
-        span.record("result", "hit");
-        span.record("bytes", bytes);
+    fn after_memory_hit(&self, start: Option<quanta::Instant>, bytes: Option<u64>) {
+        if let Some(start) = start {
+            self.metrics.duration[LOAD][HIT].record(start.elapsed().as_secs_f64());
+        }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let span = self.span("load");
+            span.record("result", "hit");
+            span.record("bytes", bytes);
+        }
     }
 
     fn span(&self, op: &'static str) -> tracing::Span {
@@ -471,17 +470,19 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
         let start = local
             .sampled(self.metrics.sample_mask)
             .then(quanta::Instant::now);
-        let hit = self.inner.load_now(key, engine)?;
-        local.hit(hit.bytes.unwrap_or(0));
-        if let Some(start) = start {
-            self.time_memory_hit(start);
-        }
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            self.trace_memory_hit(hit.bytes);
+        // The inner answer is returned as it came, never taken apart and
+        // rebuilt: moving the `Hit` out and back cost store-forwarding
+        // stalls (two 16-byte loads over narrower stores), about 8 ns.
+        let answer = self.inner.load_now(key, engine);
+        if let Some(hit) = &answer {
+            local.hit(hit.bytes.unwrap_or(0));
+            if start.is_some() || tracing::enabled!(tracing::Level::DEBUG) {
+                self.after_memory_hit(start, hit.bytes);
+            }
         }
         // `tier` is left as the inner tier set it: `load_traced` names this
         // tier, and the loader's fast path never needs the name.
-        Some(hit)
+        answer
     }
 
     async fn load_traced(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
