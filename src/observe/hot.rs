@@ -29,9 +29,10 @@
 //! **Reaching every tier.** [`crate::observe::flush`] takes no argument,
 //! so the tiers' counters must be found from somewhere process-wide: a
 //! list of *weak* references to each live tier's [`HitCounters`]. An entry
-//! is added when a tier is built and removed when it is dropped, so the
-//! list holds live tiers only; it has no size limit and keeps no tier
-//! alive. Nothing else here is process-wide.
+//! is added when a tier is built and removed when it is dropped (or, if the
+//! list is busy then, at the next build or flush), so the list holds live
+//! tiers only; it has no size limit and keeps no tier alive. Nothing else
+//! here is process-wide.
 
 use std::{
     marker::PhantomData,
@@ -132,17 +133,24 @@ impl Drop for HitCounters {
     fn drop(&mut self) {
         self.publish();
         // This tier's entry no longer upgrades: remove it (and any other
-        // that went the same way).
-        LIVE.lock().retain(|w| w.strong_count() > 0);
+        // that went the same way). When `publish_all` holds the list (it
+        // may be running this very drop), the next `new` or `publish_all`
+        // removes it instead.
+        if let Some(mut live) = LIVE.try_lock() {
+            live.retain(|w| w.strong_count() > 0);
+        }
     }
 }
 
 /// Publish every live tier's pending counts now.
+///
+/// The list stays locked throughout, so that a concurrent call returns
+/// only once this one is done, including the publish of a tier whose last
+/// reference this call held (and dropped).
 pub fn publish_all() {
-    // Upgrade under the lock, publish outside it: the last reference to a
-    // tier dropped here runs its `Drop`, which takes the lock again.
-    let live: Vec<Arc<HitCounters>> = LIVE.lock().iter().filter_map(Weak::upgrade).collect();
-    for counters in &live {
+    let mut live = LIVE.lock();
+    live.retain(|w| w.strong_count() > 0);
+    for counters in live.iter().filter_map(Weak::upgrade) {
         counters.publish();
     }
 }
@@ -182,6 +190,10 @@ mod tests {
     use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
     use std::collections::HashMap;
 
+    /// `publish_all` publishes every tier of the process: one test at a
+    /// time, so that none publishes (or holds) another's counters midway.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
     fn counters(snap: &Snapshotter) -> HashMap<String, u64> {
         snap.snapshot()
             .into_vec()
@@ -210,6 +222,7 @@ mod tests {
 
     #[test]
     fn counts_of_threads_that_exited_are_kept_and_reused_ids_go_on() {
+        let _serial = ONE_AT_A_TIME.lock();
         let recorder = DebuggingRecorder::new();
         let snap = recorder.snapshotter();
         let hot = hit_counters(&recorder, "exited");
@@ -237,6 +250,7 @@ mod tests {
 
     #[test]
     fn two_tiers_with_the_same_names_and_a_rebuild_add_up() {
+        let _serial = ONE_AT_A_TIME.lock();
         let recorder = DebuggingRecorder::new();
         let snap = recorder.snapshotter();
         let (a, b) = (
@@ -260,6 +274,7 @@ mod tests {
 
     #[test]
     fn a_dropped_tier_publishes_what_is_pending_and_leaves_the_list() {
+        let _serial = ONE_AT_A_TIME.lock();
         let recorder = DebuggingRecorder::new();
         let snap = recorder.snapshotter();
         let gone = hit_counters(&recorder, "dropped");
@@ -274,11 +289,13 @@ mod tests {
         let values = counters(&snap);
         assert_eq!(values["dropped_hits"], 7);
         assert_eq!(values["dropped_bytes"], 14);
+        publish_all();
         assert!(!LIVE.lock().iter().any(|w| w.ptr_eq(&weak)));
     }
 
     #[test]
     fn the_thread_count_is_the_sampling_tick() {
+        let _serial = ONE_AT_A_TIME.lock();
         let recorder = DebuggingRecorder::new();
         let hot = hit_counters(&recorder, "tick");
         let mut sampled = 0;
