@@ -6,8 +6,9 @@
 //! Prometheus exporter's generational storage) costs 5-10 ns, and more when
 //! two threads fight over its cache line. So each instrumented tier owns a
 //! [`HitCounters`]: one pair of counters (hits, read bytes) per thread, in
-//! a [`thread_local::ThreadLocal`], each apart from the others' cache lines. Only the
-//! thread that owns a pair writes it, with a plain load and store.
+//! a [`thread_local::ThreadLocal`], padded off the other threads' cache
+//! lines. Only the thread that owns a pair writes it, with a plain load
+//! and store.
 //!
 //! **Publishing.** [`HitCounters::publish`] sums every thread's pair and
 //! adds what was not published yet to the tier's counter handles with
@@ -19,12 +20,13 @@
 //!   they own (tests call it before reading exact values);
 //! - when the tier is dropped, for what is still pending.
 //!
-//! **Threads that exit.** `ThreadLocal` keeps an exited thread's pair and
-//! gives the thread's id, with that pair, to the next new thread, which
-//! goes on counting in it. The sum over the pairs is therefore always the
-//! tier's total and no count is lost or moved. A tier holds one pair
-//! (136 bytes with padding) per thread id, that is at most one per thread ever alive at
-//! once.
+//! **Threads that exit.** `ThreadLocal` keeps an exited thread's pair, and
+//! its thread id (so the pair) goes to a later new thread, which goes on
+//! counting in it; the id is released under a lock the new thread takes,
+//! so its plain loads see the last stores. The sum over the pairs is
+//! therefore always the tier's total: no count is lost or moved. A tier
+//! holds one pair (136 bytes with padding) per thread id, that is at most
+//! as many as the most threads ever alive at once.
 //!
 //! **Reaching every tier.** [`crate::observe::flush`] takes no argument,
 //! so the tiers' counters must be found from somewhere process-wide: a

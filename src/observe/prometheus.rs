@@ -31,12 +31,10 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use crate::observe::{PUBLISH_INTERVAL, Publisher, flush};
-
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 pub use metrics_exporter_prometheus::{PrometheusHandle, PrometheusRecorder};
 
-use crate::observe::names;
+use crate::observe::{PUBLISH_INTERVAL, Publisher, flush, names};
 
 /// How often buffered histogram samples are folded into buckets. The
 /// exporter buffers every sample (about 16.5 bytes) until then, so this
@@ -106,8 +104,8 @@ impl Exporter {
     }
 }
 
-/// A tick for [`Publisher::with_tick`] that refreshes the process metrics
-/// every [`PROCESS_INTERVAL`], then runs `and_then`.
+/// A tick for [`Publisher::with_tick`]: runs `and_then`, and refreshes the
+/// process metrics when [`PROCESS_INTERVAL`] has passed since it last did.
 fn periodic_work(mut and_then: impl FnMut() + Send + 'static) -> impl FnMut() + Send + 'static {
     let mut last = std::time::Instant::now();
     move || {
