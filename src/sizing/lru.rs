@@ -559,7 +559,11 @@ impl LruCore {
         // order (the new order).
         let hists: Vec<Option<Vec<i64>>> = (0..self.trees.len())
             .map(|ti| match &mut self.trees[ti].index {
-                Index::Hist(h) => Some(live_slots(bits).map(|s| h.get(s as usize).1).collect()),
+                Index::Hist(h) => Some(
+                    live_slots(bits)
+                        .map(|s| h.get(s as usize).1)
+                        .collect(),
+                ),
                 Index::Fen(_) => None,
             })
             .collect();
