@@ -1,284 +1,188 @@
-//! Per-thread counters for the memory-hit path.
+//! Per-thread hit counters: how an instrumented tier counts its hits and
+//! read bytes without an atomic read-modify-write.
 //!
-//! A memory hit costs about 20-30 ns (BENCHMARKS.md); one atomic read-modify-write (what a
-//! `metrics` counter handle does, twice with the Prometheus exporter's
-//! generational storage) costs 5-10 ns, and more when two threads fight
-//! over its cache line. So the hit path counts into a block of counters
-//! owned by the current thread, with a plain load and store (no `lock`
-//! prefix, no cache-line sharing); only the owner thread writes its block.
+//! A memory hit costs about 20-30 ns (BENCHMARKS.md); one atomic
+//! read-modify-write (what a `metrics` counter handle does, twice with the
+//! Prometheus exporter's generational storage) costs 5-10 ns, and more when
+//! two threads fight over its cache line. So each instrumented tier owns a
+//! [`HitCounters`]: one pair of counters (hits, read bytes) per thread, in
+//! a [`thread_local::ThreadLocal`], padded off the other threads' cache
+//! lines. Only the thread that owns a pair writes it, with a plain load
+//! and store.
 //!
-//! The totals reach the `metrics` recorder by [`publish`], which sums every
-//! thread's block and adds what was not published yet to the counter
-//! handles with `increment` (never `absolute`, which is `fetch_max` in
-//! `metrics` 0.24: two spies with the same labels, or a spy rebuilt under
-//! the same names, would report the larger count instead of the sum). It runs on a background thread every
-//! [`PUBLISH_INTERVAL`], and whenever asked: [`crate::observe::flush`] is
-//! called by tierscope's Prometheus render path and by tests that read exact
-//! values.
+//! **Publishing.** [`HitCounters::publish`] sums every thread's pair and
+//! adds what was not published yet to the tier's counter handles with
+//! `increment` (never `absolute`, which is `fetch_max` in `metrics` 0.24:
+//! two spies with the same labels, or a spy rebuilt under the same names,
+//! would report the larger count instead of the sum). It runs:
+//! - for every live tier on [`crate::observe::flush`], which exporters
+//!   call on scrape and on the timer of the [`crate::observe::Publisher`]
+//!   they own (tests call it before reading exact values);
+//! - when the tier is dropped, for what is still pending.
 //!
-//! Each instrumented tier owns one slot (an index into every block). There
-//! are [`SLOTS`] of them; tiers beyond that count straight into their handles.
+//! **Threads that exit.** `ThreadLocal` keeps an exited thread's pair, and
+//! its thread id (so the pair) goes to a later new thread, which goes on
+//! counting in it; the id is released under a lock the new thread takes,
+//! so its plain loads see the last stores. The sum over the pairs is
+//! therefore always the tier's total: no count is lost or moved. A tier
+//! holds one pair (136 bytes with padding) per thread id, that is at most
+//! as many as the most threads ever alive at once.
+//!
+//! **Reaching every tier.** [`crate::observe::flush`] takes no argument,
+//! so the tiers' counters must be found from somewhere process-wide: a
+//! list of *weak* references to each live tier's [`HitCounters`]. An entry
+//! is added when a tier is built and removed when it is dropped (or, if the
+//! list is busy then, at the next build or flush), so the list holds live
+//! tiers only; it has no size limit and keeps no tier alive. Nothing else
+//! here is process-wide.
 
 use std::{
-    cell::Cell,
+    marker::PhantomData,
     sync::{
-        OnceLock,
+        Arc, Weak,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
-    time::Duration,
 };
 
 use metrics::Counter;
 use parking_lot::Mutex;
+use thread_local::ThreadLocal;
 
-/// Instrumented tiers that can have a per-thread slot at once.
-pub const SLOTS: usize = 128;
-
-/// How often the background publisher folds per-thread counts into the
-/// recorder.
-pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
-
-/// Counters per slot: hits and read bytes.
-const PER_SLOT: usize = 2;
-
-/// One thread's counters. Blocks live for the whole process: when a thread
-/// exits its block goes back to a pool and the next new thread continues
-/// counting in it, so the sum over all blocks is always the total and no
-/// count is ever moved or lost. Only the owning thread writes a block.
-struct Block {
-    /// Per slot: hits, read bytes.
-    values: [[AtomicU64; PER_SLOT]; SLOTS],
+/// One thread's counts for one tier. The entries of a `ThreadLocal` are
+/// contiguous: the padding keeps two threads' counts more than a cache
+/// line apart, so that two threads counting never write the same line.
+/// (Padding rather than `#[repr(align(64))]`, which makes every caller
+/// realign its stack for the value `ThreadLocal::get_or` builds.)
+#[derive(Default)]
+struct ThreadCounts {
+    hits: AtomicU64,
+    read_bytes: AtomicU64,
+    _padding: [u64; 14],
 }
 
-impl Block {
-    fn new() -> Self {
-        Block {
-            values: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
-        }
+/// One instrumented tier's hits and read bytes, counted per thread and
+/// published to two `metrics` counters (see the [module docs](self)).
+pub struct HitCounters {
+    per_thread: ThreadLocal<ThreadCounts>,
+    /// The totals (hits, read bytes) already added to the handles. The
+    /// lock also keeps two publishers from adding the same delta twice.
+    published: Mutex<[u64; 2]>,
+    hits: Counter,
+    read_bytes: Counter,
+}
+
+impl std::fmt::Debug for HitCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [hits, read_bytes] = *self.published.lock();
+        f.debug_struct("HitCounters")
+            .field("published_hits", &hits)
+            .field("published_read_bytes", &read_bytes)
+            .finish_non_exhaustive()
     }
 }
 
-struct SlotState {
-    /// The handles totals are published to, while a tier owns the slot.
-    handles: Option<[Counter; PER_SLOT]>,
-    /// The slot's totals (over every block) already published, or counted
-    /// by earlier owners of the slot: only the difference is added.
-    published: [u64; PER_SLOT],
-}
+/// The live tiers' counters, weakly: what [`publish_all`] walks.
+static LIVE: Mutex<Vec<Weak<HitCounters>>> = Mutex::new(Vec::new());
 
-struct Registry {
-    blocks: Vec<&'static Block>,
-    free_blocks: Vec<&'static Block>,
-    slots: Vec<SlotState>,
-}
-
-impl Registry {
-    fn total(&self, slot: usize, which: usize) -> u64 {
-        self.blocks
-            .iter()
-            .map(|b| b.values[slot][which].load(Relaxed))
-            .fold(0, u64::wrapping_add)
+impl HitCounters {
+    /// Counters publishing to `hits` and `read_bytes`, reachable by
+    /// [`crate::observe::flush`] for as long as they live.
+    pub fn new(hits: Counter, read_bytes: Counter) -> Arc<Self> {
+        let counters = Arc::new(HitCounters {
+            per_thread: ThreadLocal::new(),
+            published: Mutex::new([0; 2]),
+            hits,
+            read_bytes,
+        });
+        let mut live = LIVE.lock();
+        live.retain(|w| w.strong_count() > 0);
+        live.push(Arc::downgrade(&counters));
+        counters
     }
-}
 
-fn registry() -> &'static Mutex<Registry> {
-    static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
-    REGISTRY.get_or_init(|| {
-        std::thread::Builder::new()
-            .name("tierscope-publish".into())
-            .spawn(|| {
-                loop {
-                    std::thread::sleep(PUBLISH_INTERVAL);
-                    publish();
-                }
-            })
-            .map_err(|e| tracing::warn!(error = %e, "no background metric publisher"))
-            .ok();
-        Mutex::new(Registry {
-            blocks: Vec::new(),
-            free_blocks: Vec::new(),
-            slots: Vec::new(),
-        })
-    })
-}
-
-/// Returns this thread's block to the pool when the thread exits.
-struct Release(&'static Block);
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        BLOCK.with(|b| b.set(None));
-        registry().lock().free_blocks.push(self.0);
-    }
-}
-
-thread_local! {
-    /// Const-initialized and without a destructor: reading it is one
-    /// thread-local load, no lazy-initialization check.
-    static BLOCK: Cell<Option<&'static Block>> = const { Cell::new(None) };
-    static RELEASE: Cell<Option<Release>> = const { Cell::new(None) };
-}
-
-#[cold]
-fn adopt_block() -> Option<&'static Block> {
-    let block = {
-        let mut reg = registry().lock();
-        match reg.free_blocks.pop() {
-            Some(b) => b,
-            None => {
-                // Leaked on purpose: at most one block per thread alive at
-                // once (pooled after exit), 2 KiB each.
-                let b: &'static Block = Box::leak(Box::new(Block::new()));
-                reg.blocks.push(b);
-                b
-            }
-        }
-    };
-    // If the thread is already tearing down its locals, give it back.
-    if RELEASE.try_with(|r| r.set(Some(Release(block)))).is_err() {
-        registry().lock().free_blocks.push(block);
-        return None;
-    }
-    BLOCK.with(|b| b.set(Some(block)));
-    Some(block)
-}
-
-#[inline]
-fn block() -> Option<&'static Block> {
-    BLOCK.with(Cell::get).or_else(adopt_block)
-}
-
-/// One operation on a tier's per-thread counters: started before the
-/// lookup (it decides whether to time it), finished by [`Probe::hit`].
-#[derive(Clone, Copy)]
-pub struct Probe<'a> {
-    cells: Option<&'static [AtomicU64; PER_SLOT]>,
-    hits: u64,
-    sampled: bool,
-    owner: &'a HotCounters,
-}
-
-impl Probe<'_> {
-    /// Whether this operation should be timed.
+    /// The current thread's counters for this tier.
     #[inline]
-    pub fn sampled(&self) -> bool {
-        self.sampled
+    pub fn local(&self) -> LocalHits<'_> {
+        LocalHits {
+            counts: self.per_thread.get_or(ThreadCounts::default),
+            _this_thread_only: PhantomData,
+        }
+    }
+
+    /// Add the hits and read bytes counted since the last publish to the
+    /// counter handles.
+    pub fn publish(&self) {
+        let mut published = self.published.lock();
+        let (mut hits, mut read_bytes) = (0u64, 0u64);
+        for counts in self.per_thread.iter() {
+            hits = hits.wrapping_add(counts.hits.load(Relaxed));
+            read_bytes = read_bytes.wrapping_add(counts.read_bytes.load(Relaxed));
+        }
+        // Each thread's counts only grow, so each sum does too.
+        let [hits_before, bytes_before] = *published;
+        if hits != hits_before {
+            self.hits.increment(hits.wrapping_sub(hits_before));
+        }
+        if read_bytes != bytes_before {
+            self.read_bytes
+                .increment(read_bytes.wrapping_sub(bytes_before));
+        }
+        *published = [hits, read_bytes];
+    }
+}
+
+impl Drop for HitCounters {
+    fn drop(&mut self) {
+        self.publish();
+        // This tier's entry no longer upgrades: remove it (and any other
+        // that went the same way). When `publish_all` holds the list (it
+        // may be running this very drop), the next `new` or `publish_all`
+        // removes it instead.
+        if let Some(mut live) = LIVE.try_lock() {
+            live.retain(|w| w.strong_count() > 0);
+        }
+    }
+}
+
+/// Publish every live tier's pending counts now.
+///
+/// The list stays locked throughout, so that a concurrent call returns
+/// only once this one is done, including the publish of a tier whose last
+/// reference this call held (and dropped).
+pub fn publish_all() {
+    let mut live = LIVE.lock();
+    live.retain(|w| w.strong_count() > 0);
+    for counters in live.iter().filter_map(Weak::upgrade) {
+        counters.publish();
+    }
+}
+
+/// The current thread's counters of one tier, from [`HitCounters::local`].
+/// Not `Send`: it must be used on the thread that took it, where nothing
+/// else writes these counters.
+pub struct LocalHits<'a> {
+    counts: &'a ThreadCounts,
+    _this_thread_only: PhantomData<*const ()>,
+}
+
+impl LocalHits<'_> {
+    /// Whether this thread's hit count is a multiple of `mask + 1` (`mask`
+    /// is a power of two minus one): the hit count doubles as the tick
+    /// that picks which hits to time.
+    #[inline]
+    pub fn sampled(&self, mask: u64) -> bool {
+        self.counts.hits.load(Relaxed) & mask == 0
     }
 
     /// Count one hit of `bytes` (0 when unknown).
     #[inline]
-    pub fn hit(self, bytes: u64) {
-        match self.cells {
-            Some([hits, read]) => {
-                // Owner-only writes: plain loads and stores, no
-                // read-modify-write. `hits` was read by `probe`, on this
-                // thread, and nothing else writes it.
-                hits.store(self.hits.wrapping_add(1), Relaxed);
-                read.store(read.load(Relaxed).wrapping_add(bytes), Relaxed);
-            }
-            None => {
-                self.owner.handles[0].increment(1);
-                self.owner.handles[1].increment(bytes);
-            }
-        }
-    }
-}
-
-/// One tier's slot: hits and read bytes counted per thread.
-pub struct HotCounters {
-    slot: Option<usize>,
-    /// Used directly when no slot was free.
-    handles: [Counter; PER_SLOT],
-}
-
-impl std::fmt::Debug for HotCounters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HotCounters")
-            .field("slot", &self.slot)
-            .finish()
-    }
-}
-
-impl HotCounters {
-    /// Take a slot publishing to `hits` and `read_bytes`.
-    pub fn new(hits: Counter, read_bytes: Counter) -> Self {
-        let handles = [hits, read_bytes];
-        let mut reg = registry().lock();
-        let free = reg.slots.iter().position(|s| s.handles.is_none());
-        let slot = match free {
-            Some(i) => Some(i),
-            None if reg.slots.len() < SLOTS => {
-                reg.slots.push(SlotState {
-                    handles: None,
-                    published: [0; PER_SLOT],
-                });
-                Some(reg.slots.len() - 1)
-            }
-            None => None,
-        };
-        if let Some(i) = slot {
-            let published = [reg.total(i, 0), reg.total(i, 1)];
-            reg.slots[i] = SlotState {
-                handles: Some(handles.clone()),
-                published,
-            };
-        }
-        HotCounters { slot, handles }
-    }
-
-    /// Start one operation. It is sampled (to be timed) when this thread's
-    /// hit count for the tier is a multiple of `mask + 1`; `mask` is a power
-    /// of two minus one.
-    #[inline]
-    pub fn probe(&self, mask: u64) -> Probe<'_> {
-        if let (Some(slot), Some(block)) = (self.slot, block()) {
-            let cells = &block.values[slot];
-            let hits = cells[0].load(Relaxed);
-            return Probe {
-                cells: Some(cells),
-                hits,
-                sampled: hits & mask == 0,
-                owner: self,
-            };
-        }
-        Probe {
-            cells: None,
-            hits: 0,
-            sampled: false,
-            owner: self,
-        }
-    }
-}
-
-impl Drop for HotCounters {
-    fn drop(&mut self) {
-        if let Some(i) = self.slot {
-            let mut reg = registry().lock();
-            publish_slot(&mut reg, i);
-            reg.slots[i].handles = None;
-        }
-    }
-}
-
-fn publish_slot(reg: &mut Registry, i: usize) {
-    let totals = [reg.total(i, 0), reg.total(i, 1)];
-    let state = &mut reg.slots[i];
-    if let Some(handles) = &state.handles {
-        for (which, h) in handles.iter().enumerate() {
-            let delta = totals[which].wrapping_sub(state.published[which]);
-            if delta > 0 {
-                h.increment(delta);
-            }
-            state.published[which] = totals[which];
-        }
-    }
-}
-
-/// Publish every tier's per-thread counts to its counter handles now.
-pub fn publish() {
-    let mut reg = registry().lock();
-    for i in 0..reg.slots.len() {
-        publish_slot(&mut reg, i);
+    pub fn hit(&self, bytes: u64) {
+        // Only this thread writes these counters: a plain load and store,
+        // no read-modify-write.
+        let c = self.counts;
+        c.hits.store(c.hits.load(Relaxed).wrapping_add(1), Relaxed);
+        c.read_bytes
+            .store(c.read_bytes.load(Relaxed).wrapping_add(bytes), Relaxed);
     }
 }
 
@@ -287,6 +191,10 @@ mod tests {
     use super::*;
     use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
     use std::collections::HashMap;
+
+    /// `publish_all` publishes every tier of the process: one test at a
+    /// time, so that none publishes (or holds) another's counters midway.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
     fn counters(snap: &Snapshotter) -> HashMap<String, u64> {
         snap.snapshot()
@@ -299,92 +207,105 @@ mod tests {
             .collect()
     }
 
+    fn hit_counters(recorder: &DebuggingRecorder, name: &str) -> Arc<HitCounters> {
+        metrics::with_local_recorder(recorder, || {
+            HitCounters::new(
+                metrics::counter!(format!("{name}_hits")),
+                metrics::counter!(format!("{name}_bytes")),
+            )
+        })
+    }
+
+    fn hit(counters: &HitCounters, n: u64, bytes: u64) {
+        for _ in 0..n {
+            counters.local().hit(bytes);
+        }
+    }
+
     #[test]
-    fn counts_from_many_threads_including_exited_ones_add_up() {
+    fn counts_of_threads_that_exited_are_kept_and_reused_ids_go_on() {
+        let _serial = ONE_AT_A_TIME.lock();
         let recorder = DebuggingRecorder::new();
         let snap = recorder.snapshotter();
-        let hot = metrics::with_local_recorder(&recorder, || {
-            HotCounters::new(
-                metrics::counter!("hot_test_hits"),
-                metrics::counter!("hot_test_bytes"),
-            )
-        });
-        let hot = std::sync::Arc::new(hot);
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let hot = std::sync::Arc::clone(&hot);
-                std::thread::spawn(move || {
-                    for _ in 0..1000 {
-                        hot.probe(0).hit(10);
-                    }
+        let hot = hit_counters(&recorder, "exited");
+        // Two rounds of threads: the second reuses the first's ids (and
+        // pairs), and keeps counting in them.
+        for _round in 0..2 {
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    let hot = Arc::clone(&hot);
+                    std::thread::spawn(move || hit(&hot, 1000, 10))
                 })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
         }
-        for _ in 0..5 {
-            hot.probe(0).hit(1);
-        }
+        hit(&hot, 5, 1);
 
-        publish();
+        publish_all();
 
         let values = counters(&snap);
-        assert_eq!(values["hot_test_hits"], 4005);
-        assert_eq!(values["hot_test_bytes"], 40005);
+        assert_eq!(values["exited_hits"], 8005);
+        assert_eq!(values["exited_bytes"], 80005);
     }
 
     #[test]
     fn two_tiers_with_the_same_names_and_a_rebuild_add_up() {
+        let _serial = ONE_AT_A_TIME.lock();
         let recorder = DebuggingRecorder::new();
         let snap = recorder.snapshotter();
-        let make = || {
-            metrics::with_local_recorder(&recorder, || {
-                HotCounters::new(
-                    metrics::counter!("same_hits"),
-                    metrics::counter!("same_bytes"),
-                )
-            })
-        };
-        let (a, b) = (make(), make());
-        for _ in 0..10 {
-            a.probe(0).hit(1);
-        }
-        for _ in 0..5 {
-            b.probe(0).hit(1);
-        }
-        publish();
-        publish(); // publishing twice adds nothing
+        let (a, b) = (
+            hit_counters(&recorder, "same"),
+            hit_counters(&recorder, "same"),
+        );
+        hit(&a, 10, 1);
+        hit(&b, 5, 1);
+        publish_all();
+        publish_all(); // publishing twice adds nothing
         assert_eq!(counters(&snap)["same_hits"], 15);
         // A rebuild under the same names (a configuration reload).
         drop(a);
-        let c = make();
-        for _ in 0..7 {
-            c.probe(0).hit(1);
-        }
-        publish();
+        let c = hit_counters(&recorder, "same");
+        hit(&c, 7, 1);
+        publish_all();
         // The debugging recorder's snapshot drains counters: 15 were read.
         assert_eq!(counters(&snap)["same_hits"], 7);
         drop((b, c));
     }
 
     #[test]
-    fn a_reused_slot_starts_from_zero() {
+    fn a_dropped_tier_publishes_what_is_pending_and_leaves_the_list() {
+        let _serial = ONE_AT_A_TIME.lock();
         let recorder = DebuggingRecorder::new();
         let snap = recorder.snapshotter();
-        let first = metrics::with_local_recorder(&recorder, || {
-            HotCounters::new(metrics::counter!("reuse_a"), metrics::counter!("reuse_ab"))
-        });
-        first.probe(0).hit(3);
-        drop(first);
-        let second = metrics::with_local_recorder(&recorder, || {
-            HotCounters::new(metrics::counter!("reuse_b"), metrics::counter!("reuse_bb"))
-        });
-        second.probe(0).hit(7);
-        publish();
+        let gone = hit_counters(&recorder, "dropped");
+        let from_thread = Arc::clone(&gone);
+        std::thread::spawn(move || hit(&from_thread, 3, 2))
+            .join()
+            .unwrap();
+        hit(&gone, 4, 2);
+        let weak = Arc::downgrade(&gone);
+        drop(gone);
+
         let values = counters(&snap);
-        assert_eq!(values["reuse_a"], 1);
-        assert_eq!(values["reuse_b"], 1);
-        assert_eq!(values["reuse_bb"], 7);
+        assert_eq!(values["dropped_hits"], 7);
+        assert_eq!(values["dropped_bytes"], 14);
+        publish_all();
+        assert!(!LIVE.lock().iter().any(|w| w.ptr_eq(&weak)));
+    }
+
+    #[test]
+    fn the_thread_count_is_the_sampling_tick() {
+        let _serial = ONE_AT_A_TIME.lock();
+        let recorder = DebuggingRecorder::new();
+        let hot = hit_counters(&recorder, "tick");
+        let mut sampled = 0;
+        for _ in 0..64 {
+            let local = hot.local();
+            sampled += usize::from(local.sampled(15));
+            local.hit(0);
+        }
+        assert_eq!(sampled, 4);
     }
 }

@@ -9,7 +9,10 @@
 //! the same bucket bounds as the Prometheus export.
 //!
 //! Install it as the global recorder, or next to the Prometheus recorder
-//! with `metrics_util::layers::FanoutBuilder`, before building caches:
+//! with `metrics_util::layers::FanoutBuilder`, before building caches. It
+//! owns a [`Publisher`] that publishes pending counts every
+//! [`PUBLISH_INTERVAL`] until the recorder is dropped; call
+//! [`crate::observe::flush`] before forcing an export for exact values.
 //!
 //! ```no_run
 //! use opentelemetry::metrics::MeterProvider as _;
@@ -43,7 +46,7 @@ use opentelemetry::{
 };
 use parking_lot::Mutex;
 
-use crate::observe::names;
+use crate::observe::{PUBLISH_INTERVAL, Publisher, names};
 
 /// The OTel name and unit of a tierscope metric (the Prometheus name).
 /// Names outside the contract keep their name with `_` turned into `.`.
@@ -161,6 +164,7 @@ struct Instruments {
 pub struct OtelRecorder {
     meter: Meter,
     instruments: Mutex<Instruments>,
+    _publisher: Publisher,
 }
 
 impl std::fmt::Debug for OtelRecorder {
@@ -170,11 +174,13 @@ impl std::fmt::Debug for OtelRecorder {
 }
 
 impl OtelRecorder {
-    /// A recorder creating its instruments on `meter`.
+    /// A recorder creating its instruments on `meter`, and the thread that
+    /// publishes pending counts every [`PUBLISH_INTERVAL`] while it lives.
     pub fn new(meter: Meter) -> Self {
         OtelRecorder {
             meter,
             instruments: Mutex::new(Instruments::default()),
+            _publisher: Publisher::every(PUBLISH_INTERVAL),
         }
     }
 
@@ -291,8 +297,8 @@ impl Recorder for OtelRecorder {
 struct CounterBridge {
     instrument: OtelCounter<u64>,
     attributes: Vec<KeyValue>,
-    /// The total so far, so that `absolute` (how per-thread hit counters
-    /// publish) becomes an increment of the difference.
+    /// The total so far, so that `absolute` (set by a caller that counts
+    /// totals itself) becomes an increment of the difference.
     total: AtomicU64,
 }
 

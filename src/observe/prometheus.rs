@@ -5,7 +5,7 @@
 //!
 //! Two modes:
 //! - [`serve`]: an HTTP listener serving `/metrics` on an address;
-//! - [`install`]: no listener; the returned [`PrometheusHandle`] renders the
+//! - [`install`]: no listener; the returned [`Exporter`] renders the
 //!   exposition text for the application's own HTTP server.
 //!
 //! Both also export the process's own metrics (`process_resident_memory_bytes`,
@@ -13,6 +13,11 @@
 //! [`PROCESS_INTERVAL`] and on [`collect_process_metrics`]: resident memory
 //! is what an operator paged for an OOM kill looks at first, beside
 //! `tierscope_engine_code_bytes`.
+//!
+//! The periodic work (publishing pending counts with
+//! [`crate::observe::flush`], upkeep, process metrics) runs on one thread
+//! owned by the returned [`Exporter`]: keep it for as long as metrics are
+//! served. [`Exporter::render`] flushes first, so a scrape sees every hit.
 //!
 //! Install the recorder **before** building caches: the spy registers its
 //! metric handles at construction.
@@ -29,7 +34,7 @@ use std::{net::SocketAddr, time::Duration};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 pub use metrics_exporter_prometheus::{PrometheusHandle, PrometheusRecorder};
 
-use crate::observe::names;
+use crate::observe::{PUBLISH_INTERVAL, Publisher, flush, names};
 
 /// How often buffered histogram samples are folded into buckets. The
 /// exporter buffers every sample (about 16.5 bytes) until then, so this
@@ -74,37 +79,75 @@ fn announce() {
     collect_process_metrics();
 }
 
+/// The installed Prometheus exporter: renders the exposition text, and
+/// owns the thread that publishes pending counts, runs upkeep and
+/// refreshes the process metrics. That thread stops when the `Exporter`
+/// is dropped (the recorder stays installed, but hit counts then reach it
+/// only on [`crate::observe::flush`]).
+#[derive(Debug)]
+#[must_use = "dropping the Exporter stops publishing hit counts and running upkeep"]
+pub struct Exporter {
+    handle: PrometheusHandle,
+    _timer: Publisher,
+}
+
+impl Exporter {
+    /// The exposition text, after publishing every tier's pending counts.
+    pub fn render(&self) -> String {
+        flush();
+        self.handle.render()
+    }
+
+    /// The exporter's handle (rendering through it does not flush).
+    pub fn handle(&self) -> &PrometheusHandle {
+        &self.handle
+    }
+}
+
+/// A tick for [`Publisher::with_tick`]: runs `and_then`, and refreshes the
+/// process metrics when [`PROCESS_INTERVAL`] has passed since it last did.
+fn periodic_work(mut and_then: impl FnMut() + Send + 'static) -> impl FnMut() + Send + 'static {
+    let mut last = std::time::Instant::now();
+    move || {
+        and_then();
+        if last.elapsed() >= PROCESS_INTERVAL {
+            last = std::time::Instant::now();
+            collect_process_metrics();
+        }
+    }
+}
+
 /// Install the recorder globally without a listener and start a thread
-/// that runs upkeep (and publishes the per-thread hit counters) every
-/// [`UPKEEP_INTERVAL`]. Render with
-/// [`PrometheusHandle::render`].
-pub fn install() -> Result<PrometheusHandle, BuildError> {
+/// that publishes the hit counts and runs upkeep every
+/// [`UPKEEP_INTERVAL`]. Render with [`Exporter::render`].
+pub fn install() -> Result<Exporter, BuildError> {
     install_with(builder())
 }
 
 /// [`install`] with a builder of your own (start from [`builder`]).
-pub fn install_with(builder: PrometheusBuilder) -> Result<PrometheusHandle, BuildError> {
+pub fn install_with(builder: PrometheusBuilder) -> Result<Exporter, BuildError> {
     let recorder = builder.build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)?;
-    spawn_upkeep(handle.clone());
     announce();
-    spawn_process_collector();
-    Ok(handle)
+    let upkeep = handle.clone();
+    Ok(Exporter {
+        _timer: Publisher::with_tick(UPKEEP_INTERVAL, periodic_work(move || upkeep.run_upkeep())),
+        handle,
+    })
 }
 
 /// Install the recorder globally and serve `/metrics` on `addr`. Inside a
 /// tokio runtime the listener runs as a task of that runtime; otherwise on
-/// its own thread. Upkeep runs either way.
-pub fn serve(addr: SocketAddr) -> Result<PrometheusHandle, BuildError> {
+/// its own thread. Upkeep runs either way. The listener renders without
+/// asking [`crate::observe::flush`], so scrapes see hit counts as of the
+/// last [`PUBLISH_INTERVAL`] tick.
+pub fn serve(addr: SocketAddr) -> Result<Exporter, BuildError> {
     serve_with(builder(), addr)
 }
 
 /// [`serve`] with a builder of your own (start from [`builder`]).
-pub fn serve_with(
-    builder: PrometheusBuilder,
-    addr: SocketAddr,
-) -> Result<PrometheusHandle, BuildError> {
+pub fn serve_with(builder: PrometheusBuilder, addr: SocketAddr) -> Result<Exporter, BuildError> {
     let builder = builder.with_http_listener(addr);
     let (recorder, handle) = match tokio::runtime::Handle::try_current() {
         Ok(rt) => {
@@ -133,37 +176,11 @@ pub fn serve_with(
     };
     metrics::set_global_recorder(recorder)?;
     announce();
-    spawn_process_collector();
-    Ok(handle)
-}
-
-fn spawn_process_collector() {
-    let spawned = std::thread::Builder::new()
-        .name("tierscope-process".into())
-        .spawn(|| {
-            loop {
-                std::thread::sleep(PROCESS_INTERVAL);
-                collect_process_metrics();
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "could not start the process metrics thread");
-    }
-}
-
-fn spawn_upkeep(handle: PrometheusHandle) {
-    let spawned = std::thread::Builder::new()
-        .name("tierscope-upkeep".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(UPKEEP_INTERVAL);
-                crate::observe::flush();
-                handle.run_upkeep();
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "could not start the metrics upkeep thread");
-    }
+    // The exporter task runs upkeep itself.
+    Ok(Exporter {
+        _timer: Publisher::with_tick(PUBLISH_INTERVAL, periodic_work(|| {})),
+        handle,
+    })
 }
 
 /// A recorder that is not installed globally (for tests and for
