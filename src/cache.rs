@@ -14,7 +14,7 @@ use std::{fmt::Debug, ops::Deref, sync::Arc};
 use wasmer::{Engine, Module};
 use wasmer_types::ModuleHash;
 
-use crate::{FallbackCache, observer::TierObserver};
+use crate::{FallbackCache, tier_events::TierObserver};
 pub use crate::{
     error::{CacheError, Corruption, ErrorKind, IntegrityFailure, Unavailability},
     tier_name::TierName,
@@ -80,7 +80,7 @@ pub trait ModuleCache: Debug {
     ///
     /// The default calls `load` and names no tier; [`crate::Instrumented`]
     /// names its tier and [`FallbackCache`] passes the name up from below.
-    async fn load_traced(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
+    async fn load_hit(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
         self.load(key, engine).await.map(|module| Hit {
             module,
             tier: None,
@@ -92,7 +92,7 @@ pub trait ModuleCache: Debug {
     /// answer here so that decorators and combinators above them add no
     /// future (and no allocation) to a memory hit.
     ///
-    /// `None` means "ask [`ModuleCache::load_traced()`]": a miss, or a tier
+    /// `None` means "ask [`ModuleCache::load_hit()`]": a miss, or a tier
     /// that cannot answer synchronously (the default). Implementations must
     /// not count anything for a `None`, since the caller will ask again.
     fn load_now(&self, key: ModuleHash, engine: &Engine) -> Option<Hit> {
@@ -175,8 +175,8 @@ where
         (**self).save(key, engine, module).await
     }
 
-    async fn load_traced(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
-        (**self).load_traced(key, engine).await
+    async fn load_hit(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
+        (**self).load_hit(key, engine).await
     }
 
     async fn promote(
@@ -210,7 +210,7 @@ where
     }
 }
 
-/// A successful [`ModuleCache::load_traced()`]: the module and, when known,
+/// A successful [`ModuleCache::load_hit()`]: the module and, when known,
 /// the name of the tier that held it.
 #[derive(Debug, Clone)]
 pub struct Hit {

@@ -7,7 +7,7 @@ use wasmer_types::ModuleHash;
 
 use crate::{
     cache::{CacheError, Hit, ModuleCache, TierName},
-    observer::TierObserver,
+    tier_events::TierObserver,
 };
 
 /// [`FallbackCache`] is a combinator for the [`ModuleCache`] trait that
@@ -21,7 +21,7 @@ use crate::{
 /// - `contains` asks the primary, then the fallback.
 /// - `save` writes both (the fallback first, so that the slower tier, which
 ///   serializes anyway, records the artifact size the memory tier uses as
-///   its weight: see [`crate::sizes`]).
+///   its weight: see the artifact-weight table in the crate docs).
 ///
 /// Chains nest: in `memory.with_fallback(disk.with_fallback(redis))` a
 /// Redis hit is promoted into the disk tier by the inner combinator and into
@@ -85,19 +85,19 @@ where
     Fallback: ModuleCache + Send + Sync,
 {
     async fn load(&self, key: ModuleHash, engine: &Engine) -> Result<Module, CacheError> {
-        self.load_traced(key, engine).await.map(|hit| hit.module)
+        self.load_hit(key, engine).await.map(|hit| hit.module)
     }
 
     fn load_now(&self, key: ModuleHash, engine: &Engine) -> Option<Hit> {
         self.primary.load_now(key, engine)
     }
 
-    async fn load_traced(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
-        let primary_error = match self.primary.load_traced(key, engine).await {
+    async fn load_hit(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
+        let primary_error = match self.primary.load_hit(key, engine).await {
             Ok(hit) => return Ok(hit),
             Err(e) => e,
         };
-        let fallback_error = match self.fallback.load_traced(key, engine).await {
+        let fallback_error = match self.fallback.load_hit(key, engine).await {
             Ok(hit) => {
                 if !primary_error.is_not_found() {
                     tracing::debug!(

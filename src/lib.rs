@@ -80,13 +80,19 @@ pub mod generations;
 pub mod loader;
 pub mod mac;
 pub mod observe;
-pub mod observer;
-#[doc(hidden)]
-pub mod sizes;
+pub mod tier_events;
+// The artifact-weight table: a test hook with `test-util` (tests set a
+// module's weight), private otherwise, since a caller could change what
+// every memory tier of the process charges for a module.
 pub mod sizing;
 pub mod tier;
 #[cfg(feature = "wasix")]
 pub mod wasix;
+#[cfg(feature = "test-util")]
+#[doc(hidden)]
+pub mod weights;
+#[cfg(not(feature = "test-util"))]
+mod weights;
 
 pub use cache::{
     CacheError, Corruption, ErrorKind, Hit, IntegrityFailure, ModuleCache, TierName, Unavailability,
@@ -96,13 +102,13 @@ pub use generations::{EngineGenerations, Generation, LoadedModule};
 pub use loader::{LoadError, ModuleLoader};
 pub use mac::MacKey;
 pub use observe::instrumented::{InstrumentExt, InstrumentOptions, Instrumented};
-pub use observer::{Eviction, EvictionCause, Residency, TierObserver};
 #[cfg(feature = "redis")]
 pub use tier::redis::{RedisCache, RedisCacheBuilder, RedisConfigError, RedisTarget};
 pub use tier::{
     disk::{FileSystemCache, FileSystemCacheBuilder},
     memory::{MemoryCache, MemoryCacheBuilder},
 };
+pub use tier_events::{Eviction, EvictionCause, Residency, TierObserver};
 pub use wasmer_types::ModuleHash;
 
 /// The README's examples, compiled and run as doctests.

@@ -25,7 +25,7 @@ use crate::{
     engine::{engine_key, note_code_loaded},
     generations::{EngineGenerations, Generation, Generations, LoadedModule},
     observe::names::{self, label},
-    sizes,
+    weights,
 };
 
 /// Why [`ModuleLoader`] could not produce a module. Cheap to clone: every
@@ -379,7 +379,8 @@ where
                             // flight and get the module at once.
                             let _ = tx.send(result);
                             inner.save(key, &engine, &module).await;
-                            let bytes = sizes::lookup(key, engine_key(&engine)).unwrap_or(wasm_len);
+                            let bytes =
+                                weights::lookup(key, engine_key(&engine)).unwrap_or(wasm_len);
                             note_code_loaded(&engine, bytes);
                             inner.after_load(generation.as_ref()).await;
                             drop(guard);
@@ -428,7 +429,7 @@ impl<C: ModuleCache + Send + Sync> Inner<C> {
         engine: &Engine,
         wasm: Box<dyn FnOnce() -> bytes::Bytes + Send>,
     ) -> (Result<Module, LoadError>, Option<(Module, u64)>) {
-        match self.cache.load_traced(key, engine).await {
+        match self.cache.load_hit(key, engine).await {
             Ok(hit) => return (Ok(hit.module), None),
             Err(e) if e.is_not_found() => {}
             Err(e) => tracing::debug!(
@@ -523,7 +524,7 @@ impl<C: ModuleCache + Send + Sync> Inner<C> {
             if self.cache.load_now(*key, engine).is_some() {
                 continue;
             }
-            match self.cache.load_traced(*key, engine).await {
+            match self.cache.load_hit(*key, engine).await {
                 Ok(_) => warmed += 1,
                 Err(e) => {
                     tracing::debug!(%key, error = &e as &dyn std::error::Error, "warm-up load failed")

@@ -1,6 +1,6 @@
 //! Keyed MACs over cache entries (BLAKE3 keyed hash), shared by the tiers
 //! whose storage other parties can write: the Redis tier (always, see
-//! [`crate::tier::redis`]) and the disk tier in a shared directory
+//! `tier::redis`, feature `redis`) and the disk tier in a shared directory
 //! ([`crate::FileSystemCacheBuilder::mac_key`]).
 //!
 //! An artifact is machine code that `Module::deserialize` maps as executable

@@ -90,7 +90,7 @@ async fn a_hit_in_the_lowest_tier_is_promoted_into_every_tier_above() {
         .clone()
         .with_fallback(middle.clone().with_fallback(bottom));
 
-    let got = cache.load_traced(key, &engine).await.unwrap();
+    let got = cache.load_hit(key, &engine).await.unwrap();
 
     assert!(got.tier.is_none(), "unnamed tiers name no origin");
     assert!(top.contains(key, &engine).await.unwrap());
@@ -113,8 +113,8 @@ async fn the_origin_tier_is_reported_through_nested_chains() {
                 .with_fallback(bottom.instrumented("t-origin", "redis")),
         );
 
-    let first = cache.load_traced(key, &engine).await.unwrap();
-    let second = cache.load_traced(key, &engine).await.unwrap();
+    let first = cache.load_hit(key, &engine).await.unwrap();
+    let second = cache.load_hit(key, &engine).await.unwrap();
 
     assert_eq!(first.tier.as_deref(), Some("redis"));
     assert_eq!(second.tier.as_deref(), Some("memory"));

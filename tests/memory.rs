@@ -3,7 +3,7 @@
 mod common;
 
 use common::{Recording, sized, tiny};
-use tierscope::{CacheError, EvictionCause, MemoryCache, ModuleCache, ModuleHash, sizes};
+use tierscope::{CacheError, EvictionCause, MemoryCache, ModuleCache, ModuleHash, weights};
 use wasmer::Engine;
 
 #[tokio::test]
@@ -105,7 +105,7 @@ async fn weight_comes_from_a_size_hint_without_serializing() {
     let engine = Engine::default();
     let (key, module, _) = tiny(&engine, 13);
     // A lower tier that saw the bytes recorded this size.
-    sizes::record(key, tierscope::engine::engine_key(&engine), 12_345);
+    weights::record(key, tierscope::engine::engine_key(&engine), 12_345);
     let cache = MemoryCache::new(1 << 20);
 
     cache.save(key, &engine, &module).await.unwrap();

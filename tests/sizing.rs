@@ -346,7 +346,7 @@ fn modules(n: usize) -> Modules {
 }
 
 /// Replays `trace` single-threaded through a real `MemoryCache` (weights
-/// given by `sizes::record`), and each memory miss through a brute-force
+/// given by `weights::record`), and each memory miss through a brute-force
 /// disk LRU of `disk` bytes; returns (memory misses, compiles).
 fn replay_real(m: &Modules, trace: &[Request], memory: MemoryCache, disk: u64) -> (u64, u64) {
     let ekey = tierscope::engine::engine_key(&m.engine);
@@ -361,7 +361,7 @@ fn replay_real(m: &Modules, trace: &[Request], memory: MemoryCache, disk: u64) -
         if !lower.access(r.key, r.bytes) {
             compiles += 1;
         }
-        tierscope::sizes::record(*hash, ekey, r.bytes);
+        tierscope::weights::record(*hash, ekey, r.bytes);
         futures::executor::block_on(memory.save(*hash, &m.engine, module)).unwrap();
     }
     (misses, compiles)

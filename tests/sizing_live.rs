@@ -11,13 +11,13 @@ use metrics_util::debugging::DebuggingRecorder;
 use tierscope::{
     FileSystemCache, InstrumentExt, MemoryCache, ModuleCache, ModuleHash,
     engine::engine_key,
-    sizes,
     sizing::{
         Request,
         live::{LiveSizing, SizingExt, SizingOptions, Window},
         memory::{MemoryModel, ShadowOptions},
         sampling::Sampling,
     },
+    weights,
 };
 use wasmer::{Engine, Module};
 
@@ -63,7 +63,7 @@ fn keys(
             b[..8].copy_from_slice(&(i as u64).to_le_bytes());
             let key = ModuleHash::from_bytes(b);
             let bytes = size(i);
-            sizes::record(key, engine_key(engine), bytes);
+            weights::record(key, engine_key(engine), bytes);
             (key, bytes)
         })
         .collect()

@@ -18,8 +18,8 @@ use crate::{
         hot::HitCounters,
         names::{self, label},
     },
-    observer::{Eviction, EvictionCause, Residency, TierObserver},
-    sizes,
+    tier_events::{Eviction, EvictionCause, Residency, TierObserver},
+    weights,
 };
 
 /// Wraps any [`ModuleCache`] and records, under a `cache` and a `tier`
@@ -378,14 +378,16 @@ impl<C: ModuleCache + Send + Sync> Instrumented<C> {
         let start = quanta::Instant::now();
         let result = self
             .inner
-            .load_traced(key, engine)
+            .load_hit(key, engine)
             .instrument(span.clone())
             .await;
         let elapsed = start.elapsed().as_secs_f64();
         match result {
             Ok(mut hit) => {
                 metrics.duration[LOAD][HIT].record(elapsed);
-                let bytes = hit.bytes.or_else(|| sizes::lookup(key, engine_key(engine)));
+                let bytes = hit
+                    .bytes
+                    .or_else(|| weights::lookup(key, engine_key(engine)));
                 self.hits.local().hit(bytes.unwrap_or(0));
                 span.record("result", "hit");
                 span.record("bytes", bytes);
@@ -411,7 +413,7 @@ impl<C: ModuleCache + Send + Sync> Instrumented<C> {
         }
     }
 
-    async fn save_inner(
+    async fn save_or_promote(
         &self,
         key: ModuleHash,
         engine: &Engine,
@@ -431,7 +433,7 @@ impl<C: ModuleCache + Send + Sync> Instrumented<C> {
             Ok(()) => {
                 metrics.saves[SAVE_OK].increment(1);
                 metrics.duration[SAVE][SAVE_OK].record(elapsed);
-                let bytes = sizes::lookup(key, engine_key(engine));
+                let bytes = weights::lookup(key, engine_key(engine));
                 if let Some(b) = bytes {
                     metrics.written_bytes.increment(b);
                 }
@@ -480,12 +482,12 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
                 self.after_memory_hit(start, hit.bytes);
             }
         }
-        // `tier` is left as the inner tier set it: `load_traced` names this
+        // `tier` is left as the inner tier set it: `load_hit` names this
         // tier, and the loader's fast path never needs the name.
         answer
     }
 
-    async fn load_traced(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
+    async fn load_hit(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
         if let Some(mut hit) = self.load_now(key, engine) {
             hit.tier.get_or_insert(self.metrics.tier);
             return Ok(hit);
@@ -522,7 +524,7 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
         engine: &Engine,
         module: &Module,
     ) -> Result<(), CacheError> {
-        self.save_inner(key, engine, module, None).await
+        self.save_or_promote(key, engine, module, None).await
     }
 
     async fn promote(
@@ -533,7 +535,7 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
         from: Option<TierName>,
     ) -> Result<(), CacheError> {
         let from = from.unwrap_or_else(|| TierName::intern("unnamed"));
-        self.save_inner(key, engine, module, Some(from)).await
+        self.save_or_promote(key, engine, module, Some(from)).await
     }
 
     fn attach_observer(&self, observer: Arc<dyn TierObserver>) {

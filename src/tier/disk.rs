@@ -133,8 +133,8 @@ use crate::{
     engine::{EngineIdent, engine_key, ident_of},
     entry,
     mac::{KeyRing, MAC_LEN, MacKey},
-    observer::{Eviction, EvictionCause, Observers, Residency, TierObserver},
-    sizes,
+    tier_events::{Eviction, EvictionCause, Observers, Residency, TierObserver},
+    weights,
 };
 
 const ENTRY_EXT: &str = "bin";
@@ -746,7 +746,7 @@ impl FileSystemCache {
             }
         };
         let artifact_len = (range.end - range.start) as u64;
-        sizes::record(key, ekey, artifact_len);
+        weights::record(key, ekey, artifact_len);
         // The same bytes that were verified: a slice of the mapping (or of
         // the buffer read), no copy, no second open of the path.
         let artifact = data.slice(range);
@@ -884,7 +884,7 @@ impl FileSystemCache {
         let shared = &self.shared;
         let ident = ident_of(engine);
         let artifact = module.serialize()?;
-        sizes::record(key, engine_key(engine), artifact.len() as u64);
+        weights::record(key, engine_key(engine), artifact.len() as u64);
         let file_len = (entry::HEADER_LEN + artifact.len()) as u64;
         if file_len > shared.max_entry {
             return Err(CacheError::TooLarge {
@@ -1499,10 +1499,10 @@ impl std::fmt::Debug for FileSystemCache {
 #[async_trait::async_trait]
 impl ModuleCache for FileSystemCache {
     async fn load(&self, key: ModuleHash, engine: &Engine) -> Result<Module, CacheError> {
-        self.load_traced(key, engine).await.map(|hit| hit.module)
+        self.load_hit(key, engine).await.map(|hit| hit.module)
     }
 
-    async fn load_traced(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
+    async fn load_hit(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
         let engine = engine.clone();
         self.blocking(move |this| this.load_blocking(key, &engine))
             .await

@@ -1,6 +1,6 @@
 //! A byte-bounded in-memory tier on `quick_cache` (S3-FIFO-style eviction).
 //!
-//! Entries are weighed by serialized artifact size (see [`crate::sizes`] for
+//! Entries are weighed by serialized artifact size (see the artifact-weight table in the crate docs for
 //! how that is known without a serialize on every save). The policy is
 //! quick_cache's CLOCK-Pro/S3-FIFO hybrid: new entries enter a probation
 //! queue and only entries hit again earn a place in the main queue, so a
@@ -19,8 +19,8 @@ use wasmer_types::ModuleHash;
 use crate::{
     cache::{CacheError, Hit, ModuleCache},
     engine::{engine_key, note_code_held},
-    observer::{Eviction, EvictionCause, Observers, Residency, TierObserver},
-    sizes,
+    tier_events::{Eviction, EvictionCause, Observers, Residency, TierObserver},
+    weights,
 };
 
 /// Entries are keyed by engine *instance*, not configuration: a module's
@@ -370,7 +370,7 @@ impl ModuleCache for MemoryCache {
         self.get(key, engine).ok_or(CacheError::NotFound)
     }
 
-    async fn load_traced(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
+    async fn load_hit(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
         self.load_now(key, engine).ok_or(CacheError::NotFound)
     }
 
@@ -393,7 +393,7 @@ impl ModuleCache for MemoryCache {
         engine: &Engine,
         module: &Module,
     ) -> Result<(), CacheError> {
-        let bytes = sizes::weigh(key, engine_key(engine), module)?;
+        let bytes = weights::weigh(key, engine_key(engine), module)?;
         self.insert((key, engine.id()), module, bytes);
         Ok(())
     }

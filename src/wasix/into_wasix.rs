@@ -150,7 +150,7 @@ impl<C: ModuleCache + Send + Sync> WasixCache<C> {
             self.tell(key, || LoadEvent::Hit { tier: hit.tier });
             return Ok(hit.module);
         }
-        match self.inner.load_traced(key, engine).await {
+        match self.inner.load_hit(key, engine).await {
             Ok(hit) => {
                 self.tell(key, || LoadEvent::Hit { tier: hit.tier });
                 Ok(hit.module)

@@ -72,7 +72,7 @@ impl Recorder {
         let bytes = {
             let known = self.sizes.lock().get(&key).copied();
             match known
-                .or_else(|| tierscope::sizes::lookup(key, tierscope::engine::engine_key(engine)))
+                .or_else(|| tierscope::weights::lookup(key, tierscope::engine::engine_key(engine)))
             {
                 Some(b) => b,
                 // Once per module at most, and only when recording.

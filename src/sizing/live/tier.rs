@@ -14,8 +14,8 @@ use crate::{
     FileSystemCache, Instrumented, MemoryCache,
     cache::{CacheError, Hit, ModuleCache, TierName},
     engine::engine_key,
-    observer::TierObserver,
-    sizes,
+    tier_events::TierObserver,
+    weights,
 };
 
 /// A tier whose policy and capacity live sizing can model.
@@ -159,14 +159,14 @@ impl<C> SizingTier<C> {
     }
 
     fn record_miss(&self, key: &ModuleHash, engine: &Engine) {
-        match sizes::lookup(*key, engine_key(engine)) {
+        match weights::lookup(*key, engine_key(engine)) {
             Some(b) => self.record(Kind::Miss, key, engine, b),
             None => self.record(Kind::MissUnknown, key, engine, 0),
         }
     }
 
     fn record_save(&self, key: &ModuleHash, engine: &Engine) {
-        if let Some(b) = sizes::lookup(*key, engine_key(engine)) {
+        if let Some(b) = weights::lookup(*key, engine_key(engine)) {
             self.record(Kind::Size, key, engine, b);
         }
     }
@@ -175,7 +175,7 @@ impl<C> SizingTier<C> {
 #[async_trait::async_trait]
 impl<C: ModuleCache + Send + Sync> ModuleCache for SizingTier<C> {
     async fn load(&self, key: ModuleHash, engine: &Engine) -> Result<Module, CacheError> {
-        self.load_traced(key, engine).await.map(|hit| hit.module)
+        self.load_hit(key, engine).await.map(|hit| hit.module)
     }
 
     #[inline]
@@ -185,15 +185,15 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for SizingTier<C> {
         Some(hit)
     }
 
-    async fn load_traced(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
+    async fn load_hit(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
         // The inner tier tries its synchronous path first, and names
         // itself in the hit.
-        let result = self.inner.load_traced(key, engine).await;
+        let result = self.inner.load_hit(key, engine).await;
         match &result {
             Ok(hit) => {
                 let bytes = hit
                     .bytes
-                    .or_else(|| sizes::lookup(key, engine_key(engine)))
+                    .or_else(|| weights::lookup(key, engine_key(engine)))
                     .unwrap_or(0);
                 self.record(Kind::Hit, &key, engine, bytes);
             }

@@ -9,7 +9,7 @@ use redis::{RedisError, cluster::ClusterClient};
 use crate::{
     cache::{CacheError, TierName},
     entry,
-    observer::Observers,
+    tier_events::Observers,
 };
 
 use super::*;

@@ -22,7 +22,7 @@ use wasmer_types::ModuleHash;
 use crate::{
     cache::{CacheError, TierName, Unavailability},
     engine::EngineIdent,
-    observer::{Eviction, EvictionCause, Observers},
+    tier_events::{Eviction, EvictionCause, Observers},
 };
 
 use super::*;

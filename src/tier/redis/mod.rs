@@ -182,8 +182,8 @@ use crate::{
     cache::{CacheError, Hit, IntegrityFailure, ModuleCache},
     engine::{engine_key, ident_of},
     entry,
-    observer::TierObserver,
-    sizes,
+    tier_events::TierObserver,
+    weights,
 };
 
 mod config;
@@ -289,7 +289,7 @@ impl RedisCache {
         result.map(drop)
     }
 
-    async fn load_hit(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
+    async fn fetch_and_open(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
         let s = &*self.shared;
         let ident = ident_of(engine);
         let redis_key = s.redis_key(&key, &ident);
@@ -330,7 +330,7 @@ impl RedisCache {
         };
         let rejected = match opened {
             Ok((module, artifact_len)) => {
-                sizes::record(key, engine_key(engine), artifact_len);
+                weights::record(key, engine_key(engine), artifact_len);
                 return Ok(Hit {
                     module,
                     tier: None,
@@ -362,7 +362,7 @@ impl RedisCache {
             size,
             limit: s.max_entry_bytes,
         };
-        let hint = sizes::lookup(key, ekey);
+        let hint = weights::lookup(key, ekey);
         if let Some(artifact) = hint
             && artifact + overhead > s.max_entry_bytes
         {
@@ -380,7 +380,7 @@ impl RedisCache {
             })
             .await??
         };
-        sizes::record(key, ekey, artifact_len);
+        weights::record(key, ekey, artifact_len);
         if value.len() as u64 > s.max_entry_bytes {
             call.settle(Verdict::Neutral);
             return Err(too_large(value.len() as u64));
@@ -419,11 +419,11 @@ impl fmt::Debug for RedisCache {
 #[async_trait::async_trait]
 impl ModuleCache for RedisCache {
     async fn load(&self, key: ModuleHash, engine: &Engine) -> Result<Module, CacheError> {
-        self.load_traced(key, engine).await.map(|hit| hit.module)
+        self.load_hit(key, engine).await.map(|hit| hit.module)
     }
 
-    async fn load_traced(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
-        self.load_hit(key, engine).await
+    async fn load_hit(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
+        self.fetch_and_open(key, engine).await
     }
 
     async fn contains(&self, key: ModuleHash, engine: &Engine) -> Result<bool, CacheError> {
