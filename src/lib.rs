@@ -53,7 +53,7 @@
 //! | engine identities (engine instance to its configuration key) | every tier keys on the engine, and wasmer gives an engine no cheap identity | the 1,024 most recently used instances (`MAX_TRACKED_INSTANCES`); configurations: one per distinct engine configuration the program builds; a one-entry cache per thread |
 //! | code ledgers (engine instance to the code it holds) | the tiers report code loaded and held per engine, the generations read it | one weak entry per engine of a live [`EngineGenerations`] generation, pruned whenever one is added |
 //! | artifact weights ((module, engine) to artifact bytes) | the disk and Redis tiers learn a module's size, the memory tier weighs it without serializing | 8,192 entries, least recently used dropped |
-//! | hit counters | see [`observe`] | see [`observe`] |
+//! | live instrumented tiers (weak references to their per-thread hit counters) | [`observe::flush`] takes no argument and must publish every tier's pending hits (exporters call it on scrape and on their timer) | one entry per live instrumented tier, removed when the tier is dropped; no slot limit |
 //! | the disk tier's temporary-file counter | unique names for files being written, across caches sharing a directory | one `u64` |
 //! | the disk tier's "foreign file" warnings | each foreign path is reported once, not on every scan | 4,096 paths |
 //! | the process collector (feature `prometheus`) | one `process_*` metric set per process | one |
