@@ -248,7 +248,9 @@ fn bench(c: &mut Criterion) {
                 #[allow(unsafe_code)]
                 black_box(unsafe { deserialize(e, a.clone()) });
             }),
-            ("copy_keep", |_, a| keep(black_box(Bytes::copy_from_slice(a)))),
+            ("copy_keep", |_, a| {
+                keep(black_box(Bytes::copy_from_slice(a)))
+            }),
             ("copy_then_deserialize", |e, a| {
                 // SAFETY: as above.
                 #[allow(unsafe_code)]

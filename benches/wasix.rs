@@ -36,12 +36,21 @@
 //!   runtime, then `spawn_blocking`, then `deserialize_from_file`);
 //!
 //! Group `wasix_stack_disk_hit`, per module: a disk hit through a stack
-//! whose memory tier is cold (a fresh stack for every iteration, made and
-//! dropped outside the timing; the promotion into memory is timed):
+//! whose memory tier is cold (tierscope's stack lives for the whole bench
+//! and its memory tier forgets the engine before every iteration; wasix's
+//! `SharedCache` cannot forget, so its stack is made afresh for every
+//! iteration; both outside the timing; the promotion into memory is
+//! timed):
 //! - `tierscope_stack`: instrumented `memory.with_fallback(disk)`;
 //! - `tierscope_loader`: `ModuleLoader::load_or_compile_lazy` over that
 //!   stack (a flight task, then the stack);
 //! - `wasix_stack`: `in_memory().with_fallback(FileSystemCache)`.
+//!
+//! Before the disk groups, the same disk and stack paths run in alternating
+//! rounds (every variant a few iterations per round, the order rotated),
+//! and the medians of the per-round means are printed on stderr: on a
+//! shared, noisy machine, those ratios are steadier than ratios of
+//! criterion medians taken minutes apart. `TIERSCOPE_ROUNDS=0` skips them.
 //!
 //! `scripts/fetch-real-modules && cargo bench --features wasix --bench wasix`
 
@@ -86,7 +95,12 @@ const MEMORY_CAPACITY: u64 = 1 << 30;
 
 type Stack = FallbackCache<Instrumented<MemoryCache>, Instrumented<FileSystemCache>>;
 
-fn memory_hit(c: &mut Criterion, tokio: &tokio::runtime::Runtime, tmp: &Path, wasix_fs: &WasixFileSystemCache) {
+fn memory_hit(
+    c: &mut Criterion,
+    tokio: &tokio::runtime::Runtime,
+    tmp: &Path,
+    wasix_fs: &WasixFileSystemCache,
+) {
     let engine = Engine::default();
     let wasm = corpus::tiny(1);
     let key = ModuleHash::new(&wasm);
@@ -284,12 +298,13 @@ fn timed(artifact_len: usize, iters: u64, op: &dyn Fn(&Engine)) -> Duration {
     total
 }
 
-/// As [`timed`], but every iteration gets its own `setup()` (a cold
-/// stack), made before and dropped after the timed `op`.
+/// As [`timed`], but every iteration gets its own `setup(engine)` (a stack
+/// whose memory tier is cold for `engine`), made before and dropped after
+/// the timed `op`.
 fn timed_fresh<S>(
     artifact_len: usize,
     iters: u64,
-    setup: &dyn Fn() -> S,
+    setup: &dyn Fn(&Engine) -> S,
     op: &dyn Fn(&Engine, &S),
 ) -> Duration {
     let mut total = Duration::ZERO;
@@ -298,7 +313,7 @@ fn timed_fresh<S>(
         let engine = Engine::default();
         let n = batch(artifact_len).min(iters - done).max(1);
         for _ in 0..n {
-            let state = setup();
+            let state = setup(&engine);
             let start = Instant::now();
             op(&engine, &state);
             total += start.elapsed();
@@ -385,11 +400,23 @@ fn stack_disk_hit(c: &mut Criterion, tokio: &tokio::runtime::Runtime, cases: &[C
             ..
         } = case;
         let (key, len) = (*key, artifact.len());
+        // tierscope's stack and loader live for the whole bench, as in a
+        // server; before each iteration their memory tier forgets the
+        // engine (outside the timing), so the load is a disk hit. (A fresh
+        // stack per iteration would time the first touch of a new memory
+        // tier's table, which a server pays once.)
+        let ts_stack = stack(pooled);
+        let loader = ModuleLoader::new("bench-wasix", stack(pooled));
         g.bench_function(BenchmarkId::new("tierscope_stack", label), |b| {
             b.iter_custom(|iters| {
-                timed_fresh(len, iters, &|| stack(pooled), &|e, s: &Stack| {
-                    black_box(tokio.block_on(s.load(key, e)).unwrap());
-                })
+                timed_fresh(
+                    len,
+                    iters,
+                    &|e| drop(ts_stack.primary().forget_engine(e)),
+                    &|e, _| {
+                        black_box(tokio.block_on(ts_stack.load(key, e)).unwrap());
+                    },
+                )
             })
         });
         g.bench_function(BenchmarkId::new("tierscope_loader", label), |b| {
@@ -397,10 +424,10 @@ fn stack_disk_hit(c: &mut Criterion, tokio: &tokio::runtime::Runtime, cases: &[C
                 timed_fresh(
                     len,
                     iters,
-                    &|| ModuleLoader::new("bench-wasix", stack(pooled)),
-                    &|e, l: &ModuleLoader<Stack>| {
+                    &|e| drop(loader.cache().primary().forget_engine(e)),
+                    &|e, _| {
                         let wasm = wasm.clone();
-                        let m = tokio.block_on(l.load_or_compile_lazy(e, key, move || wasm));
+                        let m = tokio.block_on(loader.load_or_compile_lazy(e, key, move || wasm));
                         black_box(m.unwrap());
                     },
                 )
@@ -411,7 +438,8 @@ fn stack_disk_hit(c: &mut Criterion, tokio: &tokio::runtime::Runtime, cases: &[C
                 timed_fresh(
                     len,
                     iters,
-                    &|| WasixModuleCache::with_fallback(SharedCache::default(), wasix.clone()),
+                    // wasix's `SharedCache` has no removal: a fresh one.
+                    &|_| WasixModuleCache::with_fallback(SharedCache::default(), wasix.clone()),
                     &|e, s| {
                         black_box(tokio.block_on(WasixModuleCache::load(s, key, e)).unwrap());
                     },
@@ -420,6 +448,184 @@ fn stack_disk_hit(c: &mut Criterion, tokio: &tokio::runtime::Runtime, cases: &[C
         });
     }
     g.finish();
+}
+
+/// One timed run of a variant on `engine`; returns the time of the part that
+/// counts (set-up of a cold stack excluded).
+type Variant<'a> = (&'static str, Box<dyn Fn(&Engine) -> Duration + 'a>);
+
+fn time_once(op: impl FnOnce()) -> Duration {
+    let start = Instant::now();
+    op();
+    start.elapsed()
+}
+
+/// Alternating rounds, as the issue measured: for each module, `rounds`
+/// rounds; in each, every variant runs a few iterations on its own fresh
+/// engine, in an order rotated every round, so that a noisy neighbour
+/// weighs on all of them alike. Prints the median of the per-round means
+/// and the ratios. `TIERSCOPE_ROUNDS` (default 21; 0 skips).
+fn alternating(tokio: &tokio::runtime::Runtime, cases: &[Case]) {
+    let rounds: usize = std::env::var("TIERSCOPE_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(21);
+    if rounds == 0 {
+        return;
+    }
+    eprintln!("alternating rounds ({rounds}), medians of per-round means:");
+    eprintln!(
+        "{:<18} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>6} {:>6} {:>6} {:>6} {:>6}",
+        "module",
+        "raw",
+        "raw+xxh3",
+        "ts_inline",
+        "ts_pooled",
+        "wasix_fs",
+        "ts_stack",
+        "ts_loader",
+        "wasix_stk",
+        "pool/w",
+        "inl/w",
+        "inl/fl",
+        "stk/w",
+        "ldr/w"
+    );
+    for case in cases {
+        let Case {
+            key,
+            wasm,
+            raw,
+            artifact,
+            inline,
+            pooled,
+            wasix,
+            ..
+        } = case;
+        let key = *key;
+        let ts_stack = stack(pooled);
+        let loader = ModuleLoader::new("bench-wasix", stack(pooled));
+        let variants: Vec<Variant<'_>> = vec![
+            (
+                "raw",
+                Box::new(|e| time_once(|| drop(black_box(raw_from_file(e, raw))))),
+            ),
+            (
+                "raw+xxh3",
+                Box::new(|e| {
+                    time_once(|| {
+                        black_box(tierscope::entry::checksum(black_box(artifact)));
+                        drop(black_box(raw_from_file(e, raw)));
+                    })
+                }),
+            ),
+            (
+                "ts_inline",
+                Box::new(|e| {
+                    time_once(|| {
+                        drop(black_box(
+                            inline.load(key, e).now_or_never().unwrap().unwrap(),
+                        ))
+                    })
+                }),
+            ),
+            (
+                "ts_pooled",
+                Box::new(|e| {
+                    time_once(|| drop(black_box(tokio.block_on(pooled.load(key, e)).unwrap())))
+                }),
+            ),
+            (
+                "wasix_fs",
+                Box::new(|e| {
+                    time_once(|| {
+                        drop(black_box(
+                            tokio
+                                .block_on(WasixModuleCache::load(wasix, key, e))
+                                .unwrap(),
+                        ))
+                    })
+                }),
+            ),
+            (
+                "ts_stack",
+                Box::new(|e| {
+                    drop(ts_stack.primary().forget_engine(e));
+                    time_once(|| drop(black_box(tokio.block_on(ts_stack.load(key, e)).unwrap())))
+                }),
+            ),
+            (
+                "ts_loader",
+                Box::new(|e| {
+                    drop(loader.cache().primary().forget_engine(e));
+                    let wasm = wasm.clone();
+                    time_once(|| {
+                        let m = tokio.block_on(loader.load_or_compile_lazy(e, key, move || wasm));
+                        drop(black_box(m.unwrap()))
+                    })
+                }),
+            ),
+            (
+                "wasix_stack",
+                Box::new(|e| {
+                    let s = WasixModuleCache::with_fallback(SharedCache::default(), wasix.clone());
+                    time_once(|| {
+                        drop(black_box(
+                            tokio.block_on(WasixModuleCache::load(&s, key, e)).unwrap(),
+                        ))
+                    })
+                }),
+            ),
+        ];
+        // Iterations per variant and round: about 10 ms of the raw call.
+        let probe = {
+            let e = Engine::default();
+            (variants[0].1)(&e);
+            (variants[0].1)(&e)
+        };
+        let n =
+            (Duration::from_millis(10).as_nanos() / probe.as_nanos().max(1)).clamp(1, 200) as u32;
+        let mut means: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); variants.len()];
+        for round in 0..rounds {
+            for i in 0..variants.len() {
+                let v = (i + round) % variants.len();
+                let engine = Engine::default();
+                let mut total = Duration::ZERO;
+                for _ in 0..n {
+                    total += (variants[v].1)(&engine);
+                }
+                means[v].push(total.as_secs_f64() / f64::from(n));
+            }
+        }
+        let med: Vec<f64> = means
+            .iter_mut()
+            .map(|m| {
+                m.sort_by(f64::total_cmp);
+                m[m.len() / 2]
+            })
+            .collect();
+        let us = |x: f64| format!("{:.1}", x * 1e6);
+        eprintln!(
+            "{:<18} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>6.2} {:>6.2} {:>6.2} {:>6.2} {:>6.2}",
+            case.label,
+            us(med[0]),
+            us(med[1]),
+            us(med[2]),
+            us(med[3]),
+            us(med[4]),
+            us(med[5]),
+            us(med[6]),
+            us(med[7]),
+            med[3] / med[4],
+            med[2] / med[4],
+            med[2] / med[1],
+            med[5] / med[7],
+            med[6] / med[7],
+        );
+    }
+    eprintln!("(µs; pool/w = tierscope pooled / wasix FileSystemCache, inl/w = inline / wasix,");
+    eprintln!(" inl/fl = inline / (raw deserialize_from_file + XXH3), stk/w and ldr/w = tierscope");
+    eprintln!(" stack and loader / wasix in_memory().with_fallback(FileSystemCache), cold memory)");
 }
 
 fn all(c: &mut Criterion) {
@@ -439,6 +645,7 @@ fn all(c: &mut Criterion) {
     let engine = Engine::default();
     let cases = cases(&engine, tmp.path(), &tokio, &wasix_fs);
     drop(engine);
+    alternating(&tokio, &cases);
     disk_hit(c, &tokio, &cases);
     stack_disk_hit(c, &tokio, &cases);
 }
