@@ -62,6 +62,9 @@ thread_local! {
     static KEPT: RefCell<Vec<Bytes>> = const { RefCell::new(Vec::new()) };
 }
 
+/// A decomposition step over the resident artifact.
+type BufOp = fn(&Engine, &Bytes);
+
 fn keep(b: Bytes) {
     KEPT.with(|k| k.borrow_mut().push(b));
 }
@@ -235,14 +238,14 @@ fn bench(c: &mut Criterion) {
         });
         let value: Vec<u8> = server.connection().get(&redis_key).unwrap();
         let resident = Bytes::from(value.clone()).slice(entry::HEADER_LEN..value.len() - MAC_LEN);
-        let sync_op = |f: fn(&Engine, &Bytes)| {
+        let sync_op = |f: BufOp| {
             let resident = resident.clone();
             move |engine: Engine| {
                 f(&engine, &resident);
                 futures::future::ready(()).boxed()
             }
         };
-        let ops: [(&str, fn(&Engine, &Bytes)); 4] = [
+        let ops: [(&str, BufOp); 4] = [
             ("deserialize_resident", |e, a| {
                 // SAFETY: as above.
                 #[allow(unsafe_code)]
