@@ -193,11 +193,10 @@ fn hit(c: &mut Criterion) {
     }
     g.finish();
 
-    // ---- wasmer-wasix peer benches (issue 14, part 3) ----------------------
-    // Reserved: `FileSystemCache` (wasix), `SharedCache` and
-    // `in_memory().with_fallback(FileSystemCache)` on the same `cases` and
-    // engines, behind `#[cfg(feature = "wasix")]`, as group `disk_peer`.
-    // ------------------------------------------------------------------------
+    // The peer benches against wasmer-wasix's caches (`SharedCache`,
+    // `FileSystemCache`, `in_memory().with_fallback(FileSystemCache)`) on the
+    // same modules live in `benches/wasix.rs` (feature `wasix`), so that
+    // default builds stay lean and the comparison runs in one process.
 
     why(c, &cases);
 }

@@ -10,6 +10,14 @@
 //! - `threads`: memory hits from 1 and 2 threads, per-operation time of the
 //!   whole group (throughput ratio = time(1) / time(2) * 2).
 //!
+//! Generated modules only, on purpose: a memory hit clones a `Module` (a
+//! reference count) whatever its size, and the loader's memory hit is the
+//! same. The real third-party modules (`scripts/fetch-real-modules`) are
+//! used where size matters: disk hits (`--bench disk`), Redis hits
+//! (`--features redis --bench redis`), and the loader's and the stack's
+//! disk hits against wasmer-wasix's (`--features wasix --bench wasix`).
+//! The bench says so on stderr when it starts.
+//!
 //! `cargo bench --bench memory`
 
 use std::{
@@ -262,6 +270,11 @@ fn threads(c: &mut Criterion) {
 }
 
 fn all(c: &mut Criterion) {
+    eprintln!(
+        "memory bench: REAL MODULES NOT USED here (a memory hit does not depend on module \
+         size); real modules: --bench disk, --features redis --bench redis, \
+         --features wasix --bench wasix"
+    );
     // The recorder must exist before instrumented tiers register handles.
     let handle = prometheus::install().expect("install the Prometheus recorder");
     memory_hit(c);

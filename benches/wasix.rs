@@ -1,37 +1,106 @@
-//! What the wasix adapter adds to a memory hit, beside the bare tier in the
-//! same run (the Prometheus recorder installed for the whole run):
+//! tierscope against wasmer-wasix's own caches, side by side in one run, on
+//! the same artifacts and engines: real third-party modules
+//! (`scripts/fetch-real-modules`: tree-sitter grammars, sql.js, esbuild;
+//! 6 KB to 14 MB of wasm) and the generated corpus (artifacts of about
+//! 25 KB, 1 MB and 7 MB). The Prometheus recorder is installed for the whole
+//! run.
 //!
-//! - `bare tier load`: tierscope's `MemoryCache::load().await`;
+//! Group `wasix_memory_hit` (a tiny generated module; every future
+//! completes on its first poll, `now_or_never`):
+//! - `bare tier load_now` / `bare tier load`: tierscope's `MemoryCache`,
+//!   synchronous hit path and async trait;
 //! - `instrumented tier load`: the same tier behind the spy;
 //! - `adapter load`: that instrumented tier through `WasixCache` (wasix's
 //!   trait);
 //! - `Runtime::load_hashed_module`: the whole path a wasix runtime takes
 //!   for a module it already knows the hash of, over that adapter;
-//! - `wasix SharedCache load`: wasix's own in-memory cache, for reference.
+//! - `wasix SharedCache load`: wasix's own in-memory cache;
+//! - `tierscope stack load` / `tierscope loader load_or_compile`: a memory
+//!   hit through `memory.with_fallback(disk)` (instrumented tiers) and
+//!   through a `ModuleLoader` over it;
+//! - `wasix stack load`: a memory hit through wasix's
+//!   `in_memory().with_fallback(FileSystemCache)` (what the wasmer CLI uses).
 //!
-//! Every future completes on its first poll (`now_or_never`).
+//! Group `wasix_disk_hit`, per module (a fresh `Engine` per batch of
+//! iterations, outside the timing: an engine keeps the code of every module
+//! it loaded until it is dropped, wasmer #4377):
+//! - `raw_deserialize_from_file`: wasmer's call on the bare artifact, no
+//!   checks (what wasix's `FileSystemCache` does); `xxh3_128`: tierscope's
+//!   checksum alone over the artifact in memory; their sum is the floor;
+//! - `tierscope_inline`: tierscope's `FileSystemCache` hit (open, map,
+//!   header and XXH3-128 checksum, deserialize from the mapping) on the
+//!   calling thread (`inline_io(true)`);
+//! - `tierscope_pooled`: the same through tokio's blocking pool (the
+//!   tier's default);
+//! - `wasix_filesystem`: wasix's `FileSystemCache::load` (a task on the
+//!   runtime, then `spawn_blocking`, then `deserialize_from_file`);
 //!
-//! `cargo bench --features wasix --bench wasix`
+//! Group `wasix_stack_disk_hit`, per module: a disk hit through a stack
+//! whose memory tier is cold (tierscope's stack lives for the whole bench
+//! and its memory tier forgets the engine before every iteration; wasix's
+//! `SharedCache` cannot forget, so its stack is made afresh for every
+//! iteration; both outside the timing; the promotion into memory is
+//! timed):
+//! - `tierscope_stack`: instrumented `memory.with_fallback(disk)`;
+//! - `tierscope_loader`: `ModuleLoader::load_or_compile_lazy` over that
+//!   stack (a flight task, then the stack);
+//! - `wasix_stack`: `in_memory().with_fallback(FileSystemCache)`.
+//!
+//! Before the disk groups, the same disk and stack paths run in alternating
+//! rounds (every variant a few iterations per round, the order rotated),
+//! and the medians of the per-round means are printed on stderr: on a
+//! shared, noisy machine, those ratios are steadier than ratios of
+//! criterion medians taken minutes apart. `TIERSCOPE_ROUNDS=0` skips them.
+//!
+//! `scripts/fetch-real-modules && cargo bench --features wasix --bench wasix`
 
-use std::hint::black_box;
+use std::{
+    hint::black_box,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use futures::FutureExt;
 use tierscope::{
-    InstrumentExt, MemoryCache, ModuleCache, ModuleHash, corpus,
+    FallbackCache, FileSystemCache, InstrumentExt, Instrumented, MemoryCache, ModuleCache,
+    ModuleHash, ModuleLoader, corpus,
     observe::prometheus,
     wasix::{WasixCache, runtime_with_engine},
 };
 use wasmer::{Engine, Module};
 use wasmer_wasix::runtime::{
     Runtime,
-    module_cache::{HashedModuleData, ModuleCache as WasixModuleCache, SharedCache},
+    module_cache::{
+        FileSystemCache as WasixFileSystemCache, HashedModuleData, ModuleCache as WasixModuleCache,
+        SharedCache,
+    },
+    task_manager::tokio::TokioTaskManager,
 };
 
-fn all(c: &mut Criterion) {
-    let _metrics = prometheus::install().expect("install the Prometheus recorder");
-    let tokio = tokio::runtime::Runtime::new().unwrap();
-    let _context = tokio.enter();
+#[path = "support/real_modules.rs"]
+mod real_modules;
+
+/// (label, wasm bytes) giving artifacts of about 25 KB, 1 MB and 7 MB (as in
+/// `benches/disk.rs`).
+const SIZES: [(&str, usize); 3] = [
+    ("gen-25KB", 3_700),
+    ("gen-1MB", 210_000),
+    ("gen-7MB", 1_450_000),
+];
+
+const MEMORY_CAPACITY: u64 = 1 << 30;
+
+type Stack = FallbackCache<Instrumented<MemoryCache>, Instrumented<FileSystemCache>>;
+
+fn memory_hit(
+    c: &mut Criterion,
+    tokio: &tokio::runtime::Runtime,
+    tmp: &Path,
+    wasix_fs: &WasixFileSystemCache,
+) {
     let engine = Engine::default();
     let wasm = corpus::tiny(1);
     let key = ModuleHash::new(&wasm);
@@ -46,10 +115,18 @@ fn all(c: &mut Criterion) {
         engine.clone(),
         WasixCache::new("bench-wasix", spied.clone()),
     );
-    futures::executor::block_on(async {
+    let disk = FileSystemCache::open(tmp.join("memory-hit-disk"), 1 << 30).unwrap();
+    let stack = stack(&disk);
+    let loader = ModuleLoader::new("bench-wasix", stack.clone());
+    let wasix_stack = WasixModuleCache::with_fallback(SharedCache::default(), wasix_fs.clone());
+    tokio.block_on(async {
         bare.save(key, &engine, &module).await.unwrap();
         spied.save(key, &engine, &module).await.unwrap();
         WasixModuleCache::save(&shared, key, &engine, &module)
+            .await
+            .unwrap();
+        stack.save(key, &engine, &module).await.unwrap();
+        WasixModuleCache::save(&wasix_stack, key, &engine, &module)
             .await
             .unwrap();
     });
@@ -61,8 +138,25 @@ fn all(c: &mut Criterion) {
             .expect("a memory hit completes at once")
             .is_ok()
     );
+    let wasm = Bytes::from(wasm);
+    let lazy = || {
+        let wasm = wasm.clone();
+        move || wasm
+    };
+    assert!(
+        loader
+            .load_or_compile_lazy(&engine, key, lazy())
+            .now_or_never()
+            .expect("a memory hit completes at once")
+            .is_ok()
+    );
 
     let mut g = c.benchmark_group("wasix_memory_hit");
+    g.warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(3));
+    g.bench_function("bare tier load_now", |b| {
+        b.iter(|| black_box(bare.load_now(key, &engine)))
+    });
     g.bench_function("bare tier load", |b| {
         b.iter(|| black_box(bare.load(key, &engine).now_or_never()))
     });
@@ -84,7 +178,476 @@ fn all(c: &mut Criterion) {
     g.bench_function("wasix SharedCache load", |b| {
         b.iter(|| black_box(WasixModuleCache::load(&shared, key, &engine).now_or_never()))
     });
+    g.bench_function("tierscope stack load", |b| {
+        b.iter(|| black_box(stack.load(key, &engine).now_or_never()))
+    });
+    g.bench_function("tierscope loader load_or_compile", |b| {
+        b.iter(|| {
+            black_box(
+                loader
+                    .load_or_compile_lazy(&engine, key, lazy())
+                    .now_or_never(),
+            )
+        })
+    });
+    g.bench_function("wasix stack load", |b| {
+        b.iter(|| black_box(WasixModuleCache::load(&wasix_stack, key, &engine).now_or_never()))
+    });
     g.finish();
+}
+
+/// tierscope's usual stack: an instrumented memory tier in front of an
+/// instrumented disk tier (blocking pool), both named as in production.
+fn stack(disk: &FileSystemCache) -> Stack {
+    MemoryCache::new(MEMORY_CAPACITY)
+        .instrumented("bench-wasix", "memory")
+        .with_fallback(disk.clone().instrumented("bench-wasix", "disk"))
+}
+
+struct Case {
+    label: String,
+    key: ModuleHash,
+    wasm: Bytes,
+    /// The bare artifact (`Module::serialize_to_file`).
+    raw: PathBuf,
+    /// The same artifact in memory.
+    artifact: Bytes,
+    inline: FileSystemCache,
+    pooled: FileSystemCache,
+    wasix: WasixFileSystemCache,
+}
+
+fn cases(
+    engine: &Engine,
+    tmp: &Path,
+    tokio: &tokio::runtime::Runtime,
+    wasix: &WasixFileSystemCache,
+) -> Vec<Case> {
+    let mut modules: Vec<(String, bool, Vec<u8>)> = real_modules::load()
+        .into_iter()
+        .map(|(name, wasm)| (name.to_string(), true, wasm))
+        .collect();
+    if modules.is_empty() {
+        eprintln!("wasix peer benches: NO REAL MODULE, generated corpus only");
+    }
+    for (label, wasm_size) in SIZES {
+        modules.push((label.to_string(), false, corpus::module(wasm_size, 11)));
+    }
+    let mut out = Vec::new();
+    for (label, real, wasm) in modules {
+        let key = ModuleHash::new(&wasm);
+        let module = if real {
+            real_modules::compile(engine, &label, &wasm)
+        } else {
+            Module::new(engine, &wasm).unwrap()
+        };
+        let raw = tmp.join(format!("{label}.raw"));
+        module.serialize_to_file(&raw).unwrap();
+        let artifact = Bytes::from(std::fs::read(&raw).unwrap());
+        let dir = tmp.join("tierscope").join(&label);
+        let inline = FileSystemCache::builder(&dir)
+            .capacity(1 << 32)
+            .inline_io(true)
+            .open()
+            .unwrap();
+        futures::executor::block_on(inline.save(key, engine, &module)).unwrap();
+        let pooled = FileSystemCache::open(&dir, 1 << 32).unwrap();
+        tokio
+            .block_on(WasixModuleCache::save(wasix, key, engine, &module))
+            .unwrap();
+        eprintln!(
+            "{label}: {} bytes of wasm, artifact {} bytes",
+            wasm.len(),
+            artifact.len()
+        );
+        out.push(Case {
+            label,
+            key,
+            wasm: Bytes::from(wasm),
+            raw,
+            artifact,
+            inline,
+            pooled,
+            wasix: wasix.clone(),
+        });
+    }
+    out
+}
+
+/// Iterations per fresh engine: about 512 MiB of artifacts.
+fn batch(artifact_len: usize) -> u64 {
+    (512u64 << 20) / (artifact_len as u64).max(1)
+}
+
+/// Time `iters` runs of `op`, each batch on a fresh engine of the same
+/// configuration (same deterministic id, so every cache still hits),
+/// created and dropped outside the timing.
+fn timed(artifact_len: usize, iters: u64, op: &dyn Fn(&Engine)) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut done = 0;
+    while done < iters {
+        let engine = Engine::default();
+        let n = batch(artifact_len).min(iters - done).max(1);
+        let start = Instant::now();
+        for _ in 0..n {
+            op(&engine);
+        }
+        total += start.elapsed();
+        done += n;
+    }
+    total
+}
+
+/// As [`timed`], but every iteration gets its own `setup(engine)` (a stack
+/// whose memory tier is cold for `engine`), made before and dropped after
+/// the timed `op`.
+fn timed_fresh<S>(
+    artifact_len: usize,
+    iters: u64,
+    setup: &dyn Fn(&Engine) -> S,
+    op: &dyn Fn(&Engine, &S),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut done = 0;
+    while done < iters {
+        let engine = Engine::default();
+        let n = batch(artifact_len).min(iters - done).max(1);
+        for _ in 0..n {
+            let state = setup(&engine);
+            let start = Instant::now();
+            op(&engine, &state);
+            total += start.elapsed();
+            drop(state);
+        }
+        done += n;
+    }
+    total
+}
+
+fn raw_from_file(engine: &Engine, raw: &Path) -> Module {
+    // SAFETY: the file holds this wasmer's own serialization of a module
+    // compiled with this configuration, written by `cases`.
+    #[allow(unsafe_code)]
+    let m = unsafe { Module::deserialize_from_file(engine, raw) };
+    m.unwrap()
+}
+
+fn disk_hit(c: &mut Criterion, tokio: &tokio::runtime::Runtime, cases: &[Case]) {
+    let mut g = c.benchmark_group("wasix_disk_hit");
+    g.warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(3));
+    g.sample_size(30);
+    for case in cases {
+        let Case {
+            label,
+            key,
+            raw,
+            artifact,
+            inline,
+            pooled,
+            wasix,
+            ..
+        } = case;
+        let (key, len) = (*key, artifact.len());
+        g.bench_function(BenchmarkId::new("raw_deserialize_from_file", label), |b| {
+            b.iter_custom(|iters| timed(len, iters, &|e| drop(black_box(raw_from_file(e, raw)))))
+        });
+        g.bench_function(BenchmarkId::new("xxh3_128", label), |b| {
+            b.iter(|| black_box(tierscope::entry::checksum(black_box(artifact))))
+        });
+        g.bench_function(BenchmarkId::new("tierscope_inline", label), |b| {
+            b.iter_custom(|iters| {
+                timed(len, iters, &|e| {
+                    black_box(inline.load(key, e).now_or_never().unwrap().unwrap());
+                })
+            })
+        });
+        g.bench_function(BenchmarkId::new("tierscope_pooled", label), |b| {
+            b.iter_custom(|iters| {
+                timed(len, iters, &|e| {
+                    black_box(tokio.block_on(pooled.load(key, e)).unwrap());
+                })
+            })
+        });
+        g.bench_function(BenchmarkId::new("wasix_filesystem", label), |b| {
+            b.iter_custom(|iters| {
+                timed(len, iters, &|e| {
+                    black_box(
+                        tokio
+                            .block_on(WasixModuleCache::load(wasix, key, e))
+                            .unwrap(),
+                    );
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+fn stack_disk_hit(c: &mut Criterion, tokio: &tokio::runtime::Runtime, cases: &[Case]) {
+    let mut g = c.benchmark_group("wasix_stack_disk_hit");
+    g.warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(3));
+    g.sample_size(30);
+    for case in cases {
+        let Case {
+            label,
+            key,
+            wasm,
+            artifact,
+            pooled,
+            wasix,
+            ..
+        } = case;
+        let (key, len) = (*key, artifact.len());
+        // tierscope's stack and loader live for the whole bench, as in a
+        // server; before each iteration their memory tier forgets the
+        // engine (outside the timing), so the load is a disk hit. (A fresh
+        // stack per iteration would time the first touch of a new memory
+        // tier's table, which a server pays once.)
+        let ts_stack = stack(pooled);
+        let loader = ModuleLoader::new("bench-wasix", stack(pooled));
+        g.bench_function(BenchmarkId::new("tierscope_stack", label), |b| {
+            b.iter_custom(|iters| {
+                timed_fresh(
+                    len,
+                    iters,
+                    &|e| drop(ts_stack.primary().forget_engine(e)),
+                    &|e, _| {
+                        black_box(tokio.block_on(ts_stack.load(key, e)).unwrap());
+                    },
+                )
+            })
+        });
+        g.bench_function(BenchmarkId::new("tierscope_loader", label), |b| {
+            b.iter_custom(|iters| {
+                timed_fresh(
+                    len,
+                    iters,
+                    &|e| drop(loader.cache().primary().forget_engine(e)),
+                    &|e, _| {
+                        let wasm = wasm.clone();
+                        let m = tokio.block_on(loader.load_or_compile_lazy(e, key, move || wasm));
+                        black_box(m.unwrap());
+                    },
+                )
+            })
+        });
+        g.bench_function(BenchmarkId::new("wasix_stack", label), |b| {
+            b.iter_custom(|iters| {
+                timed_fresh(
+                    len,
+                    iters,
+                    // wasix's `SharedCache` has no removal: a fresh one.
+                    &|_| WasixModuleCache::with_fallback(SharedCache::default(), wasix.clone()),
+                    &|e, s| {
+                        black_box(tokio.block_on(WasixModuleCache::load(s, key, e)).unwrap());
+                    },
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
+/// One timed run of a variant on `engine`; returns the time of the part that
+/// counts (set-up of a cold stack excluded).
+type Variant<'a> = (&'static str, Box<dyn Fn(&Engine) -> Duration + 'a>);
+
+fn time_once(op: impl FnOnce()) -> Duration {
+    let start = Instant::now();
+    op();
+    start.elapsed()
+}
+
+/// Alternating rounds, as the issue measured: for each module, `rounds`
+/// rounds; in each, every variant runs a few iterations on its own fresh
+/// engine, in an order rotated every round, so that a noisy neighbour
+/// weighs on all of them alike. Prints the median of the per-round means
+/// and the ratios. `TIERSCOPE_ROUNDS` (default 21; 0 skips).
+fn alternating(tokio: &tokio::runtime::Runtime, cases: &[Case]) {
+    let rounds: usize = std::env::var("TIERSCOPE_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(21);
+    if rounds == 0 {
+        return;
+    }
+    eprintln!("alternating rounds ({rounds}), medians of per-round means:");
+    eprintln!(
+        "{:<18} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>6} {:>6} {:>6} {:>6} {:>6}",
+        "module",
+        "raw",
+        "raw+xxh3",
+        "ts_inline",
+        "ts_pooled",
+        "wasix_fs",
+        "ts_stack",
+        "ts_loader",
+        "wasix_stk",
+        "pool/w",
+        "inl/w",
+        "inl/fl",
+        "stk/w",
+        "ldr/w"
+    );
+    for case in cases {
+        let Case {
+            key,
+            wasm,
+            raw,
+            artifact,
+            inline,
+            pooled,
+            wasix,
+            ..
+        } = case;
+        let key = *key;
+        let ts_stack = stack(pooled);
+        let loader = ModuleLoader::new("bench-wasix", stack(pooled));
+        let variants: Vec<Variant<'_>> = vec![
+            (
+                "raw",
+                Box::new(|e| time_once(|| drop(black_box(raw_from_file(e, raw))))),
+            ),
+            (
+                "raw+xxh3",
+                Box::new(|e| {
+                    time_once(|| {
+                        black_box(tierscope::entry::checksum(black_box(artifact)));
+                        drop(black_box(raw_from_file(e, raw)));
+                    })
+                }),
+            ),
+            (
+                "ts_inline",
+                Box::new(|e| {
+                    time_once(|| {
+                        drop(black_box(
+                            inline.load(key, e).now_or_never().unwrap().unwrap(),
+                        ))
+                    })
+                }),
+            ),
+            (
+                "ts_pooled",
+                Box::new(|e| {
+                    time_once(|| drop(black_box(tokio.block_on(pooled.load(key, e)).unwrap())))
+                }),
+            ),
+            (
+                "wasix_fs",
+                Box::new(|e| {
+                    time_once(|| {
+                        drop(black_box(
+                            tokio
+                                .block_on(WasixModuleCache::load(wasix, key, e))
+                                .unwrap(),
+                        ))
+                    })
+                }),
+            ),
+            (
+                "ts_stack",
+                Box::new(|e| {
+                    drop(ts_stack.primary().forget_engine(e));
+                    time_once(|| drop(black_box(tokio.block_on(ts_stack.load(key, e)).unwrap())))
+                }),
+            ),
+            (
+                "ts_loader",
+                Box::new(|e| {
+                    drop(loader.cache().primary().forget_engine(e));
+                    let wasm = wasm.clone();
+                    time_once(|| {
+                        let m = tokio.block_on(loader.load_or_compile_lazy(e, key, move || wasm));
+                        drop(black_box(m.unwrap()))
+                    })
+                }),
+            ),
+            (
+                "wasix_stack",
+                Box::new(|e| {
+                    let s = WasixModuleCache::with_fallback(SharedCache::default(), wasix.clone());
+                    time_once(|| {
+                        drop(black_box(
+                            tokio.block_on(WasixModuleCache::load(&s, key, e)).unwrap(),
+                        ))
+                    })
+                }),
+            ),
+        ];
+        // Iterations per variant and round: about 10 ms of the raw call.
+        let probe = {
+            let e = Engine::default();
+            (variants[0].1)(&e);
+            (variants[0].1)(&e)
+        };
+        let n =
+            (Duration::from_millis(10).as_nanos() / probe.as_nanos().max(1)).clamp(1, 200) as u32;
+        let mut means: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); variants.len()];
+        for round in 0..rounds {
+            for i in 0..variants.len() {
+                let v = (i + round) % variants.len();
+                let engine = Engine::default();
+                let mut total = Duration::ZERO;
+                for _ in 0..n {
+                    total += (variants[v].1)(&engine);
+                }
+                means[v].push(total.as_secs_f64() / f64::from(n));
+            }
+        }
+        let med: Vec<f64> = means
+            .iter_mut()
+            .map(|m| {
+                m.sort_by(f64::total_cmp);
+                m[m.len() / 2]
+            })
+            .collect();
+        let us = |x: f64| format!("{:.1}", x * 1e6);
+        eprintln!(
+            "{:<18} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>6.2} {:>6.2} {:>6.2} {:>6.2} {:>6.2}",
+            case.label,
+            us(med[0]),
+            us(med[1]),
+            us(med[2]),
+            us(med[3]),
+            us(med[4]),
+            us(med[5]),
+            us(med[6]),
+            us(med[7]),
+            med[3] / med[4],
+            med[2] / med[4],
+            med[2] / med[1],
+            med[5] / med[7],
+            med[6] / med[7],
+        );
+    }
+    eprintln!("(µs; pool/w = tierscope pooled / wasix FileSystemCache, inl/w = inline / wasix,");
+    eprintln!(" inl/fl = inline / (raw deserialize_from_file + XXH3), stk/w and ldr/w = tierscope");
+    eprintln!(" stack and loader / wasix in_memory().with_fallback(FileSystemCache), cold memory)");
+}
+
+fn all(c: &mut Criterion) {
+    let _metrics = prometheus::install().expect("install the Prometheus recorder");
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let _context = tokio.enter();
+    let tmp = tempfile::tempdir().unwrap();
+    let task_manager = Arc::new(TokioTaskManager::new(tokio.handle().clone()));
+    let wasix_fs = WasixFileSystemCache::new(tmp.path().join("wasix"), task_manager);
+
+    memory_hit(c, &tokio, tmp.path(), &wasix_fs);
+
+    let engine = Engine::default();
+    let cases = cases(&engine, tmp.path(), &tokio, &wasix_fs);
+    drop(engine);
+    alternating(&tokio, &cases);
+    disk_hit(c, &tokio, &cases);
+    stack_disk_hit(c, &tokio, &cases);
 }
 
 criterion_group!(benches, all);
