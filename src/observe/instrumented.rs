@@ -478,7 +478,9 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
         let answer = self.inner.load_now(key, engine);
         if let Some(hit) = &answer {
             local.hit(hit.bytes.unwrap_or(0));
-            if start.is_some() || tracing::enabled!(tracing::Level::DEBUG) {
+            // `level_enabled!` is one load of the global level filter (the
+            // full `enabled!` asks the subscriber); the cold path asks again.
+            if start.is_some() || tracing::level_enabled!(tracing::Level::DEBUG) {
                 self.after_memory_hit(start, hit.bytes);
             }
         }
