@@ -31,18 +31,15 @@ use std::{
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use futures::FutureExt;
-use tierscope::{FileSystemCache, ModuleCache, ModuleHash, corpus};
+use tierscope::{FileSystemCache, ModuleCache, ModuleHash};
 use wasmer::{Engine, Module};
 
+#[path = "support/disk_cases.rs"]
+mod disk_cases;
 #[path = "support/real_modules.rs"]
 mod real_modules;
 
-/// (label, wasm bytes) giving artifacts of about 25 KB, 1 MB and 7 MB.
-const SIZES: [(&str, usize); 3] = [
-    ("gen-25KB", 3_700),
-    ("gen-1MB", 210_000),
-    ("gen-7MB", 1_450_000),
-];
+use disk_cases::{raw_from_file, timed};
 
 struct Case {
     label: String,
@@ -57,78 +54,18 @@ struct Case {
 }
 
 fn cases(engine: &Engine, tmp: &Path) -> Vec<Case> {
-    let mut modules: Vec<(String, bool, Vec<u8>)> = real_modules::load()
+    disk_cases::prepare(engine, tmp, tmp)
         .into_iter()
-        .map(|(name, wasm)| (name.to_string(), true, wasm))
-        .collect();
-    for (label, wasm_size) in SIZES {
-        modules.push((label.to_string(), false, corpus::module(wasm_size, 11)));
-    }
-    let mut out = Vec::new();
-    for (label, real, wasm) in modules {
-        let key = ModuleHash::new(&wasm);
-        let module = if real {
-            real_modules::compile(engine, &label, &wasm)
-        } else {
-            Module::new(engine, &wasm).unwrap()
-        };
-        let raw = tmp.join(format!("{label}.raw"));
-        module.serialize_to_file(&raw).unwrap();
-        let artifact = Bytes::from(std::fs::read(&raw).unwrap());
-        let dir = tmp.join(&label);
-        let inline = FileSystemCache::builder(&dir)
-            .capacity(1 << 32)
-            .inline_io(true)
-            .open()
-            .unwrap();
-        futures::executor::block_on(inline.save(key, engine, &module)).unwrap();
-        let pooled = FileSystemCache::open(&dir, 1 << 32).unwrap();
-        eprintln!(
-            "{label}: {} bytes of wasm, artifact {} bytes",
-            wasm.len(),
-            artifact.len()
-        );
-        out.push(Case {
-            label,
-            real,
-            key,
-            raw,
-            artifact,
-            inline,
-            pooled,
-        });
-    }
-    out
-}
-
-/// Time `iters` runs of `op`. An Engine keeps the code memory of every
-/// module it loaded until the engine itself is dropped (wasmer #4377), so
-/// each batch of iterations runs on a fresh engine of the same
-/// configuration (same deterministic id, so the tier still hits), created
-/// and dropped outside the timing.
-fn timed(artifact_len: usize, iters: u64, op: &dyn Fn(&Engine)) -> Duration {
-    let batch = (512u64 << 20) / (artifact_len as u64).max(1);
-    let mut total = Duration::ZERO;
-    let mut done = 0;
-    while done < iters {
-        let engine = Engine::default();
-        let n = batch.min(iters - done).max(1);
-        let start = std::time::Instant::now();
-        for _ in 0..n {
-            op(&engine);
-        }
-        total += start.elapsed();
-        done += n;
-    }
-    total
-}
-
-fn raw_from_file(engine: &Engine, raw: &Path) -> Module {
-    // SAFETY: the file holds this wasmer's own serialization of a module
-    // compiled with this configuration, written by `cases`.
-    #[allow(unsafe_code)]
-    let m = unsafe { Module::deserialize_from_file(engine, raw) };
-    m.unwrap()
+        .map(|p| Case {
+            label: p.label,
+            real: p.real,
+            key: p.key,
+            raw: p.raw,
+            artifact: p.artifact,
+            inline: p.inline,
+            pooled: p.pooled,
+        })
+        .collect()
 }
 
 fn hit(c: &mut Criterion) {

@@ -80,16 +80,12 @@ use wasmer_wasix::runtime::{
     task_manager::tokio::TokioTaskManager,
 };
 
+#[path = "support/disk_cases.rs"]
+mod disk_cases;
 #[path = "support/real_modules.rs"]
 mod real_modules;
 
-/// (label, wasm bytes) giving artifacts of about 25 KB, 1 MB and 7 MB (as in
-/// `benches/disk.rs`).
-const SIZES: [(&str, usize); 3] = [
-    ("gen-25KB", 3_700),
-    ("gen-1MB", 210_000),
-    ("gen-7MB", 1_450_000),
-];
+use disk_cases::{batch, raw_from_file, timed};
 
 const MEMORY_CAPACITY: u64 = 1 << 30;
 
@@ -223,79 +219,24 @@ fn cases(
     tokio: &tokio::runtime::Runtime,
     wasix: &WasixFileSystemCache,
 ) -> Vec<Case> {
-    let mut modules: Vec<(String, bool, Vec<u8>)> = real_modules::load()
+    disk_cases::prepare(engine, tmp, &tmp.join("tierscope"))
         .into_iter()
-        .map(|(name, wasm)| (name.to_string(), true, wasm))
-        .collect();
-    if modules.is_empty() {
-        eprintln!("wasix peer benches: NO REAL MODULE, generated corpus only");
-    }
-    for (label, wasm_size) in SIZES {
-        modules.push((label.to_string(), false, corpus::module(wasm_size, 11)));
-    }
-    let mut out = Vec::new();
-    for (label, real, wasm) in modules {
-        let key = ModuleHash::new(&wasm);
-        let module = if real {
-            real_modules::compile(engine, &label, &wasm)
-        } else {
-            Module::new(engine, &wasm).unwrap()
-        };
-        let raw = tmp.join(format!("{label}.raw"));
-        module.serialize_to_file(&raw).unwrap();
-        let artifact = Bytes::from(std::fs::read(&raw).unwrap());
-        let dir = tmp.join("tierscope").join(&label);
-        let inline = FileSystemCache::builder(&dir)
-            .capacity(1 << 32)
-            .inline_io(true)
-            .open()
-            .unwrap();
-        futures::executor::block_on(inline.save(key, engine, &module)).unwrap();
-        let pooled = FileSystemCache::open(&dir, 1 << 32).unwrap();
-        tokio
-            .block_on(WasixModuleCache::save(wasix, key, engine, &module))
-            .unwrap();
-        eprintln!(
-            "{label}: {} bytes of wasm, artifact {} bytes",
-            wasm.len(),
-            artifact.len()
-        );
-        out.push(Case {
-            label,
-            key,
-            wasm: Bytes::from(wasm),
-            raw,
-            artifact,
-            inline,
-            pooled,
-            wasix: wasix.clone(),
-        });
-    }
-    out
-}
-
-/// Iterations per fresh engine: about 512 MiB of artifacts.
-fn batch(artifact_len: usize) -> u64 {
-    (512u64 << 20) / (artifact_len as u64).max(1)
-}
-
-/// Time `iters` runs of `op`, each batch on a fresh engine of the same
-/// configuration (same deterministic id, so every cache still hits),
-/// created and dropped outside the timing.
-fn timed(artifact_len: usize, iters: u64, op: &dyn Fn(&Engine)) -> Duration {
-    let mut total = Duration::ZERO;
-    let mut done = 0;
-    while done < iters {
-        let engine = Engine::default();
-        let n = batch(artifact_len).min(iters - done).max(1);
-        let start = Instant::now();
-        for _ in 0..n {
-            op(&engine);
-        }
-        total += start.elapsed();
-        done += n;
-    }
-    total
+        .map(|p| {
+            tokio
+                .block_on(WasixModuleCache::save(wasix, p.key, engine, &p.module))
+                .unwrap();
+            Case {
+                label: p.label,
+                key: p.key,
+                wasm: Bytes::from(p.wasm),
+                raw: p.raw,
+                artifact: p.artifact,
+                inline: p.inline,
+                pooled: p.pooled,
+                wasix: wasix.clone(),
+            }
+        })
+        .collect()
 }
 
 /// As [`timed`], but every iteration gets its own `setup(engine)` (a stack
@@ -322,14 +263,6 @@ fn timed_fresh<S>(
         done += n;
     }
     total
-}
-
-fn raw_from_file(engine: &Engine, raw: &Path) -> Module {
-    // SAFETY: the file holds this wasmer's own serialization of a module
-    // compiled with this configuration, written by `cases`.
-    #[allow(unsafe_code)]
-    let m = unsafe { Module::deserialize_from_file(engine, raw) };
-    m.unwrap()
 }
 
 fn disk_hit(c: &mut Criterion, tokio: &tokio::runtime::Runtime, cases: &[Case]) {
