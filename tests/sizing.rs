@@ -1,7 +1,11 @@
 //! Accuracy of the sizing models against brute-force simulations and the
 //! real memory tier, and trace format round trips.
 
+mod common;
+
 use std::collections::VecDeque;
+
+use common::rng::Rng;
 
 use proptest::prelude::*;
 use tierscope::{
@@ -18,24 +22,6 @@ use tierscope::{
 
 // ---------------------------------------------------------------------------
 // Workloads
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// Sizes log-uniform in [lo, hi].
 fn log_size(rng: &mut Rng, lo: u64, hi: u64) -> u64 {

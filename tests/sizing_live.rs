@@ -6,7 +6,10 @@ mod common;
 
 use std::sync::Arc;
 
-use common::snapshot::{counter, gauge, take};
+use common::{
+    rng::Rng,
+    snapshot::{counter, gauge, take},
+};
 use metrics_util::debugging::DebuggingRecorder;
 use tierscope::{
     FileSystemCache, InstrumentExt, MemoryCache, ModuleCache, ModuleHash,
@@ -20,22 +23,6 @@ use tierscope::{
     weights,
 };
 use wasmer::{Engine, Module};
-
-/// xorshift64*, seeded.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 /// Zipf(`a`) over `n` ranks: the cumulative distribution.
 fn zipf_cdf(n: usize, a: f64) -> Vec<f64> {

@@ -1,6 +1,7 @@
 //! Shared test helpers.
 #![allow(dead_code)]
 
+pub mod rng;
 pub mod script;
 pub mod snapshot;
 
