@@ -20,6 +20,10 @@
 //! `deserialize_from_file`). Page faults per operation of each path are
 //! printed on stderr before the group runs.
 //!
+//! Group `checksum`: the entry checksum (XXH3-128 through `twox-hash`,
+//! which picks AVX2 at run time) beside `xxhash-rust`'s XXH3-128 (the same
+//! hash, its portable path), over 16 MiB.
+//!
 //! `scripts/fetch-real-modules && cargo bench --bench disk`
 
 use std::{
@@ -247,5 +251,25 @@ fn why(c: &mut Criterion, cases: &[Case]) {
     g.finish();
 }
 
-criterion_group!(benches, hit);
+/// The entry checksum beside `xxhash-rust`'s XXH3-128 of the same bytes.
+fn checksum(c: &mut Criterion) {
+    let data: Vec<u8> = (0..16u64 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect();
+    assert_eq!(
+        tierscope::entry::checksum(&data),
+        xxhash_rust::xxh3::xxh3_128(&data).to_le_bytes()
+    );
+    let mut g = c.benchmark_group("checksum");
+    g.throughput(criterion::Throughput::Bytes(data.len() as u64));
+    g.bench_function("entry_checksum_twox_hash_16MiB", |b| {
+        b.iter(|| black_box(tierscope::entry::checksum(black_box(&data))))
+    });
+    g.bench_function("xxhash_rust_xxh3_128_16MiB", |b| {
+        b.iter(|| black_box(xxhash_rust::xxh3::xxh3_128(black_box(&data))))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, hit, checksum);
 criterion_main!(benches);
