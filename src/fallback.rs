@@ -108,7 +108,7 @@ where
                 }
                 if let Err(e) = self
                     .primary
-                    .promote(key, engine, &hit.module, hit.tier)
+                    .promote(key, engine, &hit.module, hit.tier())
                     .await
                 {
                     tracing::warn!(

@@ -220,7 +220,7 @@ async fn a_retired_generation_leaves_the_memory_tier() {
         if let Some(hit) = memory.load_now(key, &current) {
             assert_eq!(
                 hit.module.serialize().unwrap().len() as u64,
-                hit.bytes.unwrap()
+                hit.bytes().unwrap()
             );
         }
     }

@@ -92,7 +92,7 @@ async fn a_hit_in_the_lowest_tier_is_promoted_into_every_tier_above() {
 
     let got = cache.load_hit(key, &engine).await.unwrap();
 
-    assert!(got.tier.is_none(), "unnamed tiers name no origin");
+    assert!(got.tier().is_none(), "unnamed tiers name no origin");
     assert!(top.contains(key, &engine).await.unwrap());
     assert!(middle.contains(key, &engine).await.unwrap());
     // The promoted copies are usable modules.
@@ -116,8 +116,8 @@ async fn the_origin_tier_is_reported_through_nested_chains() {
     let first = cache.load_hit(key, &engine).await.unwrap();
     let second = cache.load_hit(key, &engine).await.unwrap();
 
-    assert_eq!(first.tier.as_deref(), Some("redis"));
-    assert_eq!(second.tier.as_deref(), Some("memory"));
+    assert_eq!(first.tier().as_deref(), Some("redis"));
+    assert_eq!(second.tier().as_deref(), Some("memory"));
     let names: Vec<_> = cache.tier_names().iter().map(|n| n.to_string()).collect();
     assert_eq!(names, ["memory", "disk", "redis"]);
 }

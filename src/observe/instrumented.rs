@@ -386,16 +386,13 @@ impl<C: ModuleCache + Send + Sync> Instrumented<C> {
             Ok(mut hit) => {
                 metrics.duration[LOAD][HIT].record(elapsed);
                 let bytes = hit
-                    .bytes
+                    .bytes()
                     .or_else(|| weights::lookup(key, engine_key(engine)));
                 self.hits.local().hit(bytes.unwrap_or(0));
                 span.record("result", "hit");
                 span.record("bytes", bytes);
-                if hit.tier.is_none() {
-                    hit.tier = Some(metrics.tier);
-                }
-                hit.bytes = bytes;
-                Ok(hit)
+                hit.name_tier_if_unnamed(metrics.tier);
+                Ok(hit.with_bytes(bytes))
             }
             Err(e) if e.is_not_found() => {
                 metrics.lookups[MISS].increment(1);
@@ -477,11 +474,11 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
         // stalls (two 16-byte loads over narrower stores), about 8 ns.
         let answer = self.inner.load_now(key, engine);
         if let Some(hit) = &answer {
-            local.hit(hit.bytes.unwrap_or(0));
+            local.hit(hit.bytes().unwrap_or(0));
             // `level_enabled!` is one load of the global level filter (the
             // full `enabled!` asks the subscriber); the cold path asks again.
             if start.is_some() || tracing::level_enabled!(tracing::Level::DEBUG) {
-                self.after_memory_hit(start, hit.bytes);
+                self.after_memory_hit(start, hit.bytes());
             }
         }
         // `tier` is left as the inner tier set it: `load_hit` names this
@@ -491,7 +488,7 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
 
     async fn load_hit(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
         if let Some(mut hit) = self.load_now(key, engine) {
-            hit.tier.get_or_insert(self.metrics.tier);
+            hit.name_tier_if_unnamed(self.metrics.tier);
             return Ok(hit);
         }
         self.load_slow(key, engine).await

@@ -780,11 +780,7 @@ impl FileSystemCache {
             }
         };
         self.note_hit(rel, &path, file_len, md_times);
-        Ok(Hit {
-            module,
-            tier: None,
-            bytes: Some(artifact_len),
-        })
+        Ok(Hit::new(module).with_bytes(Some(artifact_len)))
     }
 
     /// Whether a plausible entry is at `key`'s path: a regular file whose

@@ -376,11 +376,10 @@ impl ModuleCache for MemoryCache {
 
     #[inline]
     fn load_now(&self, key: ModuleHash, engine: &Engine) -> Option<Hit> {
-        self.shared.cache.get(&(key, engine.id())).map(|e| Hit {
-            module: e.module,
-            tier: None,
-            bytes: Some(e.bytes),
-        })
+        self.shared
+            .cache
+            .get(&(key, engine.id()))
+            .map(|e| Hit::new(e.module).with_bytes(Some(e.bytes)))
     }
 
     async fn contains(&self, key: ModuleHash, engine: &Engine) -> Result<bool, CacheError> {

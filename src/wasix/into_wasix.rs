@@ -147,12 +147,12 @@ impl<C: ModuleCache + Send + Sync> WasixCache<C> {
     async fn load_inner(&self, key: ModuleHash, engine: &Engine) -> Result<Module, WasixError> {
         // A memory hit answers here, without a tier future.
         if let Some(hit) = self.inner.load_now(key, engine) {
-            self.tell(key, || LoadEvent::Hit { tier: hit.tier });
+            self.tell(key, || LoadEvent::Hit { tier: hit.tier() });
             return Ok(hit.module);
         }
         match self.inner.load_hit(key, engine).await {
             Ok(hit) => {
-                self.tell(key, || LoadEvent::Hit { tier: hit.tier });
+                self.tell(key, || LoadEvent::Hit { tier: hit.tier() });
                 Ok(hit.module)
             }
             Err(error) => {

@@ -19,9 +19,9 @@ async fn round_trip_contains_and_miss() {
     // assert
     assert_eq!(exports(&loaded), ["add"]);
     assert_eq!(exports(&hit.module), ["add"]);
-    assert_eq!(hit.tier, None);
+    assert_eq!(hit.tier(), None);
     let artifact = module.serialize().unwrap().len() as u64;
-    assert_eq!(hit.bytes, Some(artifact));
+    assert_eq!(hit.bytes(), Some(artifact));
     assert!(redis.contains(key, &engine).await.unwrap());
     assert!(!redis.contains(missing, &engine).await.unwrap());
     assert!(matches!(
@@ -187,7 +187,7 @@ async fn large_modules_round_trip_on_the_blocking_pool() {
 
     let artifact = module.serialize().unwrap().len() as u64;
     assert!(artifact > 16 << 10, "{artifact}");
-    assert_eq!(hit.bytes, Some(artifact));
+    assert_eq!(hit.bytes(), Some(artifact));
     assert_eq!(
         tierscope::weights::lookup(key, tierscope::engine::engine_key(&engine)),
         Some(artifact)
@@ -216,7 +216,7 @@ async fn values_larger_than_the_first_read_are_read_in_two_ranges() {
 
     // assert: the whole value, verified (MAC and header) and deserialized
     let artifact = module.serialize().unwrap().len() as u64;
-    assert_eq!(hit.bytes, Some(artifact));
+    assert_eq!(hit.bytes(), Some(artifact));
     assert_eq!(
         stored.len() as u64,
         artifact + (entry::HEADER_LEN + MAC_LEN) as u64

@@ -350,7 +350,13 @@ impl State {
 
     #[inline]
     fn record(&self, e: Event) {
-        self.rings.get_or(|| Ring::new(self.options.buffer)).push(e);
+        self.ring().push(e);
+    }
+
+    /// This thread's ring (made the first time the thread records).
+    #[inline]
+    fn ring(&self) -> &Ring {
+        self.rings.get_or(|| Ring::new(self.options.buffer))
     }
 }
 

@@ -13,7 +13,7 @@ use super::{
 use crate::{
     FileSystemCache, Instrumented, MemoryCache,
     cache::{CacheError, Hit, ModuleCache, TierName},
-    engine::engine_key,
+    engine::{engine_key, instance_word},
     tier_events::TierObserver,
     weights,
 };
@@ -94,6 +94,9 @@ pub struct SizingTier<C> {
     sizing: LiveSizing,
     /// Index of this tier in the models (`None`: too many tiers, not sized).
     tier: Option<u8>,
+    /// Whether the tier keys modules by engine instance (a memory tier)
+    /// rather than by engine configuration (disk, Redis).
+    by_instance: bool,
 }
 
 impl<C: std::fmt::Debug> std::fmt::Debug for SizingTier<C> {
@@ -107,22 +110,29 @@ impl<C: std::fmt::Debug> std::fmt::Debug for SizingTier<C> {
 }
 
 /// The model's key of a module under an engine, before mixing (the worker
-/// mixes it): the module hash's first 8 bytes with the engine
-/// configuration folded in (one module under two configurations is two
-/// keys, as in every tier). A load and an xor on the hit path.
+/// mixes it): the module hash's first 8 bytes with the engine folded in,
+/// as the tier keys: its instance for a memory tier (one module under two
+/// engines is two entries there), its configuration otherwise. A load and
+/// an xor on the hit path (a memory tier's needs no thread-local lookup).
 #[inline]
-fn key_id(key: &ModuleHash, engine: &Engine) -> u64 {
+fn key_id(key: &ModuleHash, engine: &Engine, by_instance: bool) -> u64 {
     let head = key
         .as_bytes()
         .first_chunk::<8>()
         .map_or(0, |b| u64::from_le_bytes(*b));
-    head ^ u64::from(engine_key(engine).index()).rotate_right(8)
+    let engine = if by_instance {
+        instance_word(engine)
+    } else {
+        u64::from(engine_key(engine).index())
+    };
+    head ^ engine.rotate_right(8)
 }
 
 impl<C> SizingTier<C> {
     /// Model `inner`, named `tier`, under `policy`, in `sizing`.
     pub fn new(inner: C, sizing: &LiveSizing, tier: &str, policy: TierPolicy) -> Self {
         SizingTier {
+            by_instance: matches!(policy, TierPolicy::Memory { .. }),
             tier: sizing.register(tier, policy),
             state: Arc::clone(&sizing.inner.state),
             sizing: sizing.clone(),
@@ -153,8 +163,12 @@ impl<C> SizingTier<C> {
     #[inline]
     fn record(&self, kind: Kind, key: &ModuleHash, engine: &Engine, bytes: u64) {
         if let Some(tier) = self.tier {
-            self.state
-                .record(Event::new(tier, kind, key_id(key, engine), bytes));
+            self.state.record(Event::new(
+                tier,
+                kind,
+                key_id(key, engine, self.by_instance),
+                bytes,
+            ));
         }
     }
 
@@ -183,9 +197,16 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for SizingTier<C> {
     // store-forwarding stalls), as the spy's own `load_now` does.
     #[inline(always)]
     fn load_now(&self, key: ModuleHash, engine: &Engine) -> Option<Hit> {
+        // The ring is found before the lookup, so that its chain of
+        // dependent loads runs beside the inner tier's work instead of
+        // after it (where the caller's next atomic would wait for it).
+        let ring = self.tier.map(|tier| {
+            let id = key_id(&key, engine, self.by_instance);
+            (tier, id, self.state.ring())
+        });
         let answer = self.inner.load_now(key, engine);
-        if let Some(hit) = &answer {
-            self.record(Kind::Hit, &key, engine, hit.bytes.unwrap_or(0));
+        if let (Some(hit), Some((tier, id, ring))) = (&answer, ring) {
+            ring.push(Event::new(tier, Kind::Hit, id, hit.bytes().unwrap_or(0)));
         }
         answer
     }
@@ -197,7 +218,7 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for SizingTier<C> {
         match &result {
             Ok(hit) => {
                 let bytes = hit
-                    .bytes
+                    .bytes()
                     .or_else(|| weights::lookup(key, engine_key(engine)))
                     .unwrap_or(0);
                 self.record(Kind::Hit, &key, engine, bytes);

@@ -331,11 +331,7 @@ impl RedisCache {
         let rejected = match opened {
             Ok((module, artifact_len)) => {
                 weights::record(key, engine_key(engine), artifact_len);
-                return Ok(Hit {
-                    module,
-                    tier: None,
-                    bytes: Some(artifact_len),
-                });
+                return Ok(Hit::new(module).with_bytes(Some(artifact_len)));
             }
             Err(rejected) => rejected,
         };
