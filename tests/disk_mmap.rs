@@ -3,6 +3,9 @@
 //! flipped byte in a mapped entry is never loaded; an entry that others
 //! could change under the mapping is read instead of mapped.
 //!
+//! A hit remembers the mapping it verified: later hits on the unchanged
+//! file reuse it, and a change is still caught.
+//!
 //! The mapping is observed in `/proc/self/maps` (Linux only).
 #![cfg(target_os = "linux")]
 
@@ -17,12 +20,33 @@ use tierscope::{
 };
 use wasmer::{Engine, Instance, Module, Store, imports};
 
+/// A tier that maps and verifies on every hit: these tests count the
+/// mappings modules hold, and a remembered mapping (of an entry whose file
+/// happens to be a second old when loaded, on a slow run) would add one.
 fn open(dir: &Path) -> FileSystemCache {
     FileSystemCache::builder(dir)
         .capacity(1 << 30)
         .inline_io(true)
+        .remember_verified(false)
         .open()
         .unwrap()
+}
+
+/// Wait until an entry written now is old enough to be remembered.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+}
+
+/// Flip one byte of `path` in place, at `at`.
+fn flip(path: &Path, at: u64) {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
 }
 
 /// Mappings of `path` in this process, as the lines of `/proc/self/maps`.
@@ -92,7 +116,8 @@ async fn flipped_case(offset: impl Fn(u64) -> u64, mac: Option<MacKey>) {
     let tmp = tempfile::tempdir().unwrap();
     let mut builder = FileSystemCache::builder(tmp.path())
         .capacity(1 << 30)
-        .inline_io(true);
+        .inline_io(true)
+        .remember_verified(false);
     if let Some(mac) = mac.clone() {
         builder = builder.mac_key(mac);
     }
@@ -111,15 +136,7 @@ async fn flipped_case(offset: impl Fn(u64) -> u64, mac: Option<MacKey>) {
     assert!(mappings_of(&path).is_empty());
 
     let at = offset(len);
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    let mut byte = [0u8; 1];
-    file.read_exact_at(&mut byte, at).unwrap();
-    file.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
-    drop(file);
+    flip(&path, at);
 
     let err = cache.load(key, &engine).await.unwrap_err();
     match (&err, &mac) {
@@ -201,4 +218,87 @@ async fn an_entry_that_others_could_write_is_read_not_mapped() {
     let loaded = cache.load(key, &engine).await.unwrap();
     assert!(!mappings_of(&path).is_empty());
     drop(loaded);
+}
+
+#[tokio::test]
+async fn later_hits_reuse_a_remembered_mapping_and_a_change_in_place_is_still_caught() {
+    let engine = Engine::default();
+    let (key, module, _) = sized(&engine, 20_000, 5);
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = FileSystemCache::builder(tmp.path())
+        .capacity(1 << 30)
+        .inline_io(true)
+        .open()
+        .unwrap();
+    let seen = Recording::attach(&cache);
+    cache.save(key, &engine, &module).await.unwrap();
+    let path = cache.entry_path(key, &engine);
+    settle().await;
+
+    // Two hits on two engines: the second is served from the mapping the
+    // first verified, so the two modules share one mapping.
+    let (one, two) = (Engine::default(), Engine::default());
+    let a = cache.load(key, &one).await.unwrap();
+    let b = cache.load(key, &two).await.unwrap();
+    assert_eq!(mappings_of(&path).len(), 1, "{:?}", mappings_of(&path));
+    exercise(&one, &a);
+    exercise(&two, &b);
+    drop((a, b, one, two));
+    assert_eq!(
+        mappings_of(&path).len(),
+        1,
+        "the tier keeps the mapping it remembers"
+    );
+
+    // A byte flipped in place (what tierscope never does) moves the file's
+    // change time: the next hit verifies again and refuses the entry.
+    let len = fs::metadata(&path).unwrap().len();
+    flip(&path, entry::HEADER_LEN as u64 + (len - entry::HEADER_LEN as u64) / 2);
+    match cache.load(key, &engine).await {
+        Err(CacheError::Corrupt { reason, .. }) => assert_eq!(reason, Corruption::Checksum),
+        other => panic!("expected a checksum refusal, got {other:?}"),
+    }
+    assert!(!path.exists());
+    assert!(
+        mappings_of(&path).is_empty(),
+        "the refused entry is forgotten: {:?}",
+        mappings_of(&path)
+    );
+    assert_eq!(seen.evictions().len(), 1);
+}
+
+#[tokio::test]
+async fn a_remembered_entry_is_forgotten_when_removed_or_replaced() {
+    let engine = Engine::default();
+    let (key, module, _) = sized(&engine, 20_000, 6);
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = FileSystemCache::builder(tmp.path())
+        .capacity(1 << 30)
+        .inline_io(true)
+        .open()
+        .unwrap();
+    cache.save(key, &engine, &module).await.unwrap();
+    let path = cache.entry_path(key, &engine);
+    settle().await;
+    let probe = Engine::default();
+    drop(cache.load(key, &probe).await.unwrap());
+    drop(probe);
+    assert_eq!(mappings_of(&path).len(), 1);
+
+    // Replaced by a save (a new inode): the next hit maps the new file,
+    // and the old mapping is let go.
+    cache.save(key, &engine, &module).await.unwrap();
+    let probe = Engine::default();
+    let loaded = cache.load(key, &probe).await.unwrap();
+    exercise(&probe, &loaded);
+    drop((loaded, probe));
+    assert!(
+        mappings_of(&path).iter().all(|l| !l.ends_with("(deleted)")),
+        "{:?}",
+        mappings_of(&path)
+    );
+
+    // Removed: nothing of it stays mapped.
+    assert!(cache.remove(key, &engine).unwrap());
+    assert!(mappings_of(&path).is_empty(), "{:?}", mappings_of(&path));
 }

@@ -69,6 +69,26 @@
 //! entry off Unix; a filesystem that cannot map) is read into a buffer of
 //! the checked length, as before, and verified the same way.
 //!
+//! ## Remembered verified mappings
+//!
+//! A hit remembers the mapping it verified, with the file's identity
+//! (device, inode, length, modification and change times), for up to 256
+//! entries. The next hit on that entry `lstat`s the path and, if the
+//! identity is unchanged, hands wasmer the same verified pages again: no
+//! open, no mapping, no page faults, no second checksum pass (on
+//! tree-sitter-cpp, 7 MB of artifact, the checksum alone is 10-20 % of a
+//! hit; BENCHMARKS.md, section 8). This rests on what mapping already rests
+//! on: a mapped entry is never changed in place. A change made anyway, by
+//! this user or root, moves the file's change time; a change within the
+//! same clock tick as the previous one would not, so only files whose
+//! times are at least a second old when verified are remembered (the rule
+//! Git applies to "racily clean" index entries), and a file written less
+//! than a second before a hit is verified on every hit. A remembered entry
+//! is forgotten when this tier removes or evicts it or finds it changed or
+//! gone; until then it keeps an unlinked inode's blocks, as the mapping
+//! held by every module loaded from it does. Off with
+//! [`FileSystemCacheBuilder::remember_verified`]`(false)`.
+//!
 //! `contains` answers from the entry's header and length alone (a regular
 //! file, valid header for this key and engine, exactly the announced
 //! length): it does not read the artifact, so a `load` may still find the
@@ -170,6 +190,7 @@ struct Shared {
     max_entry: u64,
     sync_data: bool,
     inline_io: bool,
+    remember_verified: bool,
     temp_grace: Duration,
     touch_interval: Duration,
     shared_directory: bool,
@@ -178,7 +199,94 @@ struct Shared {
     root_trusted: AtomicBool,
     dir_lock: Mutex<DirLock>,
     index: Mutex<Index>,
+    /// Entries verified in this process, with their mappings (see
+    /// [`VerifiedMaps`]).
+    verified: Mutex<VerifiedMaps>,
     observers: Observers,
+}
+
+/// What identifies one version of an entry file: its inode, and the length
+/// and change times `fstat` / `lstat` give. Any write to the file changes
+/// the times (unless it lands in the same clock tick as the last change:
+/// see [`VerifiedMaps`]); a save replaces the inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileId {
+    /// The identity of the file behind `md`, when the platform gives one.
+    fn of(md: &fs::Metadata) -> Option<FileId> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            Some(FileId {
+                dev: md.dev(),
+                ino: md.ino(),
+                len: md.len(),
+                mtime: (md.mtime(), md.mtime_nsec()),
+                ctime: (md.ctime(), md.ctime_nsec()),
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = md;
+            None
+        }
+    }
+
+    /// Whether both change times are at least [`SETTLED_AFTER`] old: a
+    /// later write then gets later times, whatever the clock's tick (the
+    /// rule Git applies to "racily clean" index entries).
+    fn settled(&self, now: SystemTime) -> bool {
+        let Ok(now) = now.duration_since(SystemTime::UNIX_EPOCH) else {
+            return false;
+        };
+        let horizon = now.as_secs() as i64 - SETTLED_AFTER.as_secs() as i64;
+        // Seconds alone: a second of margin past the whole-second horizon.
+        self.mtime.0 < horizon && self.ctime.0 < horizon
+    }
+}
+
+/// How old an entry file's change times must be before its verified
+/// mapping is remembered.
+const SETTLED_AFTER: Duration = Duration::from_secs(1);
+
+/// Entries remembered at most.
+const VERIFIED_MAX: usize = 256;
+
+/// Entry files this process mapped and verified (checksum, or MAC), by
+/// relative path, each with its [`FileId`] at verification and the mapping
+/// itself. A hit on an entry whose `lstat` still gives the same identity
+/// hands wasmer the same verified pages again, without mapping, faulting
+/// in and checksumming them a second time.
+///
+/// Sound under the same conditions as mapping at all (`map_entry`): only
+/// files owned by this user and writable by nobody else are mapped, and
+/// tierscope never writes an entry in place, so the pages of a mapping
+/// stay the verified bytes; a write by this user anyway (or root) changes
+/// the file's times, and only files whose times are [settled](FileId::settled)
+/// are remembered, so such a write is seen. Entries leave when removed or
+/// evicted by this tier, when their file is found changed or gone, and
+/// beyond [`VERIFIED_MAX`] (least recently hit first). A remembered mapping
+/// keeps its inode's blocks allocated after another process unlinks it,
+/// as the mapping of every live module from this tier does.
+struct VerifiedMaps {
+    entries: LruCache<String, (FileId, Bytes)>,
+}
+
+impl Default for VerifiedMaps {
+    fn default() -> Self {
+        VerifiedMaps {
+            entries: LruCache::new(
+                std::num::NonZeroUsize::new(VERIFIED_MAX).unwrap_or(std::num::NonZeroUsize::MIN),
+            ),
+        }
+    }
 }
 
 /// This instance's handle on the directory's advisory lock.
@@ -263,6 +371,7 @@ pub struct FileSystemCacheBuilder {
     max_entry_bytes: Option<u64>,
     sync_data: bool,
     inline_io: bool,
+    remember_verified: bool,
     temp_grace: Duration,
     touch_interval: Duration,
     shared_directory: bool,
@@ -298,6 +407,17 @@ impl FileSystemCacheBuilder {
     /// allowed to block (a dedicated runtime, `spawn_blocking`, a benchmark).
     pub fn inline_io(mut self, on: bool) -> Self {
         self.inline_io = on;
+        self
+    }
+
+    /// Remember the mapping of each entry this process verified, and serve
+    /// later hits on the unchanged file from it without mapping and
+    /// verifying it again (on by default; only entries whose file has not
+    /// changed for a second or more, and at most 256 of them, are
+    /// remembered: see the [tier docs](FileSystemCache)). Off: every hit
+    /// maps and verifies its entry.
+    pub fn remember_verified(mut self, on: bool) -> Self {
+        self.remember_verified = on;
         self
     }
 
@@ -370,6 +490,7 @@ impl FileSystemCacheBuilder {
                 max_entry,
                 sync_data: self.sync_data,
                 inline_io: self.inline_io,
+                remember_verified: self.remember_verified,
                 temp_grace: self.temp_grace,
                 touch_interval: self.touch_interval,
                 shared_directory: self.shared_directory,
@@ -377,6 +498,7 @@ impl FileSystemCacheBuilder {
                 root_trusted: AtomicBool::new(self.shared_directory),
                 dir_lock: Mutex::new(DirLock::default()),
                 index: Mutex::new(Index::empty()),
+                verified: Mutex::new(VerifiedMaps::default()),
                 observers: Observers::default(),
             }),
         };
@@ -407,6 +529,7 @@ impl FileSystemCache {
             max_entry_bytes: None,
             sync_data: false,
             inline_io: false,
+            remember_verified: true,
             temp_grace: TMP_GRACE,
             touch_interval: TOUCH_INTERVAL,
             shared_directory: false,
@@ -456,6 +579,7 @@ impl FileSystemCache {
     pub fn remove(&self, key: ModuleHash, engine: &Engine) -> Result<bool, CacheError> {
         let rel = rel_path(&key, &ident_of(engine));
         let path = self.shared.root.join(&rel);
+        self.shared.verified.lock().entries.pop(&rel);
         let meta = self.shared.index.lock().remove(&rel);
         match fs::remove_file(&path) {
             Ok(()) => {}
@@ -671,6 +795,7 @@ impl FileSystemCache {
                 (rel, meta)
             };
             let path = self.shared.root.join(&victim.0);
+            self.shared.verified.lock().entries.pop(&victim.0);
             match fs::remove_file(&path) {
                 Ok(()) => {
                     evicted += 1;
@@ -699,11 +824,14 @@ impl FileSystemCache {
 
     fn load_blocking(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
         self.ensure_trusted_root()?;
-        let ekey = engine_key(engine);
         let ident = ident_of(engine);
         let rel = rel_path(&key, &ident);
         let path = self.shared.root.join(&rel);
-        let (data, md_times) = match read_entry(&path, &key, &ident, self.shared.max_entry) {
+        if let Some((data, md_times)) = self.remembered(&rel, &path) {
+            return self.deserialize_verified(key, engine, rel, &path, data, md_times, None);
+        }
+        let (data, md_times, mapped) = match read_entry(&path, &key, &ident, self.shared.max_entry)
+        {
             Ok(v) => v,
             Err(Refused::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
                 // Perhaps deleted by another process: forget it.
@@ -735,18 +863,61 @@ impl FileSystemCache {
             }
             None => entry::decode(&data, &key, &ident),
         };
-        let range = match verified {
-            Ok(range) => range,
-            Err(reason) => {
-                self.discard_corrupt(&rel, &path, file_len);
-                return Err(CacheError::Corrupt {
-                    location: path.display().to_string(),
-                    reason,
-                });
+        if let Err(reason) = verified {
+            self.discard_corrupt(&rel, &path, file_len);
+            return Err(CacheError::Corrupt {
+                location: path.display().to_string(),
+                reason,
+            });
+        }
+        self.deserialize_verified(key, engine, rel, &path, data, md_times, mapped)
+    }
+
+    /// The remembered verified mapping of `rel`, if its file at `path` is
+    /// still the one verified (see [`VerifiedMaps`]); a changed or missing
+    /// file is forgotten.
+    fn remembered(&self, rel: &str, path: &Path) -> Option<(Bytes, FileTimes)> {
+        let (id, data) = self.shared.verified.lock().entries.peek(rel).cloned()?;
+        let now = fs::symlink_metadata(path)
+            .ok()
+            .filter(|md| md.is_file() && may_map(md))
+            .and_then(|md| Some((FileId::of(&md)?, md)));
+        let mut verified = self.shared.verified.lock();
+        match now {
+            Some((now_id, md)) if now_id == id => {
+                verified.entries.promote(rel);
+                let times = FileTimes {
+                    modified: md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    created: md.created().ok(),
+                };
+                Some((data, times))
             }
-        };
+            _ => {
+                verified.entries.pop(rel);
+                None
+            }
+        }
+    }
+
+    /// Deserialize `data`, an entry of `rel` whose header, length and
+    /// checksum (or MAC) were verified for `key` and `engine`, and record
+    /// the hit. `mapped`: the identity of the file `data` maps, to
+    /// remember the mapping by.
+    #[allow(clippy::too_many_arguments)]
+    fn deserialize_verified(
+        &self,
+        key: ModuleHash,
+        engine: &Engine,
+        rel: String,
+        path: &Path,
+        data: Bytes,
+        md_times: FileTimes,
+        mapped: Option<FileId>,
+    ) -> Result<Hit, CacheError> {
+        let file_len = data.len() as u64;
+        let range = entry::HEADER_LEN..data.len();
         let artifact_len = (range.end - range.start) as u64;
-        weights::record(key, ekey, artifact_len);
+        weights::record(key, engine_key(engine), artifact_len);
         // The same bytes that were verified: a slice of the mapping (or of
         // the buffer read), no copy, no second open of the path.
         let artifact = data.slice(range);
@@ -764,9 +935,12 @@ impl FileSystemCache {
         // the verified bytes are pages of a file that only this user can change, which
         // tierscope never changes in place (see `map_entry`), so they are
         // still the verified bytes when wasmer reads them; otherwise they
-        // are this process' own buffer. The bytes are therefore the
-        // artifact this wasmer produced for this engine, which is what
-        // `Module::deserialize` requires.
+        // are this process' own buffer. A remembered mapping
+        // (`remembered`) is such a mapping, verified by an earlier hit, of
+        // a file whose inode, length and settled change times are still
+        // those it had then: unchanged since (see `VerifiedMaps`). The
+        // bytes are therefore the artifact this wasmer produced for this
+        // engine, which is what `Module::deserialize` requires.
         #[allow(unsafe_code)]
         let module = unsafe { Module::deserialize(engine, artifact) };
         let module = match module {
@@ -775,11 +949,20 @@ impl FileSystemCache {
                 m
             }
             Err(e) => {
-                self.discard_corrupt(&rel, &path, file_len);
+                self.discard_corrupt(&rel, path, file_len);
                 return Err(CacheError::Deserialize(e));
             }
         };
-        self.note_hit(rel, &path, file_len, md_times);
+        if let Some(id) = mapped.filter(|id| {
+            self.shared.remember_verified && id.settled(SystemTime::now())
+        }) {
+            self.shared
+                .verified
+                .lock()
+                .entries
+                .put(rel.clone(), (id, data));
+        }
+        self.note_hit(rel, path, file_len, md_times);
         Ok(Hit::new(module).with_bytes(Some(artifact_len)))
     }
 
@@ -853,6 +1036,7 @@ impl FileSystemCache {
     }
 
     fn discard_corrupt(&self, rel: &str, path: &Path, bytes: u64) {
+        self.shared.verified.lock().entries.pop(rel);
         let known = self.shared.index.lock().remove(rel);
         match fs::remove_file(path) {
             Ok(()) => {}
@@ -1025,6 +1209,8 @@ struct CheckedFile {
     /// Only this process' user can change or truncate the file (see
     /// [`may_map`]).
     private: bool,
+    /// The file's identity, from the same `fstat`.
+    id: Option<FileId>,
 }
 
 /// Open an entry without following links or blocking, and check that it is
@@ -1119,6 +1305,7 @@ fn check_entry_file(
         len,
         times,
         private: may_map(&md),
+        id: FileId::of(&md),
     })
 }
 
@@ -1145,14 +1332,14 @@ fn may_map(md: &fs::Metadata) -> bool {
 /// `fstat`: mapped when [`may_map`] allows it (no copy: the same pages are
 /// verified and then handed to wasmer, and stay in the page cache, shared,
 /// clean and reclaimable, for as long as the module lives), else read into
-/// one allocation of the checked length. Returns the bytes and the file's
-/// times.
+/// one allocation of the checked length. Returns the bytes, the file's
+/// times and, when the bytes are a mapping, the file's identity.
 fn read_entry(
     path: &Path,
     key: &ModuleHash,
     ident: &EngineIdent,
     max: u64,
-) -> Result<(Bytes, FileTimes), Refused> {
+) -> Result<(Bytes, FileTimes, Option<FileId>), Refused> {
     let checked = check_entry_file(path, key, ident, max)?;
     // `len` is at most `max`, which fits in memory on the platforms wasmer
     // supports; an allocation (or mapping) failure is an error, not an abort.
@@ -1160,7 +1347,7 @@ fn read_entry(
         usize::try_from(checked.len).map_err(|_| io::Error::other("entry too large"))?;
     if checked.private {
         match map_entry(&checked.file, len_usize) {
-            Ok(map) => return Ok((Bytes::from_owner(map), checked.times)),
+            Ok(map) => return Ok((Bytes::from_owner(map), checked.times, checked.id)),
             // A filesystem that cannot map (some FUSE or network ones):
             // read instead.
             Err(e) => tracing::debug!(
@@ -1185,7 +1372,7 @@ fn read_entry(
     // short and fails the length check in `entry::decode`.
     file.take(len - entry::HEADER_LEN as u64)
         .read_to_end(&mut data)?;
-    Ok((Bytes::from(data), times))
+    Ok((Bytes::from(data), times, None))
 }
 
 /// Map the first `len` bytes of an entry file, read-only.
