@@ -27,11 +27,15 @@
 //! - `raw_deserialize_from_file`: wasmer's call on the bare artifact, no
 //!   checks (what wasix's `FileSystemCache` does); `xxh3_128`: tierscope's
 //!   checksum alone over the artifact in memory; their sum is the floor;
-//! - `tierscope_inline`: tierscope's `FileSystemCache` hit (open, map,
-//!   header and XXH3-128 checksum, deserialize from the mapping) on the
-//!   calling thread (`inline_io(true)`);
+//! - `tierscope_inline`: tierscope's `FileSystemCache` hit on the calling
+//!   thread (`inline_io(true)`), in the steady state: the entry was
+//!   verified by an earlier hit of this process and its mapping is
+//!   remembered (`lstat`, deserialize from the verified mapping);
 //! - `tierscope_pooled`: the same through tokio's blocking pool (the
 //!   tier's default);
+//! - `tierscope_pooled_verify_every_hit`: pooled, remembering off, as on a
+//!   process' first hit of an entry (open, map, header and XXH3-128
+//!   checksum, deserialize from the mapping);
 //! - `wasix_filesystem`: wasix's `FileSystemCache::load` (a task on the
 //!   runtime, then `spawn_blocking`, then `deserialize_from_file`);
 //!
@@ -210,6 +214,8 @@ struct Case {
     artifact: Bytes,
     inline: FileSystemCache,
     pooled: FileSystemCache,
+    /// As `pooled`, mapping and verifying on every hit.
+    pooled_verifying: FileSystemCache,
     wasix: WasixFileSystemCache,
 }
 
@@ -233,6 +239,7 @@ fn cases(
                 artifact: p.artifact,
                 inline: p.inline,
                 pooled: p.pooled,
+                pooled_verifying: p.pooled_verifying,
                 wasix: wasix.clone(),
             }
         })
@@ -278,6 +285,7 @@ fn disk_hit(c: &mut Criterion, tokio: &tokio::runtime::Runtime, cases: &[Case]) 
             artifact,
             inline,
             pooled,
+            pooled_verifying,
             wasix,
             ..
         } = case;
@@ -302,6 +310,16 @@ fn disk_hit(c: &mut Criterion, tokio: &tokio::runtime::Runtime, cases: &[Case]) 
                 })
             })
         });
+        g.bench_function(
+            BenchmarkId::new("tierscope_pooled_verify_every_hit", label),
+            |b| {
+                b.iter_custom(|iters| {
+                    timed(len, iters, &|e| {
+                        black_box(tokio.block_on(pooled_verifying.load(key, e)).unwrap());
+                    })
+                })
+            },
+        );
         g.bench_function(BenchmarkId::new("wasix_filesystem", label), |b| {
             b.iter_custom(|iters| {
                 timed(len, iters, &|e| {
@@ -408,7 +426,7 @@ fn alternating(tokio: &tokio::runtime::Runtime, cases: &[Case]) {
     }
     eprintln!("alternating rounds ({rounds}), medians of per-round means:");
     eprintln!(
-        "{:<18} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>6} {:>6} {:>6} {:>6} {:>6}",
+        "{:<18} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>6} {:>6} {:>6} {:>6} {:>6} {:>6}",
         "module",
         "raw",
         "raw+xxh3",
@@ -418,11 +436,13 @@ fn alternating(tokio: &tokio::runtime::Runtime, cases: &[Case]) {
         "ts_stack",
         "ts_loader",
         "wasix_stk",
+        "ts_verify",
         "pool/w",
         "inl/w",
         "inl/fl",
         "stk/w",
-        "ldr/w"
+        "ldr/w",
+        "vfy/w"
     );
     for case in cases {
         let Case {
@@ -432,6 +452,7 @@ fn alternating(tokio: &tokio::runtime::Runtime, cases: &[Case]) {
             artifact,
             inline,
             pooled,
+            pooled_verifying,
             wasix,
             ..
         } = case;
@@ -509,6 +530,16 @@ fn alternating(tokio: &tokio::runtime::Runtime, cases: &[Case]) {
                     })
                 }),
             ),
+            (
+                "ts_verify",
+                Box::new(|e| {
+                    time_once(|| {
+                        drop(black_box(
+                            tokio.block_on(pooled_verifying.load(key, e)).unwrap(),
+                        ))
+                    })
+                }),
+            ),
         ];
         // Iterations per variant and round: about 10 ms of the raw call.
         let probe = {
@@ -539,7 +570,7 @@ fn alternating(tokio: &tokio::runtime::Runtime, cases: &[Case]) {
             .collect();
         let us = |x: f64| format!("{:.1}", x * 1e6);
         eprintln!(
-            "{:<18} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>6.2} {:>6.2} {:>6.2} {:>6.2} {:>6.2}",
+            "{:<18} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>6.2} {:>6.2} {:>6.2} {:>6.2} {:>6.2} {:>6.2}",
             case.label,
             us(med[0]),
             us(med[1]),
@@ -549,16 +580,20 @@ fn alternating(tokio: &tokio::runtime::Runtime, cases: &[Case]) {
             us(med[5]),
             us(med[6]),
             us(med[7]),
+            us(med[8]),
             med[3] / med[4],
             med[2] / med[4],
             med[2] / med[1],
             med[5] / med[7],
             med[6] / med[7],
+            med[8] / med[4],
         );
     }
     eprintln!("(µs; pool/w = tierscope pooled / wasix FileSystemCache, inl/w = inline / wasix,");
     eprintln!(" inl/fl = inline / (raw deserialize_from_file + XXH3), stk/w and ldr/w = tierscope");
-    eprintln!(" stack and loader / wasix in_memory().with_fallback(FileSystemCache), cold memory)");
+    eprintln!(" stack and loader / wasix in_memory().with_fallback(FileSystemCache), cold memory;");
+    eprintln!(" ts_verify, vfy/w = tierscope pooled verifying every hit (remember_verified(false)),");
+    eprintln!(" as a process' first hit of an entry, / wasix)");
 }
 
 fn all(c: &mut Criterion) {

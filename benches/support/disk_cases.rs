@@ -42,6 +42,12 @@ pub struct Prepared {
     pub inline: FileSystemCache,
     /// The same directory, on tokio's blocking pool (the default).
     pub pooled: FileSystemCache,
+    /// As `inline`, but mapping and verifying on every hit (what a hit
+    /// costs the first time a process loads the entry): remembering
+    /// verified mappings off.
+    pub inline_verifying: FileSystemCache,
+    /// As `pooled`, verifying on every hit.
+    pub pooled_verifying: FileSystemCache,
 }
 
 /// Every module, real ones first; bare artifacts under `tmp`, disk tiers
@@ -73,6 +79,14 @@ pub fn prepare(engine: &Engine, tmp: &Path, cache_root: &Path) -> Vec<Prepared> 
             .unwrap();
         futures::executor::block_on(inline.save(key, engine, &module)).unwrap();
         let pooled = FileSystemCache::open(&dir, 1 << 32).unwrap();
+        let verifying = |inline: bool| {
+            FileSystemCache::builder(&dir)
+                .capacity(1 << 32)
+                .inline_io(inline)
+                .remember_verified(false)
+                .open()
+                .unwrap()
+        };
         eprintln!(
             "{label}: {} bytes of wasm, artifact {} bytes",
             wasm.len(),
@@ -88,6 +102,8 @@ pub fn prepare(engine: &Engine, tmp: &Path, cache_root: &Path) -> Vec<Prepared> 
             artifact,
             inline,
             pooled,
+            inline_verifying: verifying(true),
+            pooled_verifying: verifying(false),
         });
     }
     out
