@@ -117,19 +117,22 @@ fn hit(c: &mut Criterion) {
                 })
             })
         });
-        g.bench_function(BenchmarkId::new("tier_inline_verify_every_hit", label), |b| {
-            b.iter_custom(|iters| {
-                timed(len, iters, &|e| {
-                    black_box(
-                        inline_verifying
-                            .load(key, e)
-                            .now_or_never()
-                            .unwrap()
-                            .unwrap(),
-                    );
+        g.bench_function(
+            BenchmarkId::new("tier_inline_verify_every_hit", label),
+            |b| {
+                b.iter_custom(|iters| {
+                    timed(len, iters, &|e| {
+                        black_box(
+                            inline_verifying
+                                .load(key, e)
+                                .now_or_never()
+                                .unwrap()
+                                .unwrap(),
+                        );
+                    })
                 })
-            })
-        });
+            },
+        );
         if case.real {
             continue;
         }

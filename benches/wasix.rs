@@ -592,7 +592,9 @@ fn alternating(tokio: &tokio::runtime::Runtime, cases: &[Case]) {
     eprintln!("(µs; pool/w = tierscope pooled / wasix FileSystemCache, inl/w = inline / wasix,");
     eprintln!(" inl/fl = inline / (raw deserialize_from_file + XXH3), stk/w and ldr/w = tierscope");
     eprintln!(" stack and loader / wasix in_memory().with_fallback(FileSystemCache), cold memory;");
-    eprintln!(" ts_verify, vfy/w = tierscope pooled verifying every hit (remember_verified(false)),");
+    eprintln!(
+        " ts_verify, vfy/w = tierscope pooled verifying every hit (remember_verified(false)),"
+    );
     eprintln!(" as a process' first hit of an entry, / wasix)");
 }
 

@@ -24,7 +24,9 @@ static BY_ID: [std::sync::OnceLock<TierName>; TierName::MAX_IDS as usize + 1] =
     [const { std::sync::OnceLock::new() }; TierName::MAX_IDS as usize + 1];
 
 impl TierName {
-    /// How many distinct names get a number (see the [module docs](self)).
+    /// How many distinct names get a number: a [`crate::Hit`] names its
+    /// tier by that number, and a hit from a tier named after the first
+    /// `MAX_IDS` names says no tier.
     pub const MAX_IDS: u16 = 1023;
 
     /// The interned name for `name`.

@@ -253,7 +253,10 @@ async fn later_hits_reuse_a_remembered_mapping_and_a_change_in_place_is_still_ca
     // A byte flipped in place (what tierscope never does) moves the file's
     // change time: the next hit verifies again and refuses the entry.
     let len = fs::metadata(&path).unwrap().len();
-    flip(&path, entry::HEADER_LEN as u64 + (len - entry::HEADER_LEN as u64) / 2);
+    flip(
+        &path,
+        entry::HEADER_LEN as u64 + (len - entry::HEADER_LEN as u64) / 2,
+    );
     match cache.load(key, &engine).await {
         Err(CacheError::Corrupt { reason, .. }) => assert_eq!(reason, Corruption::Checksum),
         other => panic!("expected a checksum refusal, got {other:?}"),

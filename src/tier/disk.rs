@@ -73,7 +73,7 @@
 //!
 //! A hit remembers the mapping it verified, with the file's identity
 //! (device, inode, length, modification and change times), for up to 256
-//! entries. The next hit on that entry `lstat`s the path and, if the
+//! entries and 256 MiB. The next hit on that entry `lstat`s the path and, if the
 //! identity is unchanged, hands wasmer the same verified pages again: no
 //! open, no mapping, no page faults, no second checksum pass (on
 //! tree-sitter-cpp, 7 MB of artifact, the checksum alone is 10-20 % of a
@@ -259,6 +259,11 @@ const SETTLED_AFTER: Duration = Duration::from_secs(1);
 /// Entries remembered at most.
 const VERIFIED_MAX: usize = 256;
 
+/// Bytes of remembered mappings at most (an entry larger than this is not
+/// remembered). The pages are the page cache's, clean and reclaimable, but
+/// those a hit touched count in the process' resident set.
+const VERIFIED_MAX_BYTES: u64 = 256 << 20;
+
 /// Entry files this process mapped and verified (checksum, or MAC), by
 /// relative path, each with its [`FileId`] at verification and the mapping
 /// itself. A hit on an entry whose `lstat` still gives the same identity
@@ -272,11 +277,14 @@ const VERIFIED_MAX: usize = 256;
 /// the file's times, and only files whose times are [settled](FileId::settled)
 /// are remembered, so such a write is seen. Entries leave when removed or
 /// evicted by this tier, when their file is found changed or gone, and
-/// beyond [`VERIFIED_MAX`] (least recently hit first). A remembered mapping
+/// beyond [`VERIFIED_MAX`] entries or [`VERIFIED_MAX_BYTES`] (least
+/// recently hit first). A remembered mapping
 /// keeps its inode's blocks allocated after another process unlinks it,
 /// as the mapping of every live module from this tier does.
 struct VerifiedMaps {
     entries: LruCache<String, (FileId, Bytes)>,
+    /// Bytes of the mappings in `entries`.
+    bytes: u64,
 }
 
 impl Default for VerifiedMaps {
@@ -285,6 +293,35 @@ impl Default for VerifiedMaps {
             entries: LruCache::new(
                 std::num::NonZeroUsize::new(VERIFIED_MAX).unwrap_or(std::num::NonZeroUsize::MIN),
             ),
+            bytes: 0,
+        }
+    }
+}
+
+impl VerifiedMaps {
+    /// Remember `data`, the verified mapping of `rel`'s file `id`, within
+    /// the bounds.
+    fn remember(&mut self, rel: String, id: FileId, data: Bytes) {
+        let len = data.len() as u64;
+        if len > VERIFIED_MAX_BYTES {
+            return;
+        }
+        self.bytes += len;
+        if let Some((_, (_, old))) = self.entries.push(rel, (id, data)) {
+            self.bytes -= old.len() as u64;
+        }
+        while self.bytes > VERIFIED_MAX_BYTES {
+            let Some((_, (_, old))) = self.entries.pop_lru() else {
+                break;
+            };
+            self.bytes -= old.len() as u64;
+        }
+    }
+
+    /// Forget `rel`.
+    fn forget(&mut self, rel: &str) {
+        if let Some((_, old)) = self.entries.pop(rel) {
+            self.bytes -= old.len() as u64;
         }
     }
 }
@@ -413,8 +450,8 @@ impl FileSystemCacheBuilder {
     /// Remember the mapping of each entry this process verified, and serve
     /// later hits on the unchanged file from it without mapping and
     /// verifying it again (on by default; only entries whose file has not
-    /// changed for a second or more, and at most 256 of them, are
-    /// remembered: see the [tier docs](FileSystemCache)). Off: every hit
+    /// changed for a second or more, at most 256 of them and 256 MiB, are
+    /// remembered: see the [module docs](self)). Off: every hit
     /// maps and verifies its entry.
     pub fn remember_verified(mut self, on: bool) -> Self {
         self.remember_verified = on;
@@ -579,7 +616,7 @@ impl FileSystemCache {
     pub fn remove(&self, key: ModuleHash, engine: &Engine) -> Result<bool, CacheError> {
         let rel = rel_path(&key, &ident_of(engine));
         let path = self.shared.root.join(&rel);
-        self.shared.verified.lock().entries.pop(&rel);
+        self.shared.verified.lock().forget(&rel);
         let meta = self.shared.index.lock().remove(&rel);
         match fs::remove_file(&path) {
             Ok(()) => {}
@@ -795,7 +832,7 @@ impl FileSystemCache {
                 (rel, meta)
             };
             let path = self.shared.root.join(&victim.0);
-            self.shared.verified.lock().entries.pop(&victim.0);
+            self.shared.verified.lock().forget(&victim.0);
             match fs::remove_file(&path) {
                 Ok(()) => {
                     evicted += 1;
@@ -893,7 +930,7 @@ impl FileSystemCache {
                 Some((data, times))
             }
             _ => {
-                verified.entries.pop(rel);
+                verified.forget(rel);
                 None
             }
         }
@@ -953,14 +990,10 @@ impl FileSystemCache {
                 return Err(CacheError::Deserialize(e));
             }
         };
-        if let Some(id) = mapped.filter(|id| {
-            self.shared.remember_verified && id.settled(SystemTime::now())
-        }) {
-            self.shared
-                .verified
-                .lock()
-                .entries
-                .put(rel.clone(), (id, data));
+        if let Some(id) =
+            mapped.filter(|id| self.shared.remember_verified && id.settled(SystemTime::now()))
+        {
+            self.shared.verified.lock().remember(rel.clone(), id, data);
         }
         self.note_hit(rel, path, file_len, md_times);
         Ok(Hit::new(module).with_bytes(Some(artifact_len)))
@@ -1036,7 +1069,7 @@ impl FileSystemCache {
     }
 
     fn discard_corrupt(&self, rel: &str, path: &Path, bytes: u64) {
-        self.shared.verified.lock().entries.pop(rel);
+        self.shared.verified.lock().forget(rel);
         let known = self.shared.index.lock().remove(rel);
         match fs::remove_file(path) {
             Ok(()) => {}
@@ -1723,6 +1756,63 @@ impl ModuleCache for FileSystemCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remembered_mappings_stay_within_their_count_and_bytes() {
+        let id = |ino| FileId {
+            dev: 1,
+            ino,
+            len: 0,
+            mtime: (0, 0),
+            ctime: (0, 0),
+        };
+        let mut v = VerifiedMaps::default();
+        let big = Bytes::from(vec![0u8; (VERIFIED_MAX_BYTES / 3) as usize]);
+        for i in 0..5 {
+            v.remember(format!("e{i}"), id(i), big.clone());
+        }
+        // Three fit in the byte bound: the two oldest went.
+        assert_eq!(v.entries.len(), 3);
+        assert_eq!(v.bytes, 3 * big.len() as u64);
+        assert!(v.entries.peek("e0").is_none() && v.entries.peek("e4").is_some());
+        // Replacing an entry counts its bytes once.
+        v.remember("e4".into(), id(9), Bytes::from_static(b"x"));
+        assert_eq!(v.bytes, 2 * big.len() as u64 + 1);
+        v.forget("e4");
+        v.forget("absent");
+        assert_eq!(v.bytes, 2 * big.len() as u64);
+        // Too large to remember at all.
+        v.remember(
+            "huge".into(),
+            id(10),
+            Bytes::from(vec![0u8; VERIFIED_MAX_BYTES as usize + 1]),
+        );
+        assert!(v.entries.peek("huge").is_none());
+        // Many small ones: the count bound.
+        let mut v = VerifiedMaps::default();
+        for i in 0..(VERIFIED_MAX as u64 + 10) {
+            v.remember(format!("s{i}"), id(i), Bytes::from_static(b"ab"));
+        }
+        assert_eq!(v.entries.len(), VERIFIED_MAX);
+        assert_eq!(v.bytes, 2 * VERIFIED_MAX as u64);
+    }
+
+    #[test]
+    fn only_files_unchanged_for_a_second_are_settled() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let at = |m: i64, c: i64| FileId {
+            dev: 1,
+            ino: 1,
+            len: 1,
+            mtime: (m, 0),
+            ctime: (c, 0),
+        };
+        assert!(at(990, 990).settled(now));
+        assert!(at(998, 998).settled(now));
+        assert!(!at(999, 990).settled(now));
+        assert!(!at(990, 999).settled(now));
+        assert!(!at(990, 1_005).settled(now), "a change time in the future");
+    }
 
     #[test]
     fn names_are_recognized() {
