@@ -162,34 +162,6 @@ pub fn engine_key(engine: &Engine) -> EngineKey {
     key
 }
 
-/// A word that identifies an engine instance ([`EngineId`]) without a
-/// lookup: the number wasmer gives each instance, read through its `Hash`
-/// (which writes that number and nothing else; any other hash would still
-/// be a stable word per instance, only slower). For models keyed by
-/// instance, as the memory tier keys.
-#[inline]
-pub(crate) fn instance_word(engine: &Engine) -> u64 {
-    use std::hash::{Hash, Hasher};
-    /// Keeps what was written, folded.
-    struct Word(u64);
-    impl Hasher for Word {
-        fn finish(&self) -> u64 {
-            self.0
-        }
-        fn write(&mut self, bytes: &[u8]) {
-            for b in bytes {
-                self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-            }
-        }
-        fn write_usize(&mut self, n: usize) {
-            self.0 = self.0.rotate_left(17) ^ n as u64;
-        }
-    }
-    let mut w = Word(0);
-    engine.id().hash(&mut w);
-    w.finish()
-}
-
 #[cold]
 fn engine_key_slow(engine: &Engine, id: EngineId) -> EngineKey {
     if let Some(key) = registry().read().by_engine.peek(&id) {

@@ -470,3 +470,58 @@ async fn the_worker_stops_when_the_stack_is_dropped() {
     drop(stack);
     assert!(!probe.is_running());
 }
+
+#[tokio::test]
+async fn a_new_engine_generation_is_not_counted_as_compiles() {
+    // Arrange: 20 keys; three engine generations of one configuration
+    // (the memory tier keys by engine instance, so each generation misses
+    // memory; disk keys by configuration and serves it).
+    let first = Engine::default();
+    let size = Module::new(&first, common::ADD_WAT)
+        .unwrap()
+        .serialize()
+        .unwrap()
+        .len() as u64;
+    let keys = keys(&first, 20, 9, |_| size);
+    let dir = tempfile::tempdir().unwrap();
+    let sizing = LiveSizing::new(
+        "generations",
+        SizingOptions::default().window(Window::requests(10_000)),
+    );
+    let disk = FileSystemCache::open(dir.path(), 1 << 30)
+        .unwrap()
+        .instrumented("generations", "disk")
+        .with_sizing(&sizing);
+    let stack = MemoryCache::builder(1 << 30)
+        .build()
+        .instrumented("generations", "memory")
+        .with_sizing(&sizing)
+        .with_fallback(disk);
+
+    // Act: every key five times in each generation.
+    let mut real = 0;
+    for engine in [first, Engine::default(), Engine::default()] {
+        let module = Module::new(&engine, common::ADD_WAT).unwrap();
+        for _ in 0..5 {
+            for (key, _) in &keys {
+                let below = stack.fallback().contains(*key, &engine).await.unwrap();
+                if !request(&stack, &engine, *key, &module).await && !below {
+                    real += 1;
+                }
+            }
+        }
+    }
+    sizing.flush();
+    let report = sizing.report();
+
+    // Assert: only the first generation compiled, in reality and in the
+    // projection at 1x.
+    assert_eq!(real, 20);
+    let projected = report
+        .compiles
+        .iter()
+        .find(|c| c.scale == 1.0)
+        .unwrap()
+        .compiles;
+    assert!((projected - 20.0).abs() < 1.0, "projected {projected}");
+}

@@ -13,7 +13,7 @@ use super::{
 use crate::{
     FileSystemCache, Instrumented, MemoryCache,
     cache::{CacheError, Hit, ModuleCache, TierName},
-    engine::{engine_key, instance_word},
+    engine::engine_key,
     tier_events::TierObserver,
     weights,
 };
@@ -94,9 +94,6 @@ pub struct SizingTier<C> {
     sizing: LiveSizing,
     /// Index of this tier in the models (`None`: too many tiers, not sized).
     tier: Option<u8>,
-    /// Whether the tier keys modules by engine instance (a memory tier)
-    /// rather than by engine configuration (disk, Redis).
-    by_instance: bool,
 }
 
 impl<C: std::fmt::Debug> std::fmt::Debug for SizingTier<C> {
@@ -110,29 +107,25 @@ impl<C: std::fmt::Debug> std::fmt::Debug for SizingTier<C> {
 }
 
 /// The model's key of a module under an engine, before mixing (the worker
-/// mixes it): the module hash's first 8 bytes with the engine folded in,
-/// as the tier keys: its instance for a memory tier (one module under two
-/// engines is two entries there), its configuration otherwise. A load and
-/// an xor on the hit path (a memory tier's needs no thread-local lookup).
+/// mixes it): the module hash's first 8 bytes with the engine
+/// configuration folded in (one module under two configurations is two
+/// keys). Every tier's model keys by configuration, the memory tier's
+/// too (which keys by engine instance): the memory model's misses feed
+/// the models below it, which must see the keys those tiers see. A load,
+/// a thread-local read and an xor on the hit path.
 #[inline]
-fn key_id(key: &ModuleHash, engine: &Engine, by_instance: bool) -> u64 {
+fn key_id(key: &ModuleHash, engine: &Engine) -> u64 {
     let head = key
         .as_bytes()
         .first_chunk::<8>()
         .map_or(0, |b| u64::from_le_bytes(*b));
-    let engine = if by_instance {
-        instance_word(engine)
-    } else {
-        u64::from(engine_key(engine).index())
-    };
-    head ^ engine.rotate_right(8)
+    head ^ u64::from(engine_key(engine).index()).rotate_right(8)
 }
 
 impl<C> SizingTier<C> {
     /// Model `inner`, named `tier`, under `policy`, in `sizing`.
     pub fn new(inner: C, sizing: &LiveSizing, tier: &str, policy: TierPolicy) -> Self {
         SizingTier {
-            by_instance: matches!(policy, TierPolicy::Memory { .. }),
             tier: sizing.register(tier, policy),
             state: Arc::clone(&sizing.inner.state),
             sizing: sizing.clone(),
@@ -163,12 +156,8 @@ impl<C> SizingTier<C> {
     #[inline]
     fn record(&self, kind: Kind, key: &ModuleHash, engine: &Engine, bytes: u64) {
         if let Some(tier) = self.tier {
-            self.state.record(Event::new(
-                tier,
-                kind,
-                key_id(key, engine, self.by_instance),
-                bytes,
-            ));
+            self.state
+                .record(Event::new(tier, kind, key_id(key, engine), bytes));
         }
     }
 
@@ -201,7 +190,7 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for SizingTier<C> {
         // dependent loads runs beside the inner tier's work instead of
         // after it (where the caller's next atomic would wait for it).
         let ring = self.tier.map(|tier| {
-            let id = key_id(&key, engine, self.by_instance);
+            let id = key_id(&key, engine);
             (tier, id, self.state.ring())
         });
         let answer = self.inner.load_now(key, engine);
