@@ -32,6 +32,31 @@ fn open(dir: &Path) -> FileSystemCache {
         .unwrap()
 }
 
+/// A tier that remembers verified mappings (the default), holding one
+/// saved entry of about 20 KB of wasm (`seed`): the cache, its directory,
+/// the key, the entry's path and the module saved.
+async fn remembering(
+    engine: &Engine,
+    seed: u64,
+) -> (
+    FileSystemCache,
+    tempfile::TempDir,
+    tierscope::ModuleHash,
+    std::path::PathBuf,
+    Module,
+) {
+    let (key, module, _) = sized(engine, 20_000, seed);
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = FileSystemCache::builder(tmp.path())
+        .capacity(1 << 30)
+        .inline_io(true)
+        .open()
+        .unwrap();
+    cache.save(key, engine, &module).await.unwrap();
+    let path = cache.entry_path(key, engine);
+    (cache, tmp, key, path, module)
+}
+
 /// Wait until an entry written now is old enough to be remembered.
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(2_100)).await;
@@ -223,16 +248,8 @@ async fn an_entry_that_others_could_write_is_read_not_mapped() {
 #[tokio::test]
 async fn later_hits_reuse_a_remembered_mapping_and_a_change_in_place_is_still_caught() {
     let engine = Engine::default();
-    let (key, module, _) = sized(&engine, 20_000, 5);
-    let tmp = tempfile::tempdir().unwrap();
-    let cache = FileSystemCache::builder(tmp.path())
-        .capacity(1 << 30)
-        .inline_io(true)
-        .open()
-        .unwrap();
+    let (cache, _dir, key, path, _) = remembering(&engine, 5).await;
     let seen = Recording::attach(&cache);
-    cache.save(key, &engine, &module).await.unwrap();
-    let path = cache.entry_path(key, &engine);
     settle().await;
 
     // Two hits on two engines: the second is served from the mapping the
@@ -273,15 +290,7 @@ async fn later_hits_reuse_a_remembered_mapping_and_a_change_in_place_is_still_ca
 #[tokio::test]
 async fn a_remembered_entry_is_forgotten_when_removed_or_replaced() {
     let engine = Engine::default();
-    let (key, module, _) = sized(&engine, 20_000, 6);
-    let tmp = tempfile::tempdir().unwrap();
-    let cache = FileSystemCache::builder(tmp.path())
-        .capacity(1 << 30)
-        .inline_io(true)
-        .open()
-        .unwrap();
-    cache.save(key, &engine, &module).await.unwrap();
-    let path = cache.entry_path(key, &engine);
+    let (cache, _dir, key, path, module) = remembering(&engine, 6).await;
     settle().await;
     let probe = Engine::default();
     drop(cache.load(key, &probe).await.unwrap());

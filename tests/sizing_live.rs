@@ -56,6 +56,16 @@ fn keys(
         .collect()
 }
 
+/// The stack's projected compiles with the memory tier at its size.
+fn compiles_at_one(report: &tierscope::sizing::live::SizingReport) -> f64 {
+    report
+        .compiles
+        .iter()
+        .find(|c| c.scale == 1.0)
+        .expect("a projection at 1x")
+        .compiles
+}
+
 /// One request through the stack as the loader makes it: the synchronous
 /// path, else a load, and on a miss a save. Whether the first tier hit.
 async fn request(
@@ -291,12 +301,7 @@ async fn a_memory_and_disk_stack_models_each_tier_on_its_own_requests() {
         .iter()
         .filter(|&&c| c)
         .count() as f64;
-    let projected = report
-        .compiles
-        .iter()
-        .find(|c| c.scale == 1.0)
-        .unwrap()
-        .compiles;
+    let projected = compiles_at_one(&report);
     assert!(
         (projected - real).abs() <= 0.02 * n as f64,
         "projected {projected} vs {real}"
@@ -517,11 +522,6 @@ async fn a_new_engine_generation_is_not_counted_as_compiles() {
     // Assert: only the first generation compiled, in reality and in the
     // projection at 1x.
     assert_eq!(real, 20);
-    let projected = report
-        .compiles
-        .iter()
-        .find(|c| c.scale == 1.0)
-        .unwrap()
-        .compiles;
+    let projected = compiles_at_one(&report);
     assert!((projected - 20.0).abs() < 1.0, "projected {projected}");
 }
