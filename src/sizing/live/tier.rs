@@ -181,9 +181,10 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for SizingTier<C> {
         self.load_hit(key, engine).await.map(|hit| hit.module)
     }
 
-    // Always inlined, and the inner answer returned as it came (never
-    // taken apart and rebuilt: moving the 40-byte `Hit` out and back costs
-    // store-forwarding stalls), as the spy's own `load_now` does.
+    // Always inlined, and the inner answer returned as it came (a
+    // two-word `Hit`, which stays in registers; the old 40-byte one was
+    // copied through the stack at each layer, with store-forwarding
+    // stalls), as the spy's own `load_now` does.
     #[inline(always)]
     fn load_now(&self, key: ModuleHash, engine: &Engine) -> Option<Hit> {
         // The ring is found before the lookup, so that its chain of
