@@ -127,6 +127,24 @@ fn live_hit(c: &mut Criterion) {
         .throughput(criterion::Throughput::Elements(BATCH));
     // Each iteration: 4096 hits timed, then (sizing on) the models fed,
     // untimed, so the ring never fills.
+    fn batch_of<C: ModuleCache>(
+        hit: impl Fn(&C, ModuleHash, &Engine),
+    ) -> impl Fn(&C, &[ModuleHash], &Engine, u64, &dyn Fn()) -> Duration {
+        move |cache, keys, engine, iters, after| {
+            let mut spent = Duration::ZERO;
+            let mut i = 0usize;
+            for _ in 0..iters {
+                let t = Instant::now();
+                for _ in 0..BATCH {
+                    i = (i + 1) % KEYS;
+                    hit(cache, keys[i], engine);
+                }
+                spent += t.elapsed();
+                after();
+            }
+            spent
+        }
+    }
     fn batch(
         cache: &impl ModuleCache,
         keys: &[ModuleHash],
@@ -134,18 +152,27 @@ fn live_hit(c: &mut Criterion) {
         iters: u64,
         after: impl Fn(),
     ) -> Duration {
-        let mut spent = Duration::ZERO;
-        let mut i = 0usize;
-        for _ in 0..iters {
-            let t = Instant::now();
-            for _ in 0..BATCH {
-                i = (i + 1) % KEYS;
-                black_box(cache.load_now(keys[i], engine));
-            }
-            spent += t.elapsed();
-            after();
-        }
-        spent
+        batch_of(|c: &_, k, e| drop(black_box(ModuleCache::load_now(c, k, e))))(
+            cache, keys, engine, iters, &after,
+        )
+    }
+    // The same hit through the trait's `load().await` (wasmer-wasix's
+    // API), its future polled once.
+    fn batch_async(
+        cache: &impl ModuleCache,
+        keys: &[ModuleHash],
+        engine: &Engine,
+        iters: u64,
+        after: impl Fn(),
+    ) -> Duration {
+        use futures::FutureExt;
+        batch_of(|c: &_, k, e| {
+            drop(black_box(
+                ModuleCache::load(c, k, e)
+                    .now_or_never()
+                    .map(Result::unwrap),
+            ))
+        })(cache, keys, engine, iters, &after)
     }
     g.bench_function("instrumented_load_now_sizing_off", |b| {
         b.iter_custom(|iters| batch(&off, &keys, &engine, iters, || {}))
@@ -155,6 +182,12 @@ fn live_hit(c: &mut Criterion) {
     });
     g.bench_function("instrumented_load_now_sizing_on_worker_running", |b| {
         b.iter_custom(|iters| batch(&worker, &keys, &engine, iters, || {}))
+    });
+    g.bench_function("instrumented_load_async_sizing_off", |b| {
+        b.iter_custom(|iters| batch_async(&off, &keys, &engine, iters, || {}))
+    });
+    g.bench_function("instrumented_load_async_sizing_on", |b| {
+        b.iter_custom(|iters| batch_async(&on, &keys, &engine, iters, || manual.flush()))
     });
     g.finish();
     let r = manual.report();

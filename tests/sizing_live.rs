@@ -525,3 +525,23 @@ async fn a_new_engine_generation_is_not_counted_as_compiles() {
     let projected = compiles_at_one(&report);
     assert!((projected - 20.0).abs() < 1.0, "projected {projected}");
 }
+
+#[tokio::test]
+async fn a_hit_through_load_is_modelled_once() {
+    let engine = Engine::default();
+    let module = Module::new(&engine, common::ADD_WAT).unwrap();
+    let keys = keys(&engine, 1, 12, |_| 1_000);
+    let sizing = LiveSizing::new("through-load", SizingOptions::default().background(false));
+    let memory = MemoryCache::new(1 << 20)
+        .instrumented("through-load", "memory")
+        .with_sizing(&sizing);
+    let (key, _) = keys[0];
+    memory.save(key, &engine, &module).await.unwrap();
+    for _ in 0..10 {
+        memory.load(key, &engine).await.unwrap();
+    }
+    sizing.flush();
+    let t = sizing.report().tier("memory").unwrap().clone();
+    assert_eq!(t.window_requests, 10);
+    assert_eq!(t.measured_hit_ratio, 1.0);
+}

@@ -178,6 +178,12 @@ impl<C> SizingTier<C> {
 #[async_trait::async_trait]
 impl<C: ModuleCache + Send + Sync> ModuleCache for SizingTier<C> {
     async fn load(&self, key: ModuleHash, engine: &Engine) -> Result<Module, CacheError> {
+        // A hit the inner tier serves at once needs no second future (each
+        // `async_trait` call allocates one): a memory hit through `load`
+        // costs what it costs without sizing, plus the recording.
+        if let Some(hit) = self.load_now(key, engine) {
+            return Ok(hit.module);
+        }
         self.load_hit(key, engine).await.map(|hit| hit.module)
     }
 
