@@ -348,15 +348,11 @@ impl State {
         }
     }
 
+    /// Record `e` in this thread's ring (made the first time the thread
+    /// records).
     #[inline]
     fn record(&self, e: Event) {
-        self.ring().push(e);
-    }
-
-    /// This thread's ring (made the first time the thread records).
-    #[inline]
-    fn ring(&self) -> &Ring {
-        self.rings.get_or(|| Ring::new(self.options.buffer))
+        self.rings.get_or(|| Ring::new(self.options.buffer)).push(e);
     }
 }
 

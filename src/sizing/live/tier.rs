@@ -193,16 +193,9 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for SizingTier<C> {
     // stalls), as the spy's own `load_now` does.
     #[inline(always)]
     fn load_now(&self, key: ModuleHash, engine: &Engine) -> Option<Hit> {
-        // The ring is found before the lookup, so that its chain of
-        // dependent loads runs beside the inner tier's work instead of
-        // after it (where the caller's next atomic would wait for it).
-        let ring = self.tier.map(|tier| {
-            let id = key_id(&key, engine);
-            (tier, id, self.state.ring())
-        });
         let answer = self.inner.load_now(key, engine);
-        if let (Some(hit), Some((tier, id, ring))) = (&answer, ring) {
-            ring.push(Event::new(tier, Kind::Hit, id, hit.bytes().unwrap_or(0)));
+        if let Some(hit) = &answer {
+            self.record(Kind::Hit, &key, engine, hit.bytes().unwrap_or(0));
         }
         answer
     }
