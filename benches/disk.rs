@@ -88,10 +88,7 @@ fn hit(c: &mut Criterion) {
     let tmp = tempfile::tempdir().unwrap();
     let cases = cases(&engine, tmp.path());
 
-    let mut g = c.benchmark_group("disk_hit");
-    g.warm_up_time(Duration::from_secs(1));
-    g.measurement_time(Duration::from_secs(3));
-    g.sample_size(30);
+    let mut g = disk_cases::group(c, "disk_hit");
     for case in &cases {
         let Case {
             label,
@@ -104,19 +101,7 @@ fn hit(c: &mut Criterion) {
             ..
         } = case;
         let (key, len) = (*key, artifact.len());
-        g.bench_function(BenchmarkId::new("raw_deserialize_from_file", label), |b| {
-            b.iter_custom(|iters| timed(len, iters, &|e| drop(black_box(raw_from_file(e, raw)))))
-        });
-        g.bench_function(BenchmarkId::new("xxh3_128", label), |b| {
-            b.iter(|| black_box(tierscope::entry::checksum(black_box(artifact))))
-        });
-        g.bench_function(BenchmarkId::new("tier_inline", label), |b| {
-            b.iter_custom(|iters| {
-                timed(len, iters, &|e| {
-                    black_box(inline.load(key, e).now_or_never().unwrap().unwrap());
-                })
-            })
-        });
+        disk_cases::floor_and_inline(&mut g, label, key, raw, artifact, inline, "tier_inline");
         g.bench_function(
             BenchmarkId::new("tier_inline_verify_every_hit", label),
             |b| {

@@ -19,6 +19,9 @@ use std::{
 };
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+#[path = "../tests/common/rng.rs"]
+mod rng;
+use rng::{Rng, zipf_cdf};
 use tierscope::sizing::{
     Request,
     lru::LruModel,
@@ -56,36 +59,16 @@ static ALLOC: Counting = Counting;
 
 const REQUESTS: u64 = 10_000_000;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// Zipf(0.9) over `keys` by inverse CDF.
 fn write_trace(path: &Path, requests: u64, keys: u64) {
     let mut rng = Rng(0x9E37_79B9);
-    let mut acc = 0.0;
-    let cdf: Vec<f64> = (1..=keys)
-        .map(|r| {
-            acc += 1.0 / (r as f64).powf(0.9);
-            acc
-        })
-        .collect();
+    let cdf = zipf_cdf(keys as usize, 0.9);
     let sizes: Vec<u32> = (0..keys)
         .map(|_| (1_000f64 * 1_000f64.powf(rng.unit())) as u32)
         .collect();
     let mut w = BufWriter::new(std::fs::File::create(path).unwrap());
     for i in 0..requests {
-        let u = rng.unit() * acc;
-        let k = cdf.partition_point(|&c| c < u).min(keys as usize - 1);
+        let k = rng.pick(&cdf);
         // Keys spread over the id space, as hashed ids are.
         let id = (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         write_oracle_record(&mut w, (i / 1000) as u32, id, sizes[k], -1).unwrap();

@@ -20,6 +20,10 @@ use std::{
 };
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use procfs::WithCurrentSystemInfo;
+#[path = "../tests/common/rng.rs"]
+mod rng;
+use rng::{Rng, zipf_cdf};
 use tierscope::{
     InstrumentExt, MemoryCache, ModuleCache, ModuleHash, corpus,
     observe::prometheus,
@@ -30,35 +34,17 @@ use wasmer::{Engine, Module};
 
 /// Resident set size of this process, in bytes.
 fn rss() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
-    let pages: usize = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .expect("resident pages");
-    pages * 4096
+    let stat = procfs::process::Process::myself().and_then(|p| p.stat());
+    stat.expect("/proc/self/stat").rss_bytes().get() as usize
 }
 
 const KEYS: usize = 64;
 
 /// Zipf(0.9) ranks over `n` keys, precomputed.
-fn zipf_stream(n: usize, len: usize, mut seed: u64) -> Vec<u64> {
-    let mut acc = 0.0;
-    let cdf: Vec<f64> = (1..=n)
-        .map(|r| {
-            acc += 1.0 / (r as f64).powf(0.9);
-            acc
-        })
-        .collect();
-    (0..len)
-        .map(|_| {
-            seed ^= seed >> 12;
-            seed ^= seed << 25;
-            seed ^= seed >> 27;
-            let u = (seed.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64;
-            cdf.partition_point(|&c| c < u * acc).min(n - 1) as u64
-        })
-        .collect()
+fn zipf_stream(n: usize, len: usize, seed: u64) -> Vec<u64> {
+    let cdf = zipf_cdf(n, 0.9);
+    let mut rng = Rng(seed);
+    (0..len).map(|_| rng.pick(&cdf) as u64).collect()
 }
 
 /// A sizing of a memory tier (tier 0) in front of a disk tier (tier 1).
@@ -127,67 +113,49 @@ fn live_hit(c: &mut Criterion) {
         .throughput(criterion::Throughput::Elements(BATCH));
     // Each iteration: 4096 hits timed, then (sizing on) the models fed,
     // untimed, so the ring never fills.
-    fn batch_of<C: ModuleCache>(
-        hit: impl Fn(&C, ModuleHash, &Engine),
-    ) -> impl Fn(&C, &[ModuleHash], &Engine, u64, &dyn Fn()) -> Duration {
-        move |cache, keys, engine, iters, after| {
-            let mut spent = Duration::ZERO;
-            let mut i = 0usize;
-            for _ in 0..iters {
-                let t = Instant::now();
-                for _ in 0..BATCH {
-                    i = (i + 1) % KEYS;
-                    hit(cache, keys[i], engine);
-                }
-                spent += t.elapsed();
-                after();
-            }
-            spent
-        }
-    }
     fn batch(
-        cache: &impl ModuleCache,
         keys: &[ModuleHash],
-        engine: &Engine,
         iters: u64,
+        hit: impl Fn(ModuleHash),
         after: impl Fn(),
     ) -> Duration {
-        batch_of(|c: &_, k, e| drop(black_box(ModuleCache::load_now(c, k, e))))(
-            cache, keys, engine, iters, &after,
-        )
+        let mut spent = Duration::ZERO;
+        let mut i = 0usize;
+        for _ in 0..iters {
+            let t = Instant::now();
+            for _ in 0..BATCH {
+                i = (i + 1) % KEYS;
+                hit(keys[i]);
+            }
+            spent += t.elapsed();
+            after();
+        }
+        spent
     }
-    // The same hit through the trait's `load().await` (wasmer-wasix's
-    // API), its future polled once.
-    fn batch_async(
-        cache: &impl ModuleCache,
-        keys: &[ModuleHash],
-        engine: &Engine,
-        iters: u64,
-        after: impl Fn(),
-    ) -> Duration {
+    // The synchronous hit path, and the same hit through the trait's
+    // `load().await` (wasmer-wasix's API), its future polled once.
+    fn now(cache: &impl ModuleCache, key: ModuleHash, engine: &Engine) {
+        black_box(cache.load_now(key, engine));
+    }
+    fn awaited(cache: &impl ModuleCache, key: ModuleHash, engine: &Engine) {
         use futures::FutureExt;
-        batch_of(|c: &_, k, e| {
-            drop(black_box(
-                ModuleCache::load(c, k, e)
-                    .now_or_never()
-                    .map(Result::unwrap),
-            ))
-        })(cache, keys, engine, iters, &after)
+        black_box(cache.load(key, engine).now_or_never().map(Result::unwrap));
     }
+    let e = &engine;
     g.bench_function("instrumented_load_now_sizing_off", |b| {
-        b.iter_custom(|iters| batch(&off, &keys, &engine, iters, || {}))
+        b.iter_custom(|iters| batch(&keys, iters, |k| now(&off, k, e), || {}))
     });
     g.bench_function("instrumented_load_now_sizing_on", |b| {
-        b.iter_custom(|iters| batch(&on, &keys, &engine, iters, || manual.flush()))
+        b.iter_custom(|iters| batch(&keys, iters, |k| now(&on, k, e), || manual.flush()))
     });
     g.bench_function("instrumented_load_now_sizing_on_worker_running", |b| {
-        b.iter_custom(|iters| batch(&worker, &keys, &engine, iters, || {}))
+        b.iter_custom(|iters| batch(&keys, iters, |k| now(&worker, k, e), || {}))
     });
     g.bench_function("instrumented_load_async_sizing_off", |b| {
-        b.iter_custom(|iters| batch_async(&off, &keys, &engine, iters, || {}))
+        b.iter_custom(|iters| batch(&keys, iters, |k| awaited(&off, k, e), || {}))
     });
     g.bench_function("instrumented_load_async_sizing_on", |b| {
-        b.iter_custom(|iters| batch_async(&on, &keys, &engine, iters, || manual.flush()))
+        b.iter_custom(|iters| batch(&keys, iters, |k| awaited(&on, k, e), || manual.flush()))
     });
     g.finish();
     let r = manual.report();

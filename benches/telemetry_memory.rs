@@ -23,13 +23,9 @@ const OPS: u64 = 10_000_000;
 
 /// Resident set size of this process, in bytes.
 fn rss() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .expect("resident pages");
-    pages * 4096
+    use procfs::WithCurrentSystemInfo;
+    let stat = procfs::process::Process::myself().and_then(|p| p.stat());
+    stat.expect("/proc/self/stat").rss_bytes().get()
 }
 
 fn mib(bytes: i64) -> String {

@@ -273,10 +273,7 @@ fn timed_fresh<S>(
 }
 
 fn disk_hit(c: &mut Criterion, tokio: &tokio::runtime::Runtime, cases: &[Case]) {
-    let mut g = c.benchmark_group("wasix_disk_hit");
-    g.warm_up_time(Duration::from_secs(1));
-    g.measurement_time(Duration::from_secs(3));
-    g.sample_size(30);
+    let mut g = disk_cases::group(c, "wasix_disk_hit");
     for case in cases {
         let Case {
             label,
@@ -290,19 +287,15 @@ fn disk_hit(c: &mut Criterion, tokio: &tokio::runtime::Runtime, cases: &[Case]) 
             ..
         } = case;
         let (key, len) = (*key, artifact.len());
-        g.bench_function(BenchmarkId::new("raw_deserialize_from_file", label), |b| {
-            b.iter_custom(|iters| timed(len, iters, &|e| drop(black_box(raw_from_file(e, raw)))))
-        });
-        g.bench_function(BenchmarkId::new("xxh3_128", label), |b| {
-            b.iter(|| black_box(tierscope::entry::checksum(black_box(artifact))))
-        });
-        g.bench_function(BenchmarkId::new("tierscope_inline", label), |b| {
-            b.iter_custom(|iters| {
-                timed(len, iters, &|e| {
-                    black_box(inline.load(key, e).now_or_never().unwrap().unwrap());
-                })
-            })
-        });
+        disk_cases::floor_and_inline(
+            &mut g,
+            label,
+            key,
+            raw,
+            artifact,
+            inline,
+            "tierscope_inline",
+        );
         g.bench_function(BenchmarkId::new("tierscope_pooled", label), |b| {
             b.iter_custom(|iters| {
                 timed(len, iters, &|e| {
@@ -336,10 +329,7 @@ fn disk_hit(c: &mut Criterion, tokio: &tokio::runtime::Runtime, cases: &[Case]) 
 }
 
 fn stack_disk_hit(c: &mut Criterion, tokio: &tokio::runtime::Runtime, cases: &[Case]) {
-    let mut g = c.benchmark_group("wasix_stack_disk_hit");
-    g.warm_up_time(Duration::from_secs(1));
-    g.measurement_time(Duration::from_secs(3));
-    g.sample_size(30);
+    let mut g = disk_cases::group(c, "wasix_stack_disk_hit");
     for case in cases {
         let Case {
             label,

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::VecDeque;
 
-use common::rng::Rng;
+use common::rng::{Rng, zipf_cdf};
 
 use proptest::prelude::*;
 use tierscope::{
@@ -52,26 +52,14 @@ fn workload(
     let mut rng = Rng(seed | 1);
     let mut sizes: Vec<u64> = (0..keys).map(|_| log_size(&mut rng, lo, hi)).collect();
     let cdf: Vec<f64> = match shape {
-        Shape::Zipf(a) => {
-            let mut acc = 0.0;
-            let w: Vec<f64> = (1..=keys)
-                .map(|r| {
-                    acc += 1.0 / (r as f64).powf(a);
-                    acc
-                })
-                .collect();
-            w.iter().map(|x| x / acc).collect()
-        }
+        Shape::Zipf(a) => zipf_cdf(keys as usize, a),
         _ => Vec::new(),
     };
     let mut scan_next = keys;
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let key = match shape {
-            Shape::Zipf(_) => {
-                let u = rng.unit();
-                cdf.partition_point(|&c| c < u).min(keys as usize - 1) as u64
-            }
+            Shape::Zipf(_) => rng.pick(&cdf) as u64,
             Shape::Loop => i as u64 % keys,
             Shape::Scan => {
                 if (i / 50) % 2 == 0 {

@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{
-    rng::Rng,
+    rng::{Rng, zipf_cdf},
     snapshot::{counter, gauge, take},
 };
 use metrics_util::debugging::DebuggingRecorder;
@@ -23,18 +23,6 @@ use tierscope::{
     weights,
 };
 use wasmer::{Engine, Module};
-
-/// Zipf(`a`) over `n` ranks: the cumulative distribution.
-fn zipf_cdf(n: usize, a: f64) -> Vec<f64> {
-    let mut acc = 0.0;
-    let w: Vec<f64> = (1..=n)
-        .map(|r| {
-            acc += 1.0 / (r as f64).powf(a);
-            acc
-        })
-        .collect();
-    w.iter().map(|x| x / acc).collect()
-}
 
 /// `n` keys of the one compiled module, each with a recorded artifact size
 /// (the weight the memory tier gives it), distinct per `salt`.
@@ -114,8 +102,7 @@ async fn under_a_steady_zipf_workload_the_projection_matches_the_tier_and_an_off
 
     // Act: 60,000 requests (three windows), single-threaded.
     for t in 0..60_000u64 {
-        let u = rng.unit();
-        let i = cdf.partition_point(|&c| c < u).min(keys.len() - 1);
+        let i = rng.pick(&cdf);
         let (key, bytes) = keys[i];
         hits.push(request(&stack, &engine, key, &module).await);
         trace.push(Request::new(t, i as u64, bytes));
@@ -268,8 +255,7 @@ async fn a_memory_and_disk_stack_models_each_tier_on_its_own_requests() {
 
     // Act
     for _ in 0..18_000 {
-        let u = rng.unit();
-        let (key, _) = keys[cdf.partition_point(|&c| c < u).min(keys.len() - 1)];
+        let (key, _) = keys[rng.pick(&cdf)];
         let below = stack.fallback().contains(key, &engine).await.unwrap();
         let hit = request(&stack, &engine, key, &module).await;
         compiles.push(!hit && !below);

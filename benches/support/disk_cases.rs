@@ -1,7 +1,9 @@
 //! What the disk-hit benches (`disk.rs`, `wasix.rs`) share: the modules
 //! (real ones from `real_modules`, then generated ones of three artifact
 //! sizes), each compiled, its bare artifact written to a file and saved in a
-//! disk tier; and the timing loop that gives every batch a fresh engine.
+//! disk tier; the timing loop that gives every batch a fresh engine; and
+//! the benches both groups start with (the raw floor, the checksum, the
+//! inline tier hit).
 //!
 //! Include with `#[path = "support/disk_cases.rs"] mod disk_cases;` beside
 //! `real_modules`.
@@ -9,11 +11,14 @@
 #![allow(dead_code)]
 
 use std::{
+    hint::black_box,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, measurement::WallTime};
+use futures::FutureExt;
 use tierscope::{FileSystemCache, ModuleCache, ModuleHash, corpus};
 use wasmer::{Engine, Module};
 
@@ -142,4 +147,43 @@ pub fn raw_from_file(engine: &Engine, raw: &Path) -> Module {
     #[allow(unsafe_code)]
     let m = unsafe { Module::deserialize_from_file(engine, raw) };
     m.unwrap()
+}
+
+/// A group for disk hits: 30 samples, 1 s of warm-up, 3 s of measurement.
+pub fn group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(3));
+    g.sample_size(30);
+    g
+}
+
+/// In `g`, for module `label`: wasmer's `deserialize_from_file` of the bare
+/// artifact (`raw_deserialize_from_file`), the entry checksum alone over
+/// the artifact in memory (`xxh3_128`; the two make the floor), and the
+/// tier's hit on the calling thread (`inline_name`).
+#[allow(clippy::too_many_arguments)]
+pub fn floor_and_inline(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    label: &str,
+    key: ModuleHash,
+    raw: &Path,
+    artifact: &Bytes,
+    inline: &FileSystemCache,
+    inline_name: &str,
+) {
+    let len = artifact.len();
+    g.bench_function(BenchmarkId::new("raw_deserialize_from_file", label), |b| {
+        b.iter_custom(|iters| timed(len, iters, &|e| drop(black_box(raw_from_file(e, raw)))))
+    });
+    g.bench_function(BenchmarkId::new("xxh3_128", label), |b| {
+        b.iter(|| black_box(tierscope::entry::checksum(black_box(artifact))))
+    });
+    g.bench_function(BenchmarkId::new(inline_name, label), |b| {
+        b.iter_custom(|iters| {
+            timed(len, iters, &|e| {
+                black_box(inline.load(key, e).now_or_never().unwrap().unwrap());
+            })
+        })
+    });
 }

@@ -1,5 +1,8 @@
 //! A seeded xorshift64* generator for generated workloads: the same stream
-//! on every run and machine.
+//! on every run and machine; and Zipf popularity over it. Shared by the
+//! tests (`mod common`) and the sizing benches (`#[path]`).
+
+#![allow(dead_code)]
 
 pub struct Rng(pub u64);
 
@@ -20,4 +23,23 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
+
+    /// A rank in [0, cdf.len()) drawn from `cdf` (see [`zipf_cdf`]).
+    pub fn pick(&mut self, cdf: &[f64]) -> usize {
+        let u = self.unit();
+        cdf.partition_point(|&c| c < u)
+            .min(cdf.len().saturating_sub(1))
+    }
+}
+
+/// Zipf(`a`) over `n` ranks: the cumulative distribution, normalised.
+pub fn zipf_cdf(n: usize, a: f64) -> Vec<f64> {
+    let mut acc = 0.0;
+    let w: Vec<f64> = (1..=n)
+        .map(|r| {
+            acc += 1.0 / (r as f64).powf(a);
+            acc
+        })
+        .collect();
+    w.iter().map(|x| x / acc).collect()
 }
