@@ -13,6 +13,9 @@
 //!   the models' memory per distinct key (growth of the resident set).
 //!
 //! `cargo bench --bench sizing_live -- --warm-up-time 1 --measurement-time 3`
+//! (`TIERSCOPE_ONLY_GROUPS=1` skips the printed measurements before the
+//! groups; `TIERSCOPE_ROUNDS=N`, default 31, sets the alternating rounds
+//! printed after `live_hit`'s rows, 0 skips them.)
 
 use std::{
     hint::black_box,
@@ -158,6 +161,45 @@ fn live_hit(c: &mut Criterion) {
         b.iter_custom(|iters| batch(&keys, iters, |k| awaited(&on, k, e), || manual.flush()))
     });
     g.finish();
+    // Alternating rounds: on this noisy machine rows measured seconds
+    // apart differ by more than the cost measured; each round times both
+    // sides back to back (order swapped every round) and keeps their ratio.
+    let rounds: usize = std::env::var("TIERSCOPE_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(31);
+    if rounds > 0 {
+        const BATCHES: u64 = 200;
+        let per_hit = |d: Duration| d.as_nanos() as f64 / (BATCHES * BATCH) as f64;
+        let (mut off_ns, mut on_ns, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let time_off = || batch(&keys, BATCHES, |k| now(&off, k, e), || {});
+            let time_on = || batch(&keys, BATCHES, |k| now(&on, k, e), || manual.flush());
+            let (a, b) = if round % 2 == 0 {
+                let a = time_off();
+                (a, time_on())
+            } else {
+                let b = time_on();
+                (time_off(), b)
+            };
+            off_ns.push(per_hit(a));
+            on_ns.push(per_hit(b));
+            ratios.push(b.as_secs_f64() / a.as_secs_f64());
+        }
+        let median = |v: &mut Vec<f64>, q: usize| {
+            v.sort_by(f64::total_cmp);
+            v[(v.len() - 1) * q / 4]
+        };
+        eprintln!(
+            "live_hit, {rounds} alternating rounds of {} hits each way (load_now): sizing off {:.2} ns, on {:.2} ns (medians); on/off ratio median {:.3} (quartiles {:.3}-{:.3})",
+            BATCHES * BATCH,
+            median(&mut off_ns, 2),
+            median(&mut on_ns, 2),
+            median(&mut ratios, 2),
+            median(&mut ratios, 1),
+            median(&mut ratios, 3),
+        );
+    }
     let r = manual.report();
     eprintln!(
         "live_hit, sizing on: modelled {} lookups, dropped {}",
@@ -274,6 +316,11 @@ fn bytes_per_key(keys: u64) -> (usize, usize) {
 
 fn all(c: &mut Criterion) {
     let handle = prometheus::install().expect("install the Prometheus recorder");
+    if std::env::var_os("TIERSCOPE_ONLY_GROUPS").is_some() {
+        live_hit(c);
+        live_worker(c);
+        return;
+    }
     for keys in [1_000u64, 16_384, 100_000] {
         let (bytes, modelled) = bytes_per_key(keys);
         eprintln!(

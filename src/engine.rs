@@ -145,21 +145,53 @@ pub fn tracked_instances() -> usize {
 }
 
 thread_local! {
-    static LAST: Cell<Option<(EngineId, EngineKey)>> = const { Cell::new(None) };
+    /// The last engine instance this thread asked about (its
+    /// [`instance_bits`]; `u64::MAX`, which no engine has, for none) and
+    /// its key.
+    static LAST: Cell<(u64, EngineKey)> = const { Cell::new((u64::MAX, EngineKey(0))) };
 }
 
 /// The [`EngineKey`] of an engine: a thread-local read in the common case.
 #[inline]
 pub fn engine_key(engine: &Engine) -> EngineKey {
-    let id = engine.id();
-    if let Some((last_id, key)) = LAST.with(Cell::get)
-        && last_id == id
-    {
+    let bits = instance_bits(engine);
+    let (last, key) = LAST.with(Cell::get);
+    if last == bits {
         return key;
     }
-    let key = engine_key_slow(engine, id);
-    LAST.with(|c| c.set(Some((id, key))));
+    let key = engine_key_slow(engine, engine.id());
+    LAST.with(|c| c.set((bits, key)));
     key
+}
+
+/// The engine instance's id as a number (wasmer's `EngineId` keeps its
+/// `u64` private but hashes as exactly that `u64`).
+#[inline]
+pub(crate) fn instance_bits(engine: &Engine) -> u64 {
+    use std::hash::{Hash, Hasher};
+    struct Capture(u64);
+    impl Hasher for Capture {
+        fn write(&mut self, bytes: &[u8]) {
+            for &b in bytes {
+                self.0 = self.0.rotate_left(8) ^ u64::from(b);
+            }
+        }
+        fn write_u64(&mut self, n: u64) {
+            self.0 = n;
+        }
+        fn finish(&self) -> u64 {
+            self.0
+        }
+    }
+    let mut c = Capture(0);
+    engine.id().hash(&mut c);
+    c.finish()
+}
+
+/// Forget this thread's last engine (tests).
+#[cfg(test)]
+fn forget_last() {
+    LAST.with(|c| c.set((u64::MAX, EngineKey(0))));
 }
 
 #[cold]
@@ -275,6 +307,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn instance_bits_tell_engines_apart_and_clones_alike() {
+        let (a, b) = (Engine::default(), Engine::default());
+        assert_ne!(instance_bits(&a), instance_bits(&b));
+        assert_eq!(instance_bits(&a), instance_bits(&a.clone()));
+        assert_ne!(instance_bits(&a), u64::MAX);
+    }
+
+    #[test]
     fn clones_share_a_key_and_equal_configs_share_an_ident() {
         let a = Engine::default();
         let b = a.clone();
@@ -303,7 +343,7 @@ mod tests {
         }
         assert!(tracked_instances() <= MAX_TRACKED_INSTANCES);
         // A forgotten instance is looked up again, same answer.
-        LAST.with(|c| c.set(None));
+        forget_last();
         assert_eq!(engine_key(&first), key);
     }
 

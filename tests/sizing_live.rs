@@ -531,3 +531,114 @@ async fn a_hit_through_load_is_modelled_once() {
     assert_eq!(t.window_requests, 10);
     assert_eq!(t.measured_hit_ratio, 1.0);
 }
+
+/// A spy records its tier's events itself, in rings beside its hit counts;
+/// a bare tier's decorator records them in the sizing's own rings. Both
+/// must model the same requests alike.
+#[tokio::test]
+async fn a_sized_spy_models_what_the_decorator_of_a_bare_tier_models() {
+    let engine = Engine::default();
+    let module = Module::new(&engine, common::ADD_WAT).unwrap();
+    let keys = keys(&engine, 80, 13, |i| 1_000 + 100 * i as u64);
+    let options = || {
+        SizingOptions::default()
+            .background(false)
+            .window(Window::requests(2_000))
+    };
+    let (in_spy, in_decorator) = (
+        LiveSizing::new("spy", options()),
+        LiveSizing::new("bare", options()),
+    );
+    let tier = || MemoryCache::builder(30_000).shards(1).build();
+    let spy = tier().instrumented("spy", "memory").with_sizing(&in_spy);
+    let bare = tier().with_sizing(&in_decorator);
+    let cdf = zipf_cdf(keys.len(), 0.9);
+    let mut rng = Rng(5);
+
+    for _ in 0..5_000 {
+        let (key, _) = keys[rng.pick(&cdf)];
+        let a = request(&spy, &engine, key, &module).await;
+        let b = request(&bare, &engine, key, &module).await;
+        assert_eq!(a, b);
+    }
+    in_spy.flush();
+    in_decorator.flush();
+
+    let (a, b) = (in_spy.report(), in_decorator.report());
+    let (a, b) = (a.tier("memory").unwrap(), b.tier("memory").unwrap());
+    assert!(a.window_requests >= 1_000, "{}", a.window_requests);
+    assert_eq!(a.window_requests, b.window_requests);
+    assert_eq!(a.measured_hit_ratio, b.measured_hit_ratio);
+    assert!(a.measured_hit_ratio > 0.1 && a.measured_hit_ratio < 0.9);
+    assert_eq!(a.points.len(), b.points.len());
+    for (p, q) in a.points.iter().zip(&b.points) {
+        assert_eq!((p.scale, p.hit_ratio), (q.scale, q.hit_ratio));
+        assert_eq!(p.byte_hit_ratio, q.byte_hit_ratio);
+    }
+}
+
+/// Threads that counted hits on a spy before it was sized have no ring
+/// beside their counts: their events go to rings of their own, and are
+/// modelled all the same.
+#[tokio::test]
+async fn threads_that_used_the_spy_before_it_was_sized_are_modelled() {
+    let engine = Engine::default();
+    let module = Module::new(&engine, common::ADD_WAT).unwrap();
+    let keys = keys(&engine, 1, 14, |_| 1_000);
+    let (key, _) = keys[0];
+    let spy = MemoryCache::new(1 << 20).instrumented("late", "memory");
+    spy.save(key, &engine, &module).await.unwrap();
+    for _ in 0..5 {
+        assert!(spy.load_now(key, &engine).is_some());
+    }
+    let sizing = LiveSizing::new("late", SizingOptions::default().background(false));
+
+    let sized = Arc::new(spy.with_sizing(&sizing));
+    for _ in 0..10 {
+        assert!(sized.load_now(key, &engine).is_some());
+    }
+    let other = Arc::clone(&sized);
+    let engine2 = engine.clone();
+    std::thread::spawn(move || {
+        for _ in 0..7 {
+            assert!(other.load_now(key, &engine2).is_some());
+        }
+    })
+    .join()
+    .unwrap();
+    sizing.flush();
+
+    let t = sizing.report().tier("memory").unwrap().clone();
+    assert_eq!(t.window_requests, 17);
+    assert_eq!(t.measured_hit_ratio, 1.0);
+}
+
+/// A spy records for one sizing; a second sizing of the same spy records
+/// through its own decorator, and each models every lookup once.
+#[tokio::test]
+async fn a_spy_sized_twice_is_modelled_once_by_each() {
+    let engine = Engine::default();
+    let module = Module::new(&engine, common::ADD_WAT).unwrap();
+    let keys = keys(&engine, 2, 15, |_| 1_000);
+    let (first, second) = (
+        LiveSizing::new("twice-a", SizingOptions::default().background(false)),
+        LiveSizing::new("twice-b", SizingOptions::default().background(false)),
+    );
+    let spy = MemoryCache::new(1 << 20).instrumented("twice", "memory");
+    let _a = spy.clone().with_sizing(&first);
+    let b = spy.with_sizing(&second);
+
+    for _ in 0..6 {
+        for (key, _) in &keys {
+            request(&b, &engine, *key, &module).await;
+        }
+    }
+    first.flush();
+    second.flush();
+
+    for sizing in [&first, &second] {
+        let t = sizing.report().tier("memory").unwrap().clone();
+        assert_eq!(t.window_requests, 12, "{sizing:?}");
+        assert_eq!(t.measured_hit_ratio, 10.0 / 12.0, "{sizing:?}");
+    }
+}

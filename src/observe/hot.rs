@@ -25,8 +25,16 @@
 //! counting in it; the id is released under a lock the new thread takes,
 //! so its plain loads see the last stores. The sum over the pairs is
 //! therefore always the tier's total: no count is lost or moved. A tier
-//! holds one pair (136 bytes with padding) per thread id, that is at most
-//! as many as the most threads ever alive at once.
+//! holds one pair (280 bytes with the padding of the ring slot below) per
+//! thread id, that is at most as many as the most threads ever alive at
+//! once.
+//!
+//! **Live sizing.** A sized tier (`spy.with_sizing(..)`) keeps each
+//! thread's ring of sizing events in that thread's slot here, beside the
+//! pair: the hit has already found the slot, so recording the event costs
+//! no second thread-local lookup. A thread whose slot was made before the
+//! tier was sized records in a ring of its own instead
+//! ([`HitCounters::attach_sizing`]).
 //!
 //! **Reaching every tier.** [`crate::observe::flush`] takes no argument,
 //! so the tiers' counters must be found from somewhere process-wide: a
@@ -39,7 +47,7 @@
 use std::{
     marker::PhantomData,
     sync::{
-        Arc, Weak,
+        Arc, OnceLock, Weak,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
 };
@@ -48,22 +56,54 @@ use metrics::Counter;
 use parking_lot::Mutex;
 use thread_local::ThreadLocal;
 
+use crate::sizing::live::ring::{Kind, Ring};
+
 /// One thread's counts for one tier. The entries of a `ThreadLocal` are
 /// contiguous: the padding keeps two threads' counts more than a cache
 /// line apart, so that two threads counting never write the same line.
 /// (Padding rather than `#[repr(align(64))]`, which makes every caller
 /// realign its stack for the value `ThreadLocal::get_or` builds.)
-#[derive(Default)]
+///
+///
+/// A sized tier's thread also keeps its ring of sizing events here (see
+/// [`HitCounters::attach_sizing`]), beside the counts the hit already
+/// writes: one thread-local lookup serves both. The ring's own padding
+/// keeps the next thread's counts off these lines.
+#[repr(C)]
 struct ThreadCounts {
     hits: AtomicU64,
     read_bytes: AtomicU64,
-    _padding: [u64; 14],
+    /// Made with the counts when the tier is sized by then (threads that
+    /// counted before use [`HitCounters::late`]).
+    ring: Option<Ring>,
+}
+
+impl ThreadCounts {
+    fn new(sizing: Option<&SpySizing>) -> Self {
+        ThreadCounts {
+            hits: AtomicU64::new(0),
+            read_bytes: AtomicU64::new(0),
+            ring: sizing.map(|s| Ring::for_tier(s.buffer, s.tier)),
+        }
+    }
+}
+
+/// A sized tier's place in its live sizing: the tier's index in the models
+/// and the events each thread's ring holds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SpySizing {
+    pub(crate) tier: u8,
+    pub(crate) buffer: usize,
 }
 
 /// One instrumented tier's hits and read bytes, counted per thread and
 /// published to two `metrics` counters (see the [module docs](self)).
 pub struct HitCounters {
     per_thread: ThreadLocal<ThreadCounts>,
+    /// Set once when live sizing takes this tier's events from here.
+    sizing: OnceLock<SpySizing>,
+    /// The rings of threads whose counts predate the sizing.
+    late: ThreadLocal<Ring>,
     /// The totals (hits, read bytes) already added to the handles. The
     /// lock also keeps two publishers from adding the same delta twice.
     published: Mutex<[u64; 2]>,
@@ -90,6 +130,8 @@ impl HitCounters {
     pub fn new(hits: Counter, read_bytes: Counter) -> Arc<Self> {
         let counters = Arc::new(HitCounters {
             per_thread: ThreadLocal::new(),
+            sizing: OnceLock::new(),
+            late: ThreadLocal::new(),
             published: Mutex::new([0; 2]),
             hits,
             read_bytes,
@@ -104,8 +146,38 @@ impl HitCounters {
     #[inline]
     pub fn local(&self) -> LocalHits<'_> {
         LocalHits {
-            counts: self.per_thread.get_or(ThreadCounts::default),
+            counts: self
+                .per_thread
+                .get_or(|| ThreadCounts::new(self.sizing.get())),
+            owner: self,
             _this_thread_only: PhantomData,
+        }
+    }
+
+    /// From now on, record this tier's sizing events (its hits, misses and
+    /// saves) in a ring per thread kept beside the thread's counts, for
+    /// live sizing to drain ([`Self::for_each_ring`]). The hit path then
+    /// finds the ring with the lookup it already does for its counts.
+    /// False, and nothing changes, if this tier already records for a
+    /// sizing.
+    pub(crate) fn attach_sizing(&self, sizing: SpySizing) -> bool {
+        self.sizing.set(sizing).is_ok()
+    }
+
+    /// Whether sizing events are recorded here.
+    pub(crate) fn sized(&self) -> bool {
+        self.sizing.get().is_some()
+    }
+
+    /// Every thread's ring of sizing events (the threads that recorded one).
+    pub(crate) fn for_each_ring(&self, mut f: impl FnMut(&Ring)) {
+        for counts in self.per_thread.iter() {
+            if let Some(ring) = &counts.ring {
+                f(ring);
+            }
+        }
+        for ring in self.late.iter() {
+            f(ring);
         }
     }
 
@@ -162,6 +234,7 @@ pub fn publish_all() {
 /// else writes these counters.
 pub struct LocalHits<'a> {
     counts: &'a ThreadCounts,
+    owner: &'a HitCounters,
     _this_thread_only: PhantomData<*const ()>,
 }
 
@@ -183,6 +256,29 @@ impl LocalHits<'_> {
         c.hits.store(c.hits.load(Relaxed).wrapping_add(1), Relaxed);
         c.read_bytes
             .store(c.read_bytes.load(Relaxed).wrapping_add(bytes), Relaxed);
+    }
+
+    /// If the tier is sized, hand one sizing event (`key` is called only
+    /// then) to this thread's ring: a full ring drops and counts it.
+    #[inline]
+    pub(crate) fn record(&self, kind: Kind, key: impl FnOnce() -> u64, bytes: u64) {
+        if let Some(ring) = &self.counts.ring {
+            ring.push_kind(kind, key(), bytes);
+        } else if let Some(s) = self.owner.sizing.get() {
+            self.owner.record_late(s, kind, key(), bytes);
+        }
+    }
+}
+
+impl HitCounters {
+    /// A sizing event of a thread whose counts were made before the tier
+    /// was sized: into a ring of its own, made the first time.
+    #[cold]
+    #[inline(never)]
+    fn record_late(&self, s: &SpySizing, kind: Kind, key: u64, bytes: u64) {
+        self.late
+            .get_or(|| Ring::for_tier(s.buffer, s.tier))
+            .push_kind(kind, key, bytes);
     }
 }
 

@@ -18,6 +18,7 @@ use crate::{
         hot::HitCounters,
         names::{self, label},
     },
+    sizing::live::ring::{Kind, key_id},
     tier_events::{Eviction, EvictionCause, Residency, TierObserver},
     weights,
 };
@@ -336,6 +337,11 @@ impl<C> Instrumented<C> {
         self.inner
     }
 
+    /// The per-thread hit counters (where live sizing keeps its rings).
+    pub(crate) fn hit_counters(&self) -> &Arc<HitCounters> {
+        &self.hits
+    }
+
     /// The cache stack's name (`cache` label).
     pub fn cache_name(&self) -> &str {
         &self.metrics.cache
@@ -388,7 +394,9 @@ impl<C: ModuleCache + Send + Sync> Instrumented<C> {
                 let bytes = hit
                     .bytes()
                     .or_else(|| weights::lookup(key, engine_key(engine)));
-                self.hits.local().hit(bytes.unwrap_or(0));
+                let local = self.hits.local();
+                local.hit(bytes.unwrap_or(0));
+                local.record(Kind::Hit, || key_id(&key, engine), bytes.unwrap_or(0));
                 span.record("result", "hit");
                 span.record("bytes", bytes);
                 hit.name_tier_if_unnamed(metrics.tier);
@@ -397,6 +405,15 @@ impl<C: ModuleCache + Send + Sync> Instrumented<C> {
             Err(e) if e.is_not_found() => {
                 metrics.lookups[MISS].increment(1);
                 metrics.duration[LOAD][MISS].record(elapsed);
+                if self.hits.sized() {
+                    let (kind, bytes) = match weights::lookup(key, engine_key(engine)) {
+                        Some(b) => (Kind::Miss, b),
+                        None => (Kind::MissUnknown, 0),
+                    };
+                    self.hits
+                        .local()
+                        .record(kind, || key_id(&key, engine), bytes);
+                }
                 span.record("result", "miss");
                 Err(e)
             }
@@ -444,6 +461,15 @@ impl<C: ModuleCache + Send + Sync> Instrumented<C> {
                 span.record("result", "error");
             }
         }
+        // Live sizing learns the size of what was saved (saved or not: the
+        // weight is known once the module was weighed).
+        if self.hits.sized()
+            && let Some(b) = weights::lookup(key, engine_key(engine))
+        {
+            self.hits
+                .local()
+                .record(Kind::Size, || key_id(&key, engine), b);
+        }
         if let Some(from) = from {
             let [ok, err] = metrics.promotion_counters(&from);
             if result.is_ok() { ok } else { err }.increment(1);
@@ -472,18 +498,18 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
         // The inner answer is returned as it came, never taken apart and
         // rebuilt: moving the `Hit` out and back cost store-forwarding
         // stalls (two 16-byte loads over narrower stores), about 8 ns.
-        let answer = self.inner.load_now(key, engine);
-        if let Some(hit) = &answer {
-            local.hit(hit.bytes().unwrap_or(0));
-            // `level_enabled!` is one load of the global level filter (the
-            // full `enabled!` asks the subscriber); the cold path asks again.
-            if start.is_some() || tracing::level_enabled!(tracing::Level::DEBUG) {
-                self.after_memory_hit(start, hit.bytes());
-            }
+        let hit = self.inner.load_now(key, engine)?;
+        let bytes = hit.bytes().unwrap_or(0);
+        local.hit(bytes);
+        local.record(Kind::Hit, move || key_id(&key, engine), bytes);
+        // `level_enabled!` is one load of the global level filter (the
+        // full `enabled!` asks the subscriber); the cold path asks again.
+        if start.is_some() || tracing::level_enabled!(tracing::Level::DEBUG) {
+            self.after_memory_hit(start, hit.bytes());
         }
         // `tier` is left as the inner tier set it: `load_hit` names this
         // tier, and the loader's fast path never needs the name.
-        answer
+        Some(hit)
     }
 
     async fn load_hit(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {

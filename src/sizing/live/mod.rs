@@ -19,11 +19,15 @@
 //!
 //! **Off the hit path.** A lookup hands (tier, key id, bytes, hit or miss)
 //! to a fixed ring owned by the calling thread (allocated once per thread):
-//! three stores, no lock, no read-modify-write, no allocation. A full ring
-//! drops the event and counts it (`tierscope_sizing_dropped_total`); the
-//! hit never waits. The worker thread drains the rings, updates the models
-//! and publishes the metrics (`tierscope_sizing_*`, see docs/metrics.md)
-//! every [`SizingOptions::publish_every`].
+//! three stores, no lock, no read-modify-write, no allocation. A sized spy
+//! (`memory.instrumented(..).with_sizing(..)`) records its tier's events
+//! itself, in a ring kept beside the per-thread hit counts it already
+//! updates, so the hit finds both with one thread-local lookup; other
+//! tiers' events go to rings the sizing keeps. A full ring drops the event
+//! and counts it (`tierscope_sizing_dropped_total`); the hit never waits.
+//! The worker thread drains the rings, updates the models and publishes
+//! the metrics (`tierscope_sizing_*`, see docs/metrics.md) every
+//! [`SizingOptions::publish_every`].
 //!
 //! **Window.** Models keep their state for the life of the stack (a shadow
 //! is warm, as the tier is), but what they count is read over a recent
@@ -35,7 +39,8 @@
 //! keys per tier) the models sample keys spatially (SHARDS), so their
 //! memory is bounded whatever the key count; the rate in use is exported.
 //! Each thread that records owns a ring of [`SizingOptions::buffer`]
-//! events of 16 bytes.
+//! events of 16 bytes per sized spy it calls (plus one for the other sized
+//! tiers), made the first time it records there.
 //!
 //! **Lifetime.** The worker stops, after a last drain and publish, when the
 //! last clone of the [`LiveSizing`] goes: the tiers hold clones, so when
@@ -64,13 +69,13 @@
 //! ```
 
 mod model;
-mod ring;
+pub(crate) mod ring;
 mod tier;
 
 use std::{
     fmt,
     sync::{
-        Arc, OnceLock,
+        Arc, OnceLock, Weak,
         atomic::{AtomicBool, Ordering},
     },
     thread::{JoinHandle, Thread},
@@ -89,7 +94,10 @@ use self::{
     ring::{Event, Ring},
 };
 use crate::{
-    observe::names::{self, label},
+    observe::{
+        hot::{HitCounters, SpySizing},
+        names::{self, label},
+    },
     sizing::{memory::ShadowOptions, sampling::Sampling},
 };
 
@@ -209,8 +217,10 @@ impl SizingOptions {
         self
     }
 
-    /// Events each recording thread can buffer before it drops (rounded up
-    /// to a power of two, at least 2). Default 8192 (128 KiB per thread).
+    /// Events each recording thread can buffer per ring before it drops
+    /// (rounded up to a power of two, at least 2). Default 8192: 128 KiB
+    /// per ring, and a thread has one per sized spy it calls, plus one for
+    /// the other sized tiers.
     pub fn buffer(mut self, events: usize) -> Self {
         self.buffer = events;
         self
@@ -257,6 +267,10 @@ struct State {
     cache: String,
     options: SizingOptions,
     rings: ThreadLocal<Ring>,
+    /// Spies that record their tier's events in rings of their own, beside
+    /// their per-thread hit counts (see [`SizingExt::with_sizing`]): weak,
+    /// so that a dropped tier's rings go with it.
+    spies: Mutex<Vec<Weak<HitCounters>>>,
     models: Mutex<Models>,
     /// Handles, registered on the caller's thread (with its recorder).
     handles: Mutex<Vec<TierHandles>>,
@@ -280,20 +294,33 @@ struct Published {
 }
 
 impl State {
-    /// Drain every ring into the models; events drained.
+    /// Every ring: this sizing's own, then each live spy's.
+    fn for_each_ring(&self, mut f: impl FnMut(&Ring)) {
+        for ring in self.rings.iter() {
+            f(ring);
+        }
+        let mut spies = self.spies.lock();
+        spies.retain(|w| w.strong_count() > 0);
+        for spy in spies.iter().filter_map(Weak::upgrade) {
+            spy.for_each_ring(&mut f);
+        }
+    }
+
+    /// Drain every ring into the models; events drained. (The models' lock
+    /// makes this the rings' only consumer.)
     fn drain(&self) -> u64 {
         let mut models = self.models.lock();
         let now = Instant::now();
         let mut n = 0;
-        for ring in self.rings.iter() {
-            n += ring.drain(|e| models.apply(e, now));
-        }
+        self.for_each_ring(|ring| n += ring.drain(|e| models.apply(e, now)));
         models.tick(now);
         n
     }
 
     fn dropped(&self) -> u64 {
-        self.rings.iter().map(Ring::dropped).sum()
+        let mut n = 0;
+        self.for_each_ring(|ring| n += ring.dropped());
+        n
     }
 
     fn report(&self) -> (SizingReport, Reach) {
@@ -437,6 +464,7 @@ impl LiveSizing {
             )),
             handles: Mutex::new(Vec::new()),
             rings: ThreadLocal::new(),
+            spies: Mutex::new(Vec::new()),
             published: Mutex::new(Published::default()),
             stop: AtomicBool::new(false),
             worker: OnceLock::new(),
@@ -487,6 +515,23 @@ impl LiveSizing {
 
     /// Start modelling a tier named `tier` under `policy`; the index its
     /// events carry. Registers the tier's metric handles.
+    /// Have a spy record the `tier`-th sized tier's events in rings beside
+    /// its own per-thread counts, and drain them with this sizing's. False
+    /// if the spy already records for a sizing (the caller records itself).
+    fn attach_spy(&self, hits: &Arc<HitCounters>, tier: u8) -> bool {
+        let state = &*self.inner.state;
+        let attached = hits.attach_sizing(SpySizing {
+            tier,
+            buffer: state.options.buffer,
+        });
+        if attached {
+            let mut spies = state.spies.lock();
+            spies.retain(|w| w.strong_count() > 0);
+            spies.push(Arc::downgrade(hits));
+        }
+        attached
+    }
+
     fn register(&self, tier: &str, policy: TierPolicy) -> Option<u8> {
         let state = &*self.inner.state;
         let mut models = state.models.lock();
@@ -549,6 +594,17 @@ impl LiveSizing {
         self.inner.state.publish();
     }
 
+    /// Empty every ring without modelling what it held (benches: the hit
+    /// path's own cost, with no model work between its batches).
+    #[doc(hidden)]
+    pub fn discard(&self) -> u64 {
+        let state = &*self.inner.state;
+        let _models = state.models.lock();
+        let mut n = 0;
+        state.for_each_ring(|ring| n += ring.drain(|_| {}));
+        n
+    }
+
     /// What the models answer now, over the window (events still buffered
     /// are not included: [`flush`](Self::flush) first for those).
     pub fn report(&self) -> SizingReport {
@@ -561,9 +617,12 @@ impl LiveSizing {
         self.inner.state.models.lock().distinct_keys()
     }
 
-    /// Bytes of the hit path's buffers (one ring per thread that recorded).
+    /// Bytes of the hit path's buffers (the rings of every thread that
+    /// recorded, in this sizing and in its spies).
     pub fn buffer_bytes(&self) -> usize {
-        self.inner.state.rings.iter().map(Ring::bytes).sum()
+        let mut n = 0;
+        self.inner.state.for_each_ring(|ring| n += ring.bytes());
+        n
     }
 
     /// A probe that tells whether the worker thread is still running (it

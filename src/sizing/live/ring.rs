@@ -1,8 +1,12 @@
-//! The hit path's buffer: one fixed ring per thread, lossy when full.
+//! The hit path's buffer: fixed rings, one per recording thread, lossy
+//! when full.
 //!
 //! Each thread that records a request gets its own single-producer,
 //! single-consumer ring of `capacity` events (allocated once, the first
-//! time that thread records). Recording is two relaxed stores and a
+//! time that thread records). A sized spy keeps one such ring per thread
+//! beside its per-thread hit counts, for its tier's events (see
+//! [`crate::observe::hot`]); the sizing keeps one per thread for the tiers
+//! it wraps that are not spies. Recording is two relaxed stores and a
 //! release store of the head: no lock, no read-modify-write, no
 //! allocation. A full ring drops the event and counts it in the ring (a
 //! plain load and store: only the owning thread writes it).
@@ -13,6 +17,27 @@
 //! continues where it stopped; nothing is lost or moved.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use wasmer::Engine;
+use wasmer_types::ModuleHash;
+
+use crate::engine::engine_key;
+
+/// The model's key of a module under an engine, before mixing (the worker
+/// mixes it): the module hash's first 8 bytes with the engine
+/// configuration folded in (one module under two configurations is two
+/// keys). Every tier's model keys by configuration, the memory tier's
+/// too (which keys by engine instance): the memory model's misses feed
+/// the models below it, which must see the keys those tiers see. A load,
+/// a thread-local read and an xor on the hit path.
+#[inline]
+pub(crate) fn key_id(key: &ModuleHash, engine: &Engine) -> u64 {
+    let head = key
+        .as_bytes()
+        .first_chunk::<8>()
+        .map_or(0, |b| u64::from_le_bytes(*b));
+    head ^ u64::from(engine_key(engine).index()).rotate_right(8)
+}
 
 /// One event: a model key and a packed (tier, kind, bytes) word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,35 +96,33 @@ impl Event {
     }
 }
 
-/// What only the owning thread writes, on its own cache lines.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct Producer {
+/// One thread's ring. The fields only the owning thread writes come first,
+/// the consumer's `tail` 128 bytes after them (padding rather than
+/// `#[repr(align(128))]`, which would make every caller that builds a ring
+/// on its stack realign that stack): the two sides never write one cache
+/// line, nor two adjacent ones.
+#[derive(Debug)]
+#[repr(C)]
+pub(crate) struct Ring {
     /// Events written.
     head: AtomicU64,
-    /// The consumer's `tail` as last read: the producer reads the real one
-    /// (a cache line the consumer writes) only when this says full.
-    cached_tail: AtomicU64,
-    /// Events dropped because the ring was full.
-    dropped: AtomicU64,
-}
-
-/// What only the consumer writes, on its own cache lines.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct Consumer {
-    /// Events read.
-    tail: AtomicU64,
-}
-
-/// One thread's ring.
-#[derive(Debug)]
-pub(crate) struct Ring {
+    /// The head at which the ring is full as far as the producer knows:
+    /// the consumer's `tail` as last read plus the capacity. The producer
+    /// reads the real `tail` (a cache line the consumer writes) only when
+    /// the head reaches this.
+    limit: AtomicU64,
     /// Key and meta of each slot.
     slots: Box<[[AtomicU64; 2]]>,
     mask: u64,
-    producer: Producer,
-    consumer: Consumer,
+    /// The tier bits of the events [`Ring::push_kind`] records (a ring of
+    /// one tier's events, kept by its spy).
+    tier_bits: u64,
+    /// Events dropped because the ring was full.
+    dropped: AtomicU64,
+    _producer_side: [u64; 9],
+    /// Events read (written by the consumer only).
+    tail: AtomicU64,
+    _consumer_side: [u64; 15],
 }
 
 impl Ring {
@@ -107,52 +130,80 @@ impl Ring {
     pub(crate) fn new(capacity: usize) -> Self {
         let n = capacity.clamp(2, 1 << 24).next_power_of_two();
         Ring {
+            head: AtomicU64::new(0),
+            limit: AtomicU64::new(n as u64),
             slots: (0..n)
                 .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
                 .collect(),
             mask: n as u64 - 1,
-            producer: Producer::default(),
-            consumer: Consumer::default(),
+            dropped: AtomicU64::new(0),
+            tier_bits: 0,
+            _producer_side: [0; 9],
+            tail: AtomicU64::new(0),
+            _consumer_side: [0; 15],
         }
     }
 
-    /// Record `e`, or drop and count it if the ring is full. Only the
-    /// thread that owns the ring calls this. Returns true when this event
-    /// filled the ring to half (as far as the producer knows): time to wake
-    /// the consumer.
+    /// A ring of `capacity` events of the `tier`-th sized tier only.
+    pub(crate) fn for_tier(capacity: usize, tier: u8) -> Self {
+        Ring {
+            tier_bits: Event::new(tier, Kind::Hit, 0, 0).meta,
+            ..Ring::new(capacity)
+        }
+    }
+
+    /// Record an event of this ring's tier ([`Ring::for_tier`]).
     #[inline]
-    pub(crate) fn push(&self, e: Event) -> bool {
-        let p = &self.producer;
-        let head = p.head.load(Ordering::Relaxed);
-        let mut tail = p.cached_tail.load(Ordering::Relaxed);
-        if head.wrapping_sub(tail) > self.mask {
-            // Full as far as we know. While the consumer lags, look at its
-            // cache line only once every 32 drops: dropping stays cheap.
-            let d = p.dropped.load(Ordering::Relaxed);
-            if !d.is_multiple_of(32) {
-                p.dropped.store(d + 1, Ordering::Relaxed);
-                return false;
-            }
-            tail = self.consumer.tail.load(Ordering::Acquire);
-            p.cached_tail.store(tail, Ordering::Relaxed);
-            if head.wrapping_sub(tail) > self.mask {
-                p.dropped.store(d + 1, Ordering::Relaxed);
-                return false;
+    pub(crate) fn push_kind(&self, kind: Kind, key: u64, bytes: u64) {
+        self.push(Event {
+            key,
+            meta: Event::new(0, kind, 0, bytes).meta | self.tier_bits,
+        });
+    }
+
+    /// Record `e`, or drop and count it if the ring is full. Only the
+    /// thread that owns the ring calls this.
+    #[inline]
+    pub(crate) fn push(&self, e: Event) {
+        let head = self.head.load(Ordering::Relaxed);
+        if head >= self.limit.load(Ordering::Relaxed) && !self.room(head) {
+            return;
+        }
+        // The length is a power of two: `len - 1` masks the index (and a
+        // slot is always there; `get` only spares the bounds check's panic).
+        if let Some(slot) = self.slots.get(head as usize & (self.slots.len() - 1)) {
+            slot[0].store(e.key, Ordering::Relaxed);
+            slot[1].store(e.meta, Ordering::Relaxed);
+            self.head.store(head.wrapping_add(1), Ordering::Release);
+        }
+    }
+
+    /// The ring looked full at `head`: read the consumer's tail and say
+    /// whether there is room now; if not, count a drop. While the consumer
+    /// lags, its cache line is read only once every 32 drops: dropping
+    /// stays cheap.
+    #[cold]
+    #[inline(never)]
+    fn room(&self, head: u64) -> bool {
+        let d = self.dropped.load(Ordering::Relaxed);
+        if d.is_multiple_of(32) {
+            let tail = self.tail.load(Ordering::Acquire);
+            let limit = tail.wrapping_add(self.mask + 1);
+            self.limit.store(limit, Ordering::Relaxed);
+            if head < limit {
+                return true;
             }
         }
-        let slot = &self.slots[(head & self.mask) as usize];
-        slot[0].store(e.key, Ordering::Relaxed);
-        slot[1].store(e.meta, Ordering::Relaxed);
-        p.head.store(head.wrapping_add(1), Ordering::Release);
-        head.wrapping_sub(tail) == self.mask / 2
+        self.dropped.store(d + 1, Ordering::Relaxed);
+        false
     }
 
     /// Hand every event recorded so far to `f`, oldest first, and free
     /// their slots. One consumer at a time (the caller holds the model's
     /// lock).
     pub(crate) fn drain(&self, mut f: impl FnMut(Event)) -> u64 {
-        let head = self.producer.head.load(Ordering::Acquire);
-        let mut tail = self.consumer.tail.load(Ordering::Relaxed);
+        let head = self.head.load(Ordering::Acquire);
+        let mut tail = self.tail.load(Ordering::Relaxed);
         let n = head.wrapping_sub(tail);
         while tail != head {
             let slot = &self.slots[(tail & self.mask) as usize];
@@ -162,13 +213,13 @@ impl Ring {
             });
             tail = tail.wrapping_add(1);
         }
-        self.consumer.tail.store(tail, Ordering::Release);
+        self.tail.store(tail, Ordering::Release);
         n
     }
 
     /// Events dropped so far.
     pub(crate) fn dropped(&self) -> u64 {
-        self.producer.dropped.load(Ordering::Relaxed)
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Bytes this ring holds.
@@ -195,6 +246,26 @@ mod tests {
         );
         assert_eq!(Event::new(0, Kind::Hit, 0, 5).kind(), Kind::Hit);
         assert_eq!(Event::new(0, Kind::Miss, 0, 5).kind(), Kind::Miss);
+    }
+
+    #[test]
+    fn the_consumer_writes_128_bytes_away_from_the_producer() {
+        assert_eq!(std::mem::offset_of!(Ring, tail), 128);
+        assert_eq!(std::mem::size_of::<Ring>(), 256);
+        assert_eq!(std::mem::size_of::<Option<Ring>>(), 256);
+    }
+
+    #[test]
+    fn a_tier_ring_tags_its_events() {
+        let r = Ring::for_tier(8, 3);
+        r.push_kind(Kind::Miss, 9, 1_000);
+        r.push_kind(Kind::Hit, 10, u64::MAX);
+        let mut seen = Vec::new();
+        r.drain(|e| seen.push((e.tier(), e.kind(), e.key, e.bytes())));
+        assert_eq!(
+            seen,
+            [(3, Kind::Miss, 9, 1_000), (3, Kind::Hit, 10, BYTES_MASK)]
+        );
     }
 
     #[test]

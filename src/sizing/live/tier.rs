@@ -8,12 +8,13 @@ use wasmer_types::ModuleHash;
 
 use super::{
     LiveSizing, TierPolicy,
-    ring::{Event, Kind},
+    ring::{Event, Kind, key_id},
 };
 use crate::{
     FileSystemCache, Instrumented, MemoryCache,
     cache::{CacheError, Hit, ModuleCache, TierName},
     engine::engine_key,
+    observe::hot::HitCounters,
     tier_events::TierObserver,
     weights,
 };
@@ -22,6 +23,14 @@ use crate::{
 pub trait Sizable {
     /// The policy the tier is modelled under, with its capacity now.
     fn sizing_policy(&self) -> TierPolicy;
+
+    /// The per-thread hit counters of the tier's spy, if it is one: sizing
+    /// then records in rings kept beside them (see
+    /// [`SizingExt::with_sizing`]).
+    #[doc(hidden)]
+    fn spy_hits(&self) -> Option<&Arc<HitCounters>> {
+        None
+    }
 }
 
 impl Sizable for MemoryCache {
@@ -53,11 +62,19 @@ impl<C: Sizable> Sizable for Instrumented<C> {
     fn sizing_policy(&self) -> TierPolicy {
         self.get_ref().sizing_policy()
     }
+
+    fn spy_hits(&self) -> Option<&Arc<HitCounters>> {
+        Some(self.hit_counters())
+    }
 }
 
 impl<C: Sizable + ?Sized> Sizable for Arc<C> {
     fn sizing_policy(&self) -> TierPolicy {
         (**self).sizing_policy()
+    }
+
+    fn spy_hits(&self) -> Option<&Arc<HitCounters>> {
+        (**self).spy_hits()
     }
 }
 
@@ -65,6 +82,12 @@ impl<C: Sizable + ?Sized> Sizable for Arc<C> {
 pub trait SizingExt: ModuleCache + Sizable + Sized {
     /// Model this tier live (see [`SizingTier`]), under the name its spy
     /// gives it (`tier_names()`), or `memory` / `lru` for an unnamed tier.
+    ///
+    /// When the tier is a spy ([`Instrumented`]), the spy itself records
+    /// the events, in a ring per thread kept beside its per-thread hit
+    /// counts: a hit then finds both with one thread-local lookup, and the
+    /// returned decorator only holds the sizing. The spy goes on recording
+    /// for this sizing for as long as it lives, whoever calls it.
     fn with_sizing(self, sizing: &LiveSizing) -> SizingTier<Self> {
         let policy = self.sizing_policy();
         let name = self.tier_names().first().map_or_else(
@@ -74,7 +97,11 @@ pub trait SizingExt: ModuleCache + Sizable + Sized {
             },
             |n| n.to_string(),
         );
-        SizingTier::new(self, sizing, &name, policy)
+        let mut sized = SizingTier::new(self, sizing, &name, policy);
+        if let (Some(tier), Some(hits)) = (sized.tier, sized.inner.spy_hits()) {
+            sized.in_spy = sizing.attach_spy(hits, tier);
+        }
+        sized
     }
 }
 
@@ -94,6 +121,9 @@ pub struct SizingTier<C> {
     sizing: LiveSizing,
     /// Index of this tier in the models (`None`: too many tiers, not sized).
     tier: Option<u8>,
+    /// The wrapped spy records the events itself (this decorator records
+    /// none).
+    in_spy: bool,
 }
 
 impl<C: std::fmt::Debug> std::fmt::Debug for SizingTier<C> {
@@ -101,25 +131,10 @@ impl<C: std::fmt::Debug> std::fmt::Debug for SizingTier<C> {
         f.debug_struct("SizingTier")
             .field("cache", &self.sizing.cache_name())
             .field("tier", &self.tier)
+            .field("in_spy", &self.in_spy)
             .field("inner", &self.inner)
             .finish()
     }
-}
-
-/// The model's key of a module under an engine, before mixing (the worker
-/// mixes it): the module hash's first 8 bytes with the engine
-/// configuration folded in (one module under two configurations is two
-/// keys). Every tier's model keys by configuration, the memory tier's
-/// too (which keys by engine instance): the memory model's misses feed
-/// the models below it, which must see the keys those tiers see. A load,
-/// a thread-local read and an xor on the hit path.
-#[inline]
-fn key_id(key: &ModuleHash, engine: &Engine) -> u64 {
-    let head = key
-        .as_bytes()
-        .first_chunk::<8>()
-        .map_or(0, |b| u64::from_le_bytes(*b));
-    head ^ u64::from(engine_key(engine).index()).rotate_right(8)
 }
 
 impl<C> SizingTier<C> {
@@ -127,6 +142,7 @@ impl<C> SizingTier<C> {
     pub fn new(inner: C, sizing: &LiveSizing, tier: &str, policy: TierPolicy) -> Self {
         SizingTier {
             tier: sizing.register(tier, policy),
+            in_spy: false,
             state: Arc::clone(&sizing.inner.state),
             sizing: sizing.clone(),
             inner,
@@ -155,6 +171,9 @@ impl<C> SizingTier<C> {
 
     #[inline]
     fn record(&self, kind: Kind, key: &ModuleHash, engine: &Engine, bytes: u64) {
+        if self.in_spy {
+            return;
+        }
         if let Some(tier) = self.tier {
             self.state
                 .record(Event::new(tier, kind, key_id(key, engine), bytes));
@@ -162,6 +181,9 @@ impl<C> SizingTier<C> {
     }
 
     fn record_miss(&self, key: &ModuleHash, engine: &Engine) {
+        if self.in_spy {
+            return;
+        }
         match weights::lookup(*key, engine_key(engine)) {
             Some(b) => self.record(Kind::Miss, key, engine, b),
             None => self.record(Kind::MissUnknown, key, engine, 0),
@@ -169,6 +191,9 @@ impl<C> SizingTier<C> {
     }
 
     fn record_save(&self, key: &ModuleHash, engine: &Engine) {
+        if self.in_spy {
+            return;
+        }
         if let Some(b) = weights::lookup(*key, engine_key(engine)) {
             self.record(Kind::Size, key, engine, b);
         }
@@ -204,6 +229,9 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for SizingTier<C> {
         // The inner tier tries its synchronous path first, and names
         // itself in the hit.
         let result = self.inner.load_hit(key, engine).await;
+        if self.in_spy {
+            return result;
+        }
         match &result {
             Ok(hit) => {
                 let bytes = hit
