@@ -152,7 +152,7 @@ thread_local! {
 }
 
 /// The [`EngineKey`] of an engine: a thread-local read in the common case.
-#[inline]
+#[inline(always)]
 pub fn engine_key(engine: &Engine) -> EngineKey {
     let bits = instance_bits(engine);
     let (last, key) = LAST.with(Cell::get);
@@ -166,7 +166,7 @@ pub fn engine_key(engine: &Engine) -> EngineKey {
 
 /// The engine instance's id as a number (wasmer's `EngineId` keeps its
 /// `u64` private but hashes as exactly that `u64`).
-#[inline]
+#[inline(always)]
 pub(crate) fn instance_bits(engine: &Engine) -> u64 {
     use std::hash::{Hash, Hasher};
     struct Capture(u64);

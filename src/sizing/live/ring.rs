@@ -30,7 +30,7 @@ use crate::engine::engine_key;
 /// too (which keys by engine instance): the memory model's misses feed
 /// the models below it, which must see the keys those tiers see. A load,
 /// a thread-local read and an xor on the hit path.
-#[inline]
+#[inline(always)]
 pub(crate) fn key_id(key: &ModuleHash, engine: &Engine) -> u64 {
     let head = key
         .as_bytes()
@@ -64,7 +64,7 @@ const BYTES_MASK: u64 = (1 << BYTES_BITS) - 1;
 
 impl Event {
     /// Pack an event; bytes above 2^48 - 1 count as that.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn new(tier: u8, kind: Kind, key: u64, bytes: u64) -> Self {
         let k = match kind {
             Kind::Hit => 0u64,
@@ -153,7 +153,7 @@ impl Ring {
     }
 
     /// Record an event of this ring's tier ([`Ring::for_tier`]).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn push_kind(&self, kind: Kind, key: u64, bytes: u64) {
         self.push(Event {
             key,
@@ -162,8 +162,9 @@ impl Ring {
     }
 
     /// Record `e`, or drop and count it if the ring is full. Only the
-    /// thread that owns the ring calls this.
-    #[inline]
+    /// thread that owns the ring calls this. Always inlined: it is on the
+    /// memory-hit path (its rare branch is out of line).
+    #[inline(always)]
     pub(crate) fn push(&self, e: Event) {
         let head = self.head.load(Ordering::Relaxed);
         if head >= self.limit.load(Ordering::Relaxed) && !self.room(head) {
