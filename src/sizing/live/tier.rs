@@ -110,7 +110,9 @@ impl<C: ModuleCache + Sizable + Sized> SizingExt for C {}
 /// Wraps one tier and hands each of its lookups (and the size of each of
 /// its saves) to a [`LiveSizing`]'s models, off the hit path (see the
 /// [module docs](super)). Place it around the tier's spy so both see the
-/// same calls: `memory.instrumented(..).with_sizing(&sizing)`.
+/// same calls: `memory.instrumented(..).with_sizing(&sizing)`. Built that
+/// way ([`SizingExt::with_sizing`]), the spy records the events itself and
+/// this decorator only holds the sizing (see there).
 ///
 /// A lookup that ends in an error (not a miss) is not modelled.
 #[derive(Clone)]
