@@ -33,8 +33,7 @@
 //! thread's ring of sizing events in that thread's slot here, beside the
 //! pair: the hit has already found the slot, so recording the event costs
 //! no second thread-local lookup. A thread whose slot was made before the
-//! tier was sized records in a ring of its own instead
-//! ([`HitCounters::attach_sizing`]).
+//! tier was sized records in a ring of its own instead.
 //!
 //! **Reaching every tier.** [`crate::observe::flush`] takes no argument,
 //! so the tiers' counters must be found from somewhere process-wide: a
