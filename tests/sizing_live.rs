@@ -16,7 +16,7 @@ use tierscope::{
     engine::engine_key,
     sizing::{
         Request,
-        live::{LiveSizing, SizingExt, SizingOptions, Window},
+        live::{LiveSizing, SizingExt, SizingOptions, TierReport, Window},
         memory::{MemoryModel, ShadowOptions},
         sampling::Sampling,
     },
@@ -52,6 +52,23 @@ fn compiles_at_one(report: &tierscope::sizing::live::SizingReport) -> f64 {
         .find(|c| c.scale == 1.0)
         .expect("a projection at 1x")
         .compiles
+}
+
+/// The memory tier's report, every recorded lookup modelled first.
+fn memory_report(sizing: &LiveSizing) -> TierReport {
+    sizing.flush();
+    sizing
+        .report()
+        .tier("memory")
+        .expect("a memory tier")
+        .clone()
+}
+
+/// The memory tier modelled exactly `requests` lookups, at this hit ratio.
+fn assert_modelled(sizing: &LiveSizing, requests: u64, hit_ratio: f64) {
+    let t = memory_report(sizing);
+    assert_eq!(t.window_requests, requests, "{sizing:?}");
+    assert_eq!(t.measured_hit_ratio, hit_ratio, "{sizing:?}");
 }
 
 /// One request through the stack as the loader makes it: the synchronous
@@ -201,16 +218,14 @@ async fn a_shift_of_the_hot_set_shows_within_one_window() {
         let (key, _) = hot[(rng.next() % 20) as usize];
         request(&stack, &engine, key, &module).await;
     }
-    sizing.flush();
-    let before = sizing.report().tier("memory").unwrap().clone();
+    let before = memory_report(&sizing);
 
     // Act 2: one window of 200 other modules, four times the tier.
     for _ in 0..5_000 {
         let (key, _) = shifted[(rng.next() % 200) as usize];
         request(&stack, &engine, key, &module).await;
     }
-    sizing.flush();
-    let after = sizing.report().tier("memory").unwrap().clone();
+    let after = memory_report(&sizing);
 
     // Assert: the window holds only the new traffic.
     assert!(before.at(1.0).unwrap().hit_ratio > 0.99);
@@ -526,10 +541,7 @@ async fn a_hit_through_load_is_modelled_once() {
     for _ in 0..10 {
         memory.load(key, &engine).await.unwrap();
     }
-    sizing.flush();
-    let t = sizing.report().tier("memory").unwrap().clone();
-    assert_eq!(t.window_requests, 10);
-    assert_eq!(t.measured_hit_ratio, 1.0);
+    assert_modelled(&sizing, 10, 1.0);
 }
 
 /// A spy records its tier's events itself, in rings beside its hit counts;
@@ -606,11 +618,8 @@ async fn threads_that_used_the_spy_before_it_was_sized_are_modelled() {
     })
     .join()
     .unwrap();
-    sizing.flush();
 
-    let t = sizing.report().tier("memory").unwrap().clone();
-    assert_eq!(t.window_requests, 17);
-    assert_eq!(t.measured_hit_ratio, 1.0);
+    assert_modelled(&sizing, 17, 1.0);
 }
 
 /// A spy records for one sizing; a second sizing of the same spy records
@@ -633,12 +642,7 @@ async fn a_spy_sized_twice_is_modelled_once_by_each() {
             request(&b, &engine, *key, &module).await;
         }
     }
-    first.flush();
-    second.flush();
-
     for sizing in [&first, &second] {
-        let t = sizing.report().tier("memory").unwrap().clone();
-        assert_eq!(t.window_requests, 12, "{sizing:?}");
-        assert_eq!(t.measured_hit_ratio, 10.0 / 12.0, "{sizing:?}");
+        assert_modelled(sizing, 12, 10.0 / 12.0);
     }
 }
