@@ -57,17 +57,16 @@ use thread_local::ThreadLocal;
 
 use crate::sizing::live::ring::{Kind, Ring};
 
-/// One thread's counts for one tier. The entries of a `ThreadLocal` are
-/// contiguous: the padding keeps two threads' counts more than a cache
-/// line apart, so that two threads counting never write the same line.
-/// (Padding rather than `#[repr(align(64))]`, which makes every caller
-/// realign its stack for the value `ThreadLocal::get_or` builds.)
+/// One thread's counts for one tier, and (once the tier is sized, see
+/// [`HitCounters::attach_sizing`]) its ring of sizing events, beside the
+/// counts the hit already writes: one thread-local lookup serves both.
 ///
-///
-/// A sized tier's thread also keeps its ring of sizing events here (see
-/// [`HitCounters::attach_sizing`]), beside the counts the hit already
-/// writes: one thread-local lookup serves both. The ring's own padding
-/// keeps the next thread's counts off these lines.
+/// The entries of a `ThreadLocal` are contiguous: the ring slot's padding
+/// (there, sized or not: `Option<Ring>` is the ring's size) keeps two
+/// threads' counts more than two cache lines apart, so that two threads
+/// counting never write the same line. (Padding rather than
+/// `#[repr(align(64))]`, which makes every caller realign its stack for
+/// the value `ThreadLocal::get_or` builds.)
 #[repr(C)]
 struct ThreadCounts {
     hits: AtomicU64,

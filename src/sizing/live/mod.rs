@@ -75,10 +75,10 @@ mod tier;
 use std::{
     fmt,
     sync::{
-        Arc, OnceLock, Weak,
+        Arc, Weak,
         atomic::{AtomicBool, Ordering},
     },
-    thread::{JoinHandle, Thread},
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -279,8 +279,6 @@ struct State {
     /// What was published so far (counters take deltas).
     published: Mutex<Published>,
     stop: AtomicBool,
-    /// The worker, woken when a ring is half full.
-    worker: OnceLock<Thread>,
 }
 
 #[derive(Default)]
@@ -467,7 +465,6 @@ impl LiveSizing {
             spies: Mutex::new(Vec::new()),
             published: Mutex::new(Published::default()),
             stop: AtomicBool::new(false),
-            worker: OnceLock::new(),
             options,
             cache,
         });
@@ -482,12 +479,7 @@ impl LiveSizing {
             Ok(None)
         };
         let worker = match worker {
-            Ok(h) => {
-                if let Some(h) = &h {
-                    let _ = state.worker.set(h.thread().clone());
-                }
-                h
-            }
+            Ok(h) => h,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start the sizing worker; call LiveSizing::flush to model");
                 running.store(false, Ordering::Release);
