@@ -646,3 +646,38 @@ async fn a_spy_sized_twice_is_modelled_once_by_each() {
         assert_modelled(sizing, 12, 10.0 / 12.0);
     }
 }
+
+/// A spy keeps its drops in its own rings: when the spy goes (a stack
+/// rebuilt around the same sizing), what it dropped, and what it had not
+/// handed over yet, must still count as dropped.
+#[tokio::test]
+async fn drops_of_a_spy_that_went_still_count() {
+    let engine = Engine::default();
+    let module = Module::new(&engine, common::ADD_WAT).unwrap();
+    let (key, _) = keys(&engine, 1, 16, |_| 1_000)[0];
+    let sizing = LiveSizing::new(
+        "rebuilt",
+        SizingOptions::default().background(false).buffer(4),
+    );
+    let spy = MemoryCache::new(1 << 20)
+        .instrumented("rebuilt", "memory")
+        .with_sizing(&sizing);
+    spy.save(key, &engine, &module).await.unwrap();
+    for _ in 0..100 {
+        assert!(spy.load_now(key, &engine).is_some());
+    }
+    sizing.flush();
+    let dropped = sizing.report().dropped;
+    assert!(dropped > 90, "{dropped}");
+    // Three more, never handed over: lost with the spy, so counted too.
+    for _ in 0..3 {
+        assert!(spy.load_now(key, &engine).is_some());
+    }
+
+    drop(spy);
+    sizing.flush();
+
+    let report = sizing.report();
+    assert_eq!(report.dropped, dropped + 3);
+    assert_eq!(report.modelled + report.dropped, 103);
+}

@@ -86,12 +86,14 @@ impl ThreadCounts {
     }
 }
 
-/// A sized tier's place in its live sizing: the tier's index in the models
-/// and the events each thread's ring holds.
-#[derive(Debug, Clone, Copy)]
+/// A sized tier's place in its live sizing: the tier's index in the models,
+/// the events each thread's ring holds, and where to count, when the tier
+/// goes, the events its rings dropped or still held.
+#[derive(Debug, Clone)]
 pub(crate) struct SpySizing {
     pub(crate) tier: u8,
     pub(crate) buffer: usize,
+    pub(crate) lost_with_spies: Arc<AtomicU64>,
 }
 
 /// One instrumented tier's hits and read bytes, counted per thread and
@@ -204,6 +206,12 @@ impl HitCounters {
 impl Drop for HitCounters {
     fn drop(&mut self) {
         self.publish();
+        // The sizing counts drops by reading the rings; these go now.
+        if let Some(s) = self.sizing.get() {
+            let mut lost = 0;
+            self.for_each_ring(|ring| lost += ring.lost_if_gone());
+            s.lost_with_spies.fetch_add(lost, Relaxed);
+        }
         // This tier's entry no longer upgrades: remove it (and any other
         // that went the same way). When `publish_all` holds the list (it
         // may be running this very drop), the next `new` or `publish_all`

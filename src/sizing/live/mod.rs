@@ -76,7 +76,7 @@ use std::{
     fmt,
     sync::{
         Arc, Weak,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -271,6 +271,8 @@ struct State {
     /// their per-thread hit counts (see [`SizingExt::with_sizing`]): weak,
     /// so that a dropped tier's rings go with it.
     spies: Mutex<Vec<Weak<HitCounters>>>,
+    /// Events the spies that went had dropped or not yet handed over.
+    lost_with_spies: Arc<AtomicU64>,
     models: Mutex<Models>,
     /// Handles, registered on the caller's thread (with its recorder).
     handles: Mutex<Vec<TierHandles>>,
@@ -316,7 +318,7 @@ impl State {
     }
 
     fn dropped(&self) -> u64 {
-        let mut n = 0;
+        let mut n = self.lost_with_spies.load(Ordering::Relaxed);
         self.for_each_ring(|ring| n += ring.dropped());
         n
     }
@@ -463,6 +465,7 @@ impl LiveSizing {
             handles: Mutex::new(Vec::new()),
             rings: ThreadLocal::new(),
             spies: Mutex::new(Vec::new()),
+            lost_with_spies: Arc::new(AtomicU64::new(0)),
             published: Mutex::new(Published::default()),
             stop: AtomicBool::new(false),
             options,
@@ -515,6 +518,7 @@ impl LiveSizing {
         let attached = hits.attach_sizing(SpySizing {
             tier,
             buffer: state.options.buffer,
+            lost_with_spies: Arc::clone(&state.lost_with_spies),
         });
         if attached {
             let mut spies = state.spies.lock();

@@ -223,6 +223,16 @@ impl Ring {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Events that will never be modelled once this ring is gone: those
+    /// dropped and those still waiting for the consumer.
+    pub(crate) fn lost_if_gone(&self) -> u64 {
+        let waiting = self
+            .head
+            .load(Ordering::Acquire)
+            .wrapping_sub(self.tail.load(Ordering::Acquire));
+        self.dropped() + waiting
+    }
+
     /// Bytes this ring holds.
     pub(crate) fn bytes(&self) -> usize {
         std::mem::size_of::<Self>() + self.slots.len() * 16
