@@ -18,7 +18,7 @@ use crate::{
         hot::HitCounters,
         names::{self, label},
     },
-    sizing::live::ring::{Kind, key_id},
+    sizing::live::ring::{Kind, key_id, miss_event},
     tier_events::{Eviction, EvictionCause, Residency, TierObserver},
     weights,
 };
@@ -406,10 +406,7 @@ impl<C: ModuleCache + Send + Sync> Instrumented<C> {
                 metrics.lookups[MISS].increment(1);
                 metrics.duration[LOAD][MISS].record(elapsed);
                 if self.hits.sized() {
-                    let (kind, bytes) = match weights::lookup(key, engine_key(engine)) {
-                        Some(b) => (Kind::Miss, b),
-                        None => (Kind::MissUnknown, 0),
-                    };
+                    let (kind, bytes) = miss_event(key, engine);
                     self.hits
                         .local()
                         .record(kind, || key_id(&key, engine), bytes);

@@ -864,7 +864,9 @@ impl FileSystemCache {
         let ident = ident_of(engine);
         let rel = rel_path(&key, &ident);
         let path = self.shared.root.join(&rel);
-        if let Some((data, md_times)) = self.remembered(&rel, &path) {
+        if self.shared.remember_verified
+            && let Some((data, md_times)) = self.remembered(&rel, &path)
+        {
             return self.deserialize_verified(key, engine, rel, &path, data, md_times, None);
         }
         let (data, md_times, mapped) = match read_entry(&path, &key, &ident, self.shared.max_entry)

@@ -508,8 +508,6 @@ impl LiveSizing {
         &self.inner.state.options
     }
 
-    /// Start modelling a tier named `tier` under `policy`; the index its
-    /// events carry. Registers the tier's metric handles.
     /// Have a spy record the `tier`-th sized tier's events in rings beside
     /// its own per-thread counts, and drain them with this sizing's. False
     /// if the spy already records for a sizing (the caller records itself).
@@ -528,6 +526,8 @@ impl LiveSizing {
         attached
     }
 
+    /// Start modelling a tier named `tier` under `policy`; the index its
+    /// events carry. Registers the tier's metric handles.
     fn register(&self, tier: &str, policy: TierPolicy) -> Option<u8> {
         let state = &*self.inner.state;
         let mut models = state.models.lock();
@@ -588,17 +588,6 @@ impl LiveSizing {
     pub fn flush(&self) {
         self.inner.state.drain();
         self.inner.state.publish();
-    }
-
-    /// Empty every ring without modelling what it held (benches: the hit
-    /// path's own cost, with no model work between its batches).
-    #[doc(hidden)]
-    pub fn discard(&self) -> u64 {
-        let state = &*self.inner.state;
-        let _models = state.models.lock();
-        let mut n = 0;
-        state.for_each_ring(|ring| n += ring.drain(|_| {}));
-        n
     }
 
     /// What the models answer now, over the window (events still buffered

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use wasmer::Engine;
 use wasmer_types::ModuleHash;
 
-use crate::engine::engine_key;
+use crate::{engine::engine_key, weights};
 
 /// The model's key of a module under an engine, before mixing (the worker
 /// mixes it): the module hash's first 8 bytes with the engine
@@ -37,6 +37,16 @@ pub(crate) fn key_id(key: &ModuleHash, engine: &Engine) -> u64 {
         .first_chunk::<8>()
         .map_or(0, |b| u64::from_le_bytes(*b));
     head ^ u64::from(engine_key(engine).index()).rotate_right(8)
+}
+
+/// What a tier's miss of `key` under `engine` tells its model: the
+/// module's size when it was weighed before (a [`Kind::Miss`]), else that
+/// the size must wait for the save that follows ([`Kind::MissUnknown`]).
+pub(crate) fn miss_event(key: ModuleHash, engine: &Engine) -> (Kind, u64) {
+    match weights::lookup(key, engine_key(engine)) {
+        Some(b) => (Kind::Miss, b),
+        None => (Kind::MissUnknown, 0),
+    }
 }
 
 /// One event: a model key and a packed (tier, kind, bytes) word.
@@ -111,15 +121,14 @@ pub(crate) struct Ring {
     /// reads the real `tail` (a cache line the consumer writes) only when
     /// the head reaches this.
     limit: AtomicU64,
-    /// Key and meta of each slot.
+    /// Key and meta of each slot; a power of two of them.
     slots: Box<[[AtomicU64; 2]]>,
-    mask: u64,
     /// The tier bits of the events [`Ring::push_kind`] records (a ring of
     /// one tier's events, kept by its spy).
     tier_bits: u64,
     /// Events dropped because the ring was full.
     dropped: AtomicU64,
-    _producer_side: [u64; 9],
+    _producer_side: [u64; 10],
     /// Events read (written by the consumer only).
     tail: AtomicU64,
     _consumer_side: [u64; 15],
@@ -135,10 +144,9 @@ impl Ring {
             slots: (0..n)
                 .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
                 .collect(),
-            mask: n as u64 - 1,
             dropped: AtomicU64::new(0),
             tier_bits: 0,
-            _producer_side: [0; 9],
+            _producer_side: [0; 10],
             tail: AtomicU64::new(0),
             _consumer_side: [0; 15],
         }
@@ -189,7 +197,7 @@ impl Ring {
         let d = self.dropped.load(Ordering::Relaxed);
         if d.is_multiple_of(32) {
             let tail = self.tail.load(Ordering::Acquire);
-            let limit = tail.wrapping_add(self.mask + 1);
+            let limit = tail.wrapping_add(self.slots.len() as u64);
             self.limit.store(limit, Ordering::Relaxed);
             if head < limit {
                 return true;
@@ -207,7 +215,7 @@ impl Ring {
         let mut tail = self.tail.load(Ordering::Relaxed);
         let n = head.wrapping_sub(tail);
         while tail != head {
-            let slot = &self.slots[(tail & self.mask) as usize];
+            let slot = &self.slots[tail as usize & (self.slots.len() - 1)];
             f(Event {
                 key: slot[0].load(Ordering::Relaxed),
                 meta: slot[1].load(Ordering::Relaxed),

@@ -8,7 +8,7 @@ use wasmer_types::ModuleHash;
 
 use super::{
     LiveSizing, TierPolicy,
-    ring::{Event, Kind, key_id},
+    ring::{Event, Kind, key_id, miss_event},
 };
 use crate::{
     FileSystemCache, Instrumented, MemoryCache,
@@ -98,8 +98,11 @@ pub trait SizingExt: ModuleCache + Sizable + Sized {
             |n| n.to_string(),
         );
         let mut sized = SizingTier::new(self, sizing, &name, policy);
-        if let (Some(tier), Some(hits)) = (sized.tier, sized.inner.spy_hits()) {
-            sized.in_spy = sizing.attach_spy(hits, tier);
+        if let (Some(tier), Some(hits)) = (sized.records_as, sized.inner.spy_hits())
+            && sizing.attach_spy(hits, tier)
+        {
+            // The spy records; this decorator records nothing.
+            sized.records_as = None;
         }
         sized
     }
@@ -121,19 +124,18 @@ pub struct SizingTier<C> {
     /// The models' shared state, one pointer away from the hit path.
     state: Arc<super::State>,
     sizing: LiveSizing,
-    /// Index of this tier in the models (`None`: too many tiers, not sized).
-    tier: Option<u8>,
-    /// The wrapped spy records the events itself (this decorator records
-    /// none).
-    in_spy: bool,
+    /// Index of this tier in the models, under which this decorator
+    /// records its events. `None`: it records nothing, because the wrapped
+    /// spy records them itself, or because the stack has too many sized
+    /// tiers.
+    records_as: Option<u8>,
 }
 
 impl<C: std::fmt::Debug> std::fmt::Debug for SizingTier<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SizingTier")
             .field("cache", &self.sizing.cache_name())
-            .field("tier", &self.tier)
-            .field("in_spy", &self.in_spy)
+            .field("records_as", &self.records_as)
             .field("inner", &self.inner)
             .finish()
     }
@@ -143,8 +145,7 @@ impl<C> SizingTier<C> {
     /// Model `inner`, named `tier`, under `policy`, in `sizing`.
     pub fn new(inner: C, sizing: &LiveSizing, tier: &str, policy: TierPolicy) -> Self {
         SizingTier {
-            tier: sizing.register(tier, policy),
-            in_spy: false,
+            records_as: sizing.register(tier, policy),
             state: Arc::clone(&sizing.inner.state),
             sizing: sizing.clone(),
             inner,
@@ -173,30 +174,23 @@ impl<C> SizingTier<C> {
 
     #[inline]
     fn record(&self, kind: Kind, key: &ModuleHash, engine: &Engine, bytes: u64) {
-        if self.in_spy {
-            return;
-        }
-        if let Some(tier) = self.tier {
+        if let Some(tier) = self.records_as {
             self.state
                 .record(Event::new(tier, kind, key_id(key, engine), bytes));
         }
     }
 
     fn record_miss(&self, key: &ModuleHash, engine: &Engine) {
-        if self.in_spy {
-            return;
-        }
-        match weights::lookup(*key, engine_key(engine)) {
-            Some(b) => self.record(Kind::Miss, key, engine, b),
-            None => self.record(Kind::MissUnknown, key, engine, 0),
+        if self.records_as.is_some() {
+            let (kind, bytes) = miss_event(*key, engine);
+            self.record(kind, key, engine, bytes);
         }
     }
 
     fn record_save(&self, key: &ModuleHash, engine: &Engine) {
-        if self.in_spy {
-            return;
-        }
-        if let Some(b) = weights::lookup(*key, engine_key(engine)) {
+        if self.records_as.is_some()
+            && let Some(b) = weights::lookup(*key, engine_key(engine))
+        {
             self.record(Kind::Size, key, engine, b);
         }
     }
@@ -228,7 +222,7 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for SizingTier<C> {
         // The inner tier tries its synchronous path first, and names
         // itself in the hit.
         let result = self.inner.load_hit(key, engine).await;
-        if self.in_spy {
+        if self.records_as.is_none() {
             return result;
         }
         match &result {
