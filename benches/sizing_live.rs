@@ -26,6 +26,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use procfs::WithCurrentSystemInfo;
 #[path = "../tests/common/rng.rs"]
 mod rng;
+#[path = "support/rounds.rs"]
+mod rounds;
 use rng::{Rng, zipf_cdf};
 use tierscope::{
     InstrumentExt, MemoryCache, ModuleCache, ModuleHash, corpus,
@@ -169,10 +171,7 @@ fn live_hit(c: &mut Criterion) {
     // Alternating rounds: on this noisy machine rows measured seconds
     // apart differ by more than the cost measured; each round times both
     // sides back to back (order swapped every round) and keeps their ratio.
-    let rounds: usize = std::env::var("TIERSCOPE_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(31);
+    let rounds = rounds::count(31);
     if rounds > 0 {
         const BATCHES: u64 = 200;
         let per_hit = |d: Duration| d.as_nanos() as f64 / (BATCHES * BATCH) as f64;
@@ -191,18 +190,14 @@ fn live_hit(c: &mut Criterion) {
             on_ns.push(per_hit(b));
             ratios.push(b.as_secs_f64() / a.as_secs_f64());
         }
-        let median = |v: &mut Vec<f64>, q: usize| {
-            v.sort_by(f64::total_cmp);
-            v[(v.len() - 1) * q / 4]
-        };
         eprintln!(
             "live_hit, {rounds} alternating rounds of {} hits each way (load_now): sizing off {:.2} ns, on {:.2} ns (medians); on/off ratio median {:.3} (quartiles {:.3}-{:.3})",
             BATCHES * BATCH,
-            median(&mut off_ns, 2),
-            median(&mut on_ns, 2),
-            median(&mut ratios, 2),
-            median(&mut ratios, 1),
-            median(&mut ratios, 3),
+            rounds::quartile(&mut off_ns, 2),
+            rounds::quartile(&mut on_ns, 2),
+            rounds::quartile(&mut ratios, 2),
+            rounds::quartile(&mut ratios, 1),
+            rounds::quartile(&mut ratios, 3),
         );
     }
     let r = manual.report();

@@ -88,6 +88,8 @@ use wasmer_wasix::runtime::{
 mod disk_cases;
 #[path = "support/real_modules.rs"]
 mod real_modules;
+#[path = "support/rounds.rs"]
+mod rounds;
 
 use disk_cases::{batch, raw_from_file, timed};
 
@@ -407,10 +409,7 @@ fn time_once(op: impl FnOnce()) -> Duration {
 /// weighs on all of them alike. Prints the median of the per-round means
 /// and the ratios. `TIERSCOPE_ROUNDS` (default 21; 0 skips).
 fn alternating(tokio: &tokio::runtime::Runtime, cases: &[Case]) {
-    let rounds: usize = std::env::var("TIERSCOPE_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(21);
+    let rounds = rounds::count(21);
     if rounds == 0 {
         return;
     }
@@ -551,13 +550,7 @@ fn alternating(tokio: &tokio::runtime::Runtime, cases: &[Case]) {
                 means[v].push(total.as_secs_f64() / f64::from(n));
             }
         }
-        let med: Vec<f64> = means
-            .iter_mut()
-            .map(|m| {
-                m.sort_by(f64::total_cmp);
-                m[m.len() / 2]
-            })
-            .collect();
+        let med: Vec<f64> = means.iter_mut().map(|m| rounds::quartile(m, 2)).collect();
         let us = |x: f64| format!("{:.1}", x * 1e6);
         eprintln!(
             "{:<18} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>6.2} {:>6.2} {:>6.2} {:>6.2} {:>6.2} {:>6.2}",
