@@ -63,6 +63,7 @@
 
 #![deny(missing_docs)]
 
+mod aligned;
 mod cache;
 mod error;
 mod tier_name;
