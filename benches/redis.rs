@@ -32,7 +32,7 @@
 //!
 //! `scripts/fetch-real-modules && cargo bench --features redis --bench redis`
 
-#[path = "../tests/support/redis_server.rs"]
+#[path = "../tests/it/support/redis_server.rs"]
 mod redis_server;
 
 #[path = "support/real_modules.rs"]

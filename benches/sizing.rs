@@ -19,7 +19,7 @@ use std::{
 };
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-#[path = "../tests/common/rng.rs"]
+#[path = "../tests/it/common/rng.rs"]
 mod rng;
 use rng::{Rng, zipf_cdf};
 use tierscope::sizing::{

@@ -24,7 +24,7 @@ use std::{
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use procfs::WithCurrentSystemInfo;
-#[path = "../tests/common/rng.rs"]
+#[path = "../tests/it/common/rng.rs"]
 mod rng;
 #[path = "support/rounds.rs"]
 mod rounds;
@@ -37,10 +37,12 @@ use tierscope::{
 };
 use wasmer::{Engine, Module};
 
+#[path = "../tests/it/common/process_memory.rs"]
+mod process_memory;
+
 /// Resident set size of this process, in bytes.
 fn rss() -> usize {
-    let stat = procfs::process::Process::myself().and_then(|p| p.stat());
-    stat.expect("/proc/self/stat").rss_bytes().get() as usize
+    process_memory::rss_bytes() as usize
 }
 
 const KEYS: usize = 64;

@@ -21,11 +21,12 @@ use wasmer::{Engine, Module};
 
 const OPS: u64 = 10_000_000;
 
+#[path = "../tests/it/common/process_memory.rs"]
+mod process_memory;
+
 /// Resident set size of this process, in bytes.
 fn rss() -> u64 {
-    use procfs::WithCurrentSystemInfo;
-    let stat = procfs::process::Process::myself().and_then(|p| p.stat());
-    stat.expect("/proc/self/stat").rss_bytes().get()
+    process_memory::rss_bytes()
 }
 
 fn mib(bytes: i64) -> String {

@@ -13,7 +13,7 @@ use tierscope::{FileSystemCache, MemoryCache, ModuleCache, ModuleHash, corpus};
 use wasmer::{Engine, Module};
 
 #[cfg(feature = "redis")]
-#[path = "../tests/support/redis_server.rs"]
+#[path = "../tests/it/support/redis_server.rs"]
 mod redis_server;
 
 const SIZES: [(&str, usize); 3] = [("10KB", 10_000), ("1MB", 1_000_000), ("5MB", 5_000_000)];

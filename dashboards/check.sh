@@ -15,7 +15,7 @@
 #
 # The live check (a real Prometheus scraping the demo over memory -> disk
 # -> Redis, every dashboard query and recording rule must have data) is the
-# Rust test tests/prometheus.rs, run by scripts/test.
+# Rust test tests/it/prometheus.rs, run by scripts/test.
 set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

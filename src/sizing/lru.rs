@@ -11,7 +11,7 @@
 //! 4. least recent entries are evicted until the total fits in C.
 //!
 //! That is how the disk tier behaves (it refuses a file larger than its
-//! bound) and what `tests/sizing.rs` simulates by brute force. Such a cache
+//! bound) and what `tests/it/sizing.rs` simulates by brute force. Such a cache
 //! always holds a prefix of the recency stack (inclusion), so a key is
 //! resident iff its own size plus the bytes above it in the stack never
 //! exceeded C since its last request: one pass answers every C.

@@ -18,7 +18,7 @@
 //! **Exactness.** With one shard (the default below 64 MiB, or
 //! `shards: Some(1)`), a shadow gives exactly the hits of the same requests
 //! replayed single-threaded through a real `MemoryCache` of that capacity
-//! (`tests/sizing.rs` checks it). With several shards, keys are spread by
+//! (`tests/it/sizing.rs` checks it). With several shards, keys are spread by
 //! a hash whose seed differs from the tier's (the tier's is random per
 //! process), so hits match in distribution, not request by request.
 //!

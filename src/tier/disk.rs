@@ -764,7 +764,12 @@ impl FileSystemCache {
                 let name = file.file_name().to_string_lossy().into_owned();
                 let path = file.path();
                 if is_temp_name(&name) {
-                    remove_if_abandoned(&path, shared.temp_grace);
+                    // This process's own temporary files are writes in
+                    // progress by some instance here (one may not have
+                    // locked its file yet): never abandoned.
+                    if temp_pid(&name) != Some(std::process::id()) {
+                        remove_if_abandoned(&path, shared.temp_grace);
+                    }
                     continue;
                 }
                 if !is_entry_name(&name) {
@@ -1527,6 +1532,15 @@ fn is_temp_name(name: &str) -> bool {
     is_entry_name(&format!("{hash}.bin")) && digits(pid) && digits(n)
 }
 
+/// The writer's pid in a temporary file's name.
+fn temp_pid(name: &str) -> Option<u32> {
+    name.strip_prefix(TMP_PREFIX)?
+        .split('-')
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// Report a path that is not ours, once per process.
 fn warn_once(path: &Path, what: &str) {
     static REPORTED: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
@@ -1832,6 +1846,7 @@ mod tests {
         )));
         assert!(!is_entry_name("image.bin"));
         assert!(is_temp_name(&format!(".tmp-{key}-12-0")));
+        assert_eq!(temp_pid(&format!(".tmp-{key}-12-0")), Some(12));
         assert!(!is_temp_name(&format!(".tmp-{key}-12")));
         assert!(!is_temp_name(".tmp-not-ours"));
     }

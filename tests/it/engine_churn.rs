@@ -7,12 +7,13 @@
 //! under a minute); with them it must level off. The run lasts
 //! `TIERSCOPE_CHURN_SECS` seconds (default 120).
 //!
-//! One test in this binary, so that the process's resident memory is this
-//! test's alone. Prints the RSS curve (run with `--nocapture`).
+//! The test runs in a process of its own ([`in_own_process`]), so that the
+//! process's resident memory is this test's alone. Prints the RSS curve (run
+//! with `--nocapture`).
 
 use std::time::{Duration, Instant};
 
-use procfs::WithCurrentSystemInfo as _;
+use crate::common::{in_own_process, process_memory::rss_bytes};
 use rand::{RngExt, SeedableRng, rngs::SmallRng};
 use rand_distr::Zipf;
 use tierscope::{
@@ -22,13 +23,6 @@ use wasmer::Engine;
 
 const MODULES: u64 = 120;
 const COMPARE_REQUESTS: usize = 6_000;
-
-fn rss_bytes() -> u64 {
-    procfs::process::Process::myself()
-        .and_then(|p| p.stat())
-        .map(|s| s.rss_bytes().get())
-        .unwrap_or(0)
-}
 
 struct Corpus {
     modules: Vec<(ModuleHash, Vec<u8>)>,
@@ -104,6 +98,9 @@ async fn memory_hit_ratio(loader: &Loader, corpus: &Corpus, n: usize) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resident_memory_levels_off_under_churn_and_hit_ratios_hold() {
+    if !in_own_process("engine_churn::resident_memory_levels_off_under_churn_and_hit_ratios_hold") {
+        return;
+    }
     let secs: u64 = std::env::var("TIERSCOPE_CHURN_SECS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -1,6 +1,6 @@
 //! The in-memory tier.
 
-mod common;
+use crate::common;
 
 use common::{Recording, sized, tiny};
 use tierscope::{CacheError, EvictionCause, MemoryCache, ModuleCache, ModuleHash, weights};

@@ -1,7 +1,7 @@
 //! Accuracy of the sizing models against brute-force simulations and the
 //! real memory tier, and trace format round trips.
 
-mod common;
+use crate::common;
 
 use std::collections::VecDeque;
 

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::redis_server::{free_port, redis_server_binary};
+use super::redis_server::{free_port, redis_server_binary};
 
 /// `redis-cli`: `$REDIS_CLI`, else beside `redis-server`, else on `$PATH`.
 pub fn redis_cli_binary() -> PathBuf {

@@ -4,7 +4,8 @@
 //! The test mounts a 2 MiB tmpfs, which needs root (CI runs as root); it
 //! says why and returns early when it cannot mount one.
 
-mod common;
+use crate::common;
+use common::walk;
 
 use std::{
     fs,
@@ -60,21 +61,6 @@ impl Drop for Mount {
             let _ = Command::new("umount").arg("-l").arg(&self.0).status();
         }
     }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 /// Write until the filesystem is full.

@@ -1,32 +1,24 @@
 //! An oversized value in Redis is refused without being downloaded: the
-//! process' peak memory stays flat. Alone in its own test binary, so that no
+//! process' peak memory stays flat. In a process of its own, so that no
 //! other test moves the peak (`VmHWM`) while it is measured.
-#![cfg(feature = "redis")]
 
-mod common;
-#[path = "support/redis_server.rs"]
-mod redis_server;
+use crate::common;
+use crate::support::redis_server;
 
 use std::time::Duration;
 
-use common::tiny;
+use common::{in_own_process, process_memory, tiny};
 use redis_server::RedisServer;
 use tierscope::{CacheError, IntegrityFailure, ModuleCache, RedisCache};
 use wasmer::Engine;
 
-/// Peak resident set of this process (`VmHWM`), in bytes.
-fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmHWM in /proc/self/status:\n{status}"));
-    kib << 10
-}
-
 #[tokio::test]
 async fn a_256_mib_value_over_a_1_mib_limit_is_refused_with_flat_memory() {
+    if !in_own_process(
+        "redis_oversized::a_256_mib_value_over_a_1_mib_limit_is_refused_with_flat_memory",
+    ) {
+        return;
+    }
     // arrange: a 1 MiB limit and a generous timeout (a download would finish)
     let server = RedisServer::start();
     let engine = Engine::default();
@@ -43,11 +35,11 @@ async fn a_256_mib_value_over_a_1_mib_limit_is_refused_with_flat_memory() {
     // one small command: the test process never holds the value
     let reply = server.command(&["SETRANGE", &rkey, &(huge - 1).to_string(), "x"]);
     assert_eq!(reply, format!(":{huge}\r\n"));
-    let peak_before = peak_rss();
+    let peak_before = process_memory::peak_rss_bytes();
 
     // act
     let err = redis.load(key, &engine).await.map(drop).unwrap_err();
-    let grown = peak_rss().saturating_sub(peak_before);
+    let grown = process_memory::peak_rss_bytes().saturating_sub(peak_before);
 
     // assert: refused as an integrity failure, deleted, memory flat
     eprintln!("peak RSS grew by {} KiB", grown >> 10);

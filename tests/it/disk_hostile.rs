@@ -3,7 +3,7 @@
 //! the cache directory, shared and badly owned directories, forged entries,
 //! clocks in the future.
 
-mod common;
+use crate::common;
 
 use std::{
     fs,
@@ -22,13 +22,7 @@ use tierscope::{
 };
 use wasmer::{Engine, Module};
 
-fn open(dir: &Path, capacity: u64) -> FileSystemCache {
-    FileSystemCache::builder(dir)
-        .capacity(capacity)
-        .temp_grace(Duration::ZERO)
-        .open()
-        .unwrap()
-}
+use common::open_disk as open;
 
 fn mkfifo(path: &Path) {
     let status = Command::new("mkfifo").arg(path).status().unwrap();

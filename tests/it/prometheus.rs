@@ -9,10 +9,7 @@
 //! `redis-server`, installed by scripts/test). A missing binary fails the
 //! test; it is never skipped.
 
-#![cfg(all(feature = "cli", feature = "redis"))]
-
-#[path = "support/redis_server.rs"]
-mod redis_server;
+use crate::support::redis_server;
 
 use std::{
     io::{Read, Write},

@@ -1,29 +1,23 @@
 //! Several instances, in one process or in several, writing to one cache
 //! directory: the byte bound holds for the directory, within one entry.
 
-mod common;
+use crate::common;
+use common::walk;
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
-    time::Duration,
 };
 
 use common::sized;
-use tierscope::{FileSystemCache, ModuleCache};
+use tierscope::ModuleCache;
 use wasmer::Engine;
 
 const CHILD_ENV: &str = "TIERSCOPE_SHARED_BOUND_CHILD_DIR";
 const CAPACITY_ENV: &str = "TIERSCOPE_SHARED_BOUND_CAPACITY";
 
-fn open(dir: &Path, capacity: u64) -> FileSystemCache {
-    FileSystemCache::builder(dir)
-        .capacity(capacity)
-        .temp_grace(Duration::ZERO)
-        .open()
-        .unwrap()
-}
+use common::open_disk as open;
 
 /// Bytes of entry files (`*.bin`) under `dir`, and the largest one.
 fn entry_bytes(dir: &Path) -> (u64, u64) {
@@ -38,21 +32,6 @@ fn entry_bytes(dir: &Path) -> (u64, u64) {
         }
     }
     (total, largest)
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 /// The size of one entry file of a ~3 KB module, and a bound of 4.5 of them.
@@ -111,7 +90,7 @@ async fn a_child_process_and_this_one_hold_the_directory_bound() {
     let cache = open(tmp.path(), capacity);
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
-            "a_child_process_and_this_one_hold_the_directory_bound",
+            "disk_shared_bound::a_child_process_and_this_one_hold_the_directory_bound",
             "--exact",
             "--nocapture",
             "--test-threads=1",

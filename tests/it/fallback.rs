@@ -1,6 +1,6 @@
 //! The seed's fallback behaviour, nested chains, and errors never lost.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -2,14 +2,9 @@
 //! Redis Cluster) that each test starts on free loopback ports: round trips,
 //! sharing between nodes, integrity, outages, stalls, bad configurations and
 //! clusters. One test binary; the groups are modules, the helpers are here.
-#![cfg(feature = "redis")]
 
-#[path = "../common/mod.rs"]
-mod common;
-#[path = "../support/redis_cluster.rs"]
-mod redis_cluster;
-#[path = "../support/redis_server.rs"]
-mod redis_server;
+use crate::common;
+use crate::support::{redis_cluster, redis_server};
 
 mod cluster;
 mod integrity;

@@ -1,7 +1,7 @@
 //! `tierscope run` end to end, as a child process: output, exit codes,
 //! the second run served from disk.
 
-mod common;
+use crate::common;
 
 use std::{
     path::Path,

@@ -1,9 +1,10 @@
 //! A writer process killed (SIGKILL) in the middle of saves never leaves a
 //! visible partial entry, and its temporary files are cleaned up.
 //!
-//! This test binary has no libtest harness: run without arguments it is the
-//! parent; it re-runs itself with `TIERSCOPE_CHILD_DIR` set to be the child,
-//! which saves a large module under fresh keys forever until killed.
+//! The test re-runs this test binary as the child (the test
+//! `killed_writer::child_writer`, with `TIERSCOPE_CHILD_DIR` set), which saves
+//! a large module under fresh keys forever until killed; without that
+//! variable the child test returns at once.
 
 use std::{
     fs,
@@ -18,15 +19,14 @@ use wasmer::{Engine, Module};
 const CHILD_ENV: &str = "TIERSCOPE_CHILD_DIR";
 const ARTIFACT_ENV: &str = "TIERSCOPE_CHILD_ARTIFACT";
 
-fn main() {
-    // libtest-style arguments (e.g. `--list`, a filter) are accepted and ignored.
-    if std::env::args().any(|a| a == "--list") {
-        println!("killed_writer: test");
-        return;
-    }
-    match std::env::var_os(CHILD_ENV) {
-        Some(dir) => child(PathBuf::from(dir)),
-        None => parent(),
+const CHILD_TEST: &str = "killed_writer::child_writer";
+
+/// The child's side: saves forever when run by the parent, returns at once
+/// otherwise.
+#[test]
+fn child_writer() {
+    if let Some(dir) = std::env::var_os(CHILD_ENV) {
+        child(PathBuf::from(dir));
     }
 }
 
@@ -68,23 +68,15 @@ fn temp_files(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Entry and temporary files under `dir` (not the tier's lock file).
 fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(files(&p));
-            } else if e.file_name() != ".tierscope-lock" {
-                // (the tier's advisory lock file is neither entry nor temp)
-                out.push(p);
-            }
-        }
-    }
-    out
+    let mut all = crate::common::walk(dir);
+    all.retain(|p| p.file_name().is_some_and(|n| n != ".tierscope-lock"));
+    all
 }
 
-fn parent() {
+#[test]
+fn a_writer_killed_mid_save_leaves_no_visible_partial_entry() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cache");
     let exe = std::env::current_exe().unwrap();
@@ -107,6 +99,13 @@ fn parent() {
         );
         rounds += 1;
         let mut child = Command::new(&exe)
+            .args([
+                CHILD_TEST,
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+                "-q",
+            ])
             .env(CHILD_ENV, &dir)
             .env(ARTIFACT_ENV, &artifact)
             .stdout(Stdio::piped())
@@ -114,12 +113,13 @@ fn parent() {
             .spawn()
             .unwrap();
         // Wait for "ready", then let it write for a pseudo-random while.
-        let mut line = String::new();
+        // (libtest prints its own lines first.)
         use std::io::BufRead;
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready");
+        let ready = std::io::BufReader::new(child.stdout.take().unwrap())
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.trim() == "ready");
+        assert!(ready, "the child writer never got ready");
         // Odd rounds: kill the moment a write is seen in progress. Even
         // rounds: kill at a pseudo-random moment.
         if rounds % 2 == 1 {

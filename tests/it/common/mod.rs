@@ -1,6 +1,7 @@
 //! Shared test helpers.
 #![allow(dead_code)]
 
+pub mod process_memory;
 pub mod rng;
 pub mod script;
 pub mod snapshot;
@@ -166,4 +167,56 @@ pub fn panics() -> usize {
             count
         })
         .load(Ordering::SeqCst)
+}
+
+/// Set in a process that [`in_own_process`] started, to the test it runs.
+const OWN_PROCESS_ENV: &str = "TIERSCOPE_TEST_OWN_PROCESS";
+
+/// Run the test named `test` (its full path in this binary, e.g.
+/// `engine_churn::resident_memory_levels_off`) again in a process of its own,
+/// for a test that measures the process itself (resident memory): the other
+/// tests of this binary run in threads beside it. Returns true in that
+/// process, where the caller does its work; in the caller's process it waits
+/// for the child, fails if the child failed, and returns false.
+pub fn in_own_process(test: &str) -> bool {
+    if std::env::var(OWN_PROCESS_ENV).as_deref() == Ok(test) {
+        return true;
+    }
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(OWN_PROCESS_ENV, test)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "{test} failed in its own process: {status}"
+    );
+    false
+}
+
+/// A disk tier in `dir` bounded to `capacity`, whose cleaner removes
+/// abandoned temporary files at once (no grace period).
+pub fn open_disk(dir: &std::path::Path, capacity: u64) -> tierscope::FileSystemCache {
+    tierscope::FileSystemCache::builder(dir)
+        .capacity(capacity)
+        .temp_grace(std::time::Duration::ZERO)
+        .open()
+        .unwrap()
+}
+
+/// Every file under `dir`, recursively (the directory's lock file
+/// included).
+pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }

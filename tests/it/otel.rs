@@ -1,9 +1,7 @@
 //! The same events as OpenTelemetry instruments, read back with the SDK's
 //! in-memory exporter after the scripted sequence of tests/metrics.rs.
 
-#![cfg(feature = "opentelemetry")]
-
-mod common;
+use crate::common;
 
 use common::script::Script;
 use opentelemetry::{KeyValue, metrics::MeterProvider as _};

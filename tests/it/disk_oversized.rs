@@ -1,34 +1,18 @@
 //! A huge file at an entry path is refused from its length and header,
 //! before anything is allocated for it: peak memory stays flat.
 //!
-//! One test in its own binary, cases in sequence: the peak resident set
-//! size (`VmHWM`) is per process, so concurrent tests would blur it.
+//! One test, cases in sequence, in a process of its own: the peak resident
+//! set size (`VmHWM`) is per process, so concurrent tests would blur it.
 
-mod common;
+use crate::common;
 
 use std::{fs, io::Write, path::Path, time::Duration};
 
-use common::tiny;
+use common::{in_own_process, process_memory, tiny};
 use tierscope::{
     CacheError, Corruption, FileSystemCache, ModuleCache, ModuleHash, engine::ident_of, entry,
 };
 use wasmer::Engine;
-
-/// Peak resident set size of this process, in KiB, reset first where the
-/// kernel allows (`/proc/self/clear_refs`).
-fn reset_and_read_hwm_kib() -> u64 {
-    let _ = fs::write("/proc/self/clear_refs", "5");
-    hwm_kib()
-}
-
-fn hwm_kib() -> u64 {
-    let status = fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .expect("VmHWM in /proc/self/status");
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
 
 /// Put a 1 GiB sparse file at `path`, starting with `header`.
 fn sparse_entry(path: &Path, header: &[u8]) {
@@ -52,13 +36,13 @@ async fn oversized_case(
     cache.save(key, &engine, &module).await.unwrap();
     let path = cache.entry_path(key, &engine);
     sparse_entry(&path, &header(key, &engine));
-    let before = reset_and_read_hwm_kib();
+    let before = process_memory::reset_peak_rss_bytes();
 
     let err = cache.load(key, &engine).await.unwrap_err();
 
-    let grew = hwm_kib().saturating_sub(before);
-    eprintln!("capacity {capacity}: peak RSS grew by {grew} KiB");
-    assert!(grew < 200 << 10, "peak RSS grew by {grew} KiB");
+    let grew = process_memory::peak_rss_bytes().saturating_sub(before);
+    eprintln!("capacity {capacity}: peak RSS grew by {} KiB", grew >> 10);
+    assert!(grew < 200 << 20, "peak RSS grew by {} KiB", grew >> 10);
     assert!(!path.exists(), "an oversized entry is removed");
     match err {
         CacheError::Corrupt { reason, .. } => reason,
@@ -76,6 +60,10 @@ fn claims_one_gib(key: ModuleHash, engine: &Engine) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_huge_file_at_an_entry_path_is_refused_before_it_is_read() {
+    if !in_own_process("disk_oversized::a_huge_file_at_an_entry_path_is_refused_before_it_is_read")
+    {
+        return;
+    }
     // Above the tier's bound (64 MiB), though its header claims its length.
     let reason = oversized_case(64 << 20, claims_one_gib).await;
     assert!(

@@ -2,7 +2,7 @@
 //! against an offline replay, a shift in traffic, a full buffer under 64
 //! threads, the exported metrics, and the worker's lifetime.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -2,7 +2,7 @@
 //! WAT) run through `PluggableRuntime` with instrumented tierscope stacks,
 //! and wasix's own `SharedCache` as a tierscope tier.
 
-mod common;
+use crate::common;
 
 use std::{
     fs,

@@ -2,7 +2,7 @@
 //! building and using the tier never panics. Errors are fine; panics are
 //! not. (The Redis builder has its own, in tests/redis.rs.)
 
-mod common;
+use crate::common;
 
 use std::{sync::OnceLock, time::Duration};
 

@@ -7,9 +7,8 @@
 //! file reuse it, and a change is still caught.
 //!
 //! The mapping is observed in `/proc/self/maps` (Linux only).
-#![cfg(target_os = "linux")]
 
-mod common;
+use crate::common;
 
 use std::{fs, os::unix::fs::FileExt, path::Path, time::Duration};
 

@@ -1,7 +1,8 @@
 //! The filesystem tier: layout, verification before deserialize, bounds,
 //! restarts and sharing.
 
-mod common;
+use crate::common;
+use common::walk;
 
 use std::{fs, path::Path, time::Duration};
 
@@ -12,13 +13,7 @@ use tierscope::{
 };
 use wasmer::Engine;
 
-fn open(dir: &Path, capacity: u64) -> FileSystemCache {
-    FileSystemCache::builder(dir)
-        .capacity(capacity)
-        .temp_grace(Duration::ZERO)
-        .open()
-        .unwrap()
-}
+use common::open_disk as open;
 
 #[tokio::test]
 async fn round_trip_and_directory_created_on_first_save() {
@@ -430,19 +425,4 @@ async fn an_entry_larger_than_the_bound_is_refused_clearly() {
         "{err:?}"
     );
     assert!(err.to_string().contains("1000-byte limit"), "{err}");
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }

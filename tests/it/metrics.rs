@@ -1,7 +1,7 @@
 //! Exact metric values per tier after a scripted sequence, read with
 //! metrics-util's DebuggingRecorder.
 
-mod common;
+use crate::common;
 
 use common::{
     script::Script,

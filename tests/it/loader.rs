@@ -1,6 +1,6 @@
 //! The loader: coalesced compiles, errors to every waiter, hits.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -9,8 +9,6 @@
 //! first engine, reuse its memory with other engines' code, and check every
 //! call still answers 42.
 
-mod common;
-
 use std::sync::Arc;
 
 use tierscope::{

@@ -1,0 +1,42 @@
+//! Every integration test, in one binary: behaviour seen from outside the
+//! crate (real files, processes, servers), one module per area.
+//!
+//! One binary rather than one per file: each links wasmer, so twenty-odd
+//! binaries cost minutes of linking and gigabytes of disk per test build.
+//! Tests that measure the process itself (resident memory) re-run
+//! themselves in a process of their own (`common::in_own_process`); tests
+//! that need a child process re-run this binary with a test filter.
+
+mod common;
+mod support;
+
+mod config_extremes;
+mod disk;
+mod disk_full;
+mod disk_hostile;
+#[cfg(target_os = "linux")]
+mod disk_mmap;
+mod disk_oversized;
+mod disk_shared_bound;
+mod engine;
+mod engine_churn;
+mod fallback;
+mod killed_writer;
+mod loader;
+mod memory;
+mod metrics;
+mod metrics_doc;
+#[cfg(feature = "opentelemetry")]
+mod otel;
+#[cfg(all(feature = "cli", feature = "redis"))]
+mod prometheus;
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "redis")]
+mod redis_oversized;
+#[cfg(all(feature = "cli", feature = "wasix"))]
+mod run_cli;
+mod sizing;
+mod sizing_live;
+#[cfg(feature = "wasix")]
+mod wasix;
