@@ -4,8 +4,9 @@
 //! The trait is source-compatible with `wasmer_wasix::runtime::module_cache::ModuleCache`:
 //! the same `load`, `contains`, `save` and `with_fallback`, keyed by
 //! [`ModuleHash`], answering a miss with [`CacheError::NotFound`].
-//! A few provided methods are added so that combinators can tell *which*
-//! tier served a hit and tiers can report their evictions; implementations
+//! A few provided methods are added (see the trait's docs) so that the
+//! memory-hit path stays synchronous, lookups and stores say what they are
+//! for, and combinators and spies learn the stack's shape; implementations
 //! written against wasmer's trait compile unchanged because every addition
 //! has a default.
 
@@ -42,6 +43,19 @@ pub use crate::{
 ///
 /// Every call ends in exactly one of three ways: a hit (`Ok`), a miss
 /// (`Err(CacheError::NotFound)`), or an error with a [`CacheError::kind`].
+///
+/// ## Beyond wasmer-wasix's four methods
+///
+/// The first four methods are wasmer-wasix's; a tier written against
+/// wasix's trait compiles unchanged. The others carry what tierscope's
+/// decorators and combinators need, each with a default in terms of the
+/// four: the synchronous memory-hit path ([`load_now`](Self::load_now),
+/// [`answers_now`](Self::answers_now)), lookups and stores that say what
+/// they are for ([`lookup`](Self::lookup), [`store`](Self::store): a
+/// caller's request or an engine switch's reload, a save or a promotion),
+/// and one method, [`control`](Self::control), for everything about the
+/// stack's shape (names, observers, engines). A decorator forwards these
+/// five; a tier implements the ones it has something to say in.
 #[async_trait::async_trait]
 pub trait ModuleCache: Debug {
     /// Load a module based on its hash.
@@ -75,77 +89,188 @@ pub trait ModuleCache: Debug {
         FallbackCache::new(self, other)
     }
 
-    /// Like [`ModuleCache::load()`], but also says which named tier served
-    /// the hit, so that a combinator can label the promotion it performs.
-    ///
-    /// The default calls `load` and names no tier; [`crate::Instrumented`]
-    /// names its tier and [`FallbackCache`] passes the name up from below.
-    async fn load_hit(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
-        self.load(key, engine).await.map(Hit::new)
-    }
-
     /// A hit this cache can serve at once, without waiting: memory tiers
     /// answer here so that decorators and combinators above them add no
     /// future (and no allocation) to a memory hit.
     ///
-    /// `None` means "ask [`ModuleCache::load_hit()`]": a miss, or a tier
-    /// that cannot answer synchronously (the default). Implementations must
-    /// not count anything for a `None`, since the caller will ask again.
+    /// `None` is a miss of this cache when it [answers now](Self::answers_now)
+    /// (a spy counts it as the caller's miss), and otherwise means "ask
+    /// [`lookup`](Self::lookup)" (the default: a tier that cannot answer
+    /// synchronously).
     fn load_now(&self, key: ModuleHash, engine: &Engine) -> Option<Hit> {
         let _ = (key, engine);
         None
     }
 
-    /// Store a module that was found in a lower tier (`from`, when known).
+    /// Whether [`load_now`](Self::load_now) answers for every key this
+    /// cache's first tier holds, so that its `None` is a miss of that tier
+    /// (true for a memory tier, and for a chain or decorator over one).
+    /// Default false.
+    fn answers_now(&self) -> bool {
+        false
+    }
+
+    /// Like [`ModuleCache::load()`], for a lookup of kind `how` (a caller's
+    /// request, or an engine switch's reload: spies count them apart, and
+    /// combinators copy a reload's hit into no faster tier), and
+    /// saying which named tier served the hit, so that a combinator can
+    /// label the promotion it performs.
     ///
-    /// The default is a plain [`ModuleCache::save()`]; the spy decorator
-    /// overrides it to count the promotion.
-    async fn promote(
+    /// The default calls `load` and names no tier; [`crate::Instrumented`]
+    /// names its tier and [`FallbackCache`] passes the name up from below.
+    async fn lookup(
+        &self,
+        key: ModuleHash,
+        engine: &Engine,
+        how: Lookup,
+    ) -> Result<Hit, CacheError> {
+        let _ = how;
+        self.load(key, engine).await.map(Hit::new)
+    }
+
+    /// Store a module: a caller's save, or a hit from a lower tier copied
+    /// up ([`Origin`]). The default is a plain [`ModuleCache::save()`]; the
+    /// spy counts a promotion as one.
+    async fn store(
         &self,
         key: ModuleHash,
         engine: &Engine,
         module: &Module,
-        from: Option<TierName>,
+        origin: Origin,
     ) -> Result<(), CacheError> {
-        let _ = from;
+        let _ = origin;
         self.save(key, engine, module).await
     }
 
-    /// Attach an observer that receives this tier's evictions and resident
-    /// size. Tiers without such events ignore it (the default).
-    ///
-    /// Combinators forward the call to the tier it belongs to: a
-    /// [`FallbackCache`] gives it to its primary only.
-    fn attach_observer(&self, observer: Arc<dyn TierObserver>) {
-        let _ = observer;
+    /// Handle a [`Control`] message about the stack's shape: tiers act on
+    /// the messages meant for them, decorators pass every message to the
+    /// cache they wrap, and combinators to the tiers each message concerns.
+    /// The default ignores every message.
+    fn control(&self, message: &mut Control<'_>) {
+        let _ = message;
+    }
+}
+
+/// What a lookup is for, as told to [`ModuleCache::lookup`]: spies count a
+/// caller's request in `tierscope_lookups_total` and an engine switch's
+/// reload in `tierscope_reloads_total`, never one as the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lookup {
+    reload: bool,
+    after_now: bool,
+}
+
+impl Lookup {
+    /// A caller's request (the default).
+    pub const fn request() -> Self {
+        Lookup {
+            reload: false,
+            after_now: false,
+        }
     }
 
-    /// The names of the named tiers in this cache, fastest first (see
-    /// [`crate::Instrumented`]). Empty for an unnamed tier (the default).
-    fn tier_names(&self) -> Vec<TierName> {
-        Vec::new()
+    /// The loader loading what the memory tier held into the next engine
+    /// generation (see [`crate::EngineGenerations`]): not a caller's
+    /// request, and its hit is not copied into faster tiers (the loader
+    /// stores it in the in-process tiers when the next engine takes over).
+    pub const fn reload() -> Self {
+        Lookup {
+            reload: true,
+            after_now: false,
+        }
     }
 
-    /// Called once when this cache becomes the primary of a
-    /// [`FallbackCache`], with the names of the tiers below it: the spy
-    /// registers its promotion counters for them up front (with the
-    /// recorder installed at construction). The default ignores it.
-    fn expect_promotions_from(&self, lower: &[TierName]) {
-        let _ = lower;
+    /// This lookup follows a [`ModuleCache::load_now`] of the same caller
+    /// on the same cache that returned `None`: a tier that
+    /// [answers now](ModuleCache::answers_now) has counted that miss
+    /// already, and is asked again without counting.
+    pub const fn after_load_now(mut self) -> Self {
+        self.after_now = true;
+        self
     }
 
-    /// Drop every in-process entry whose machine code belongs to `engine`.
-    ///
-    /// Called when an engine is retired (see [`crate::EngineGenerations`]):
-    /// its modules must not take capacity any more, and the engine can only
-    /// be freed once nothing holds them. Tiers that hold bytes, not code
-    /// (disk, Redis), ignore it (the default); combinators forward it to
-    /// every tier. Returns the keys of the entries dropped, so the caller
-    /// can warm them up again under a newer engine.
-    fn forget_engine(&self, engine: &Engine) -> Vec<ModuleHash> {
-        let _ = engine;
-        Vec::new()
+    /// Whether this is an engine switch's reload.
+    pub const fn is_reload(self) -> bool {
+        self.reload
     }
+
+    /// Whether the synchronous tiers' answer was counted already (see
+    /// [`Lookup::after_load_now`]).
+    pub const fn is_after_load_now(self) -> bool {
+        self.after_now
+    }
+}
+
+/// Why a module is stored into a tier, as told to [`ModuleCache::store`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Origin {
+    /// A caller's save (after a compile).
+    Save,
+    /// A hit in a lower tier, copied up. A reload's copy (`lookup` is
+    /// [`Lookup::reload`]) goes to the in-process tiers only (those that
+    /// [answer now](ModuleCache::answers_now)): the others hold it already.
+    Promotion {
+        /// The tier that served the hit, when named.
+        from: Option<TierName>,
+        /// The lookup the hit answered.
+        lookup: Lookup,
+    },
+}
+
+/// A message about a cache stack's shape, handled by
+/// [`ModuleCache::control`]. Tiers, decorators and combinators each act on
+/// what concerns them; the functions beside it ([`tier_names`],
+/// [`forget_engine`]) send the common ones.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Control<'a> {
+    /// Report evictions, residency and availability to this observer (the
+    /// spy attaches one to the tier it wraps). Combinators give it to their
+    /// primary only.
+    AttachObserver(Arc<dyn TierObserver>),
+    /// Append the names of the named tiers, fastest first.
+    TierNames(&'a mut Vec<TierName>),
+    /// This cache became the primary of a [`FallbackCache`] whose fallback
+    /// holds these named tiers: spies register their promotion counters for
+    /// them now (with the recorder installed at this moment).
+    ExpectPromotionsFrom(&'a [TierName]),
+    /// Append the keys of the in-process entries whose machine code
+    /// belongs to this engine, longest held first, dropping nothing (what
+    /// an engine switch loads into the next engine before it retires this
+    /// one). Tiers that hold bytes, not code, ignore it.
+    EngineEntries(&'a Engine, &'a mut Vec<ModuleHash>),
+    /// Drop every in-process entry whose machine code belongs to this
+    /// engine (it is being retired: see [`crate::EngineGenerations`]), and
+    /// append the keys dropped. Tiers that hold bytes, not code, ignore it.
+    ForgetEngine(&'a Engine, &'a mut Vec<ModuleHash>),
+}
+
+/// The names of the named (instrumented) tiers in `cache`, fastest first.
+pub fn tier_names(cache: &(impl ModuleCache + ?Sized)) -> Vec<TierName> {
+    let mut names = Vec::new();
+    cache.control(&mut Control::TierNames(&mut names));
+    names
+}
+
+/// The keys of `cache`'s in-process entries whose machine code belongs to
+/// `engine`, longest held first.
+pub(crate) fn engine_entries(
+    cache: &(impl ModuleCache + ?Sized),
+    engine: &Engine,
+) -> Vec<ModuleHash> {
+    let mut keys = Vec::new();
+    cache.control(&mut Control::EngineEntries(engine, &mut keys));
+    keys
+}
+
+/// Drop every in-process entry of `cache` whose machine code belongs to
+/// `engine`, for a caller that retires an engine of its own (the loader
+/// does this for its own engines); returns the keys dropped.
+pub fn forget_engine(cache: &(impl ModuleCache + ?Sized), engine: &Engine) -> Vec<ModuleHash> {
+    let mut keys = Vec::new();
+    cache.control(&mut Control::ForgetEngine(engine, &mut keys));
+    keys
 }
 
 #[async_trait::async_trait]
@@ -171,42 +296,39 @@ where
         (**self).save(key, engine, module).await
     }
 
-    async fn load_hit(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
-        (**self).load_hit(key, engine).await
-    }
-
-    async fn promote(
-        &self,
-        key: ModuleHash,
-        engine: &Engine,
-        module: &Module,
-        from: Option<TierName>,
-    ) -> Result<(), CacheError> {
-        (**self).promote(key, engine, module, from).await
-    }
-
     fn load_now(&self, key: ModuleHash, engine: &Engine) -> Option<Hit> {
         (**self).load_now(key, engine)
     }
 
-    fn attach_observer(&self, observer: Arc<dyn TierObserver>) {
-        (**self).attach_observer(observer)
+    fn answers_now(&self) -> bool {
+        (**self).answers_now()
     }
 
-    fn tier_names(&self) -> Vec<TierName> {
-        (**self).tier_names()
+    async fn lookup(
+        &self,
+        key: ModuleHash,
+        engine: &Engine,
+        how: Lookup,
+    ) -> Result<Hit, CacheError> {
+        (**self).lookup(key, engine, how).await
     }
 
-    fn expect_promotions_from(&self, lower: &[TierName]) {
-        (**self).expect_promotions_from(lower)
+    async fn store(
+        &self,
+        key: ModuleHash,
+        engine: &Engine,
+        module: &Module,
+        origin: Origin,
+    ) -> Result<(), CacheError> {
+        (**self).store(key, engine, module, origin).await
     }
 
-    fn forget_engine(&self, engine: &Engine) -> Vec<ModuleHash> {
-        (**self).forget_engine(engine)
+    fn control(&self, message: &mut Control<'_>) {
+        (**self).control(message)
     }
 }
 
-/// A successful [`ModuleCache::load_hit()`]: the module and, when known,
+/// A successful [`ModuleCache::lookup()`]: the module and, when known,
 /// the name of the tier that held it and the size of its artifact.
 ///
 /// Two words: the module and one word that packs the rest, so that a hit
@@ -217,14 +339,44 @@ where
 pub struct Hit {
     /// The module that was found.
     pub module: Module,
-    /// Bits 0-47: artifact bytes; bit 48: bytes known; bits 49-63: the
-    /// serving tier's [`TierName`] number (0: none).
+    /// Bits 0-47: artifact bytes; bit 48: bytes known; bits 49-59: the
+    /// serving tier's [`TierName`] number (0: none); bits 60-61: how the
+    /// bytes were verified ([`Verified`]).
     meta: u64,
 }
 
 const HIT_BYTES_MASK: u64 = (1 << 48) - 1;
 const HIT_BYTES_KNOWN: u64 = 1 << 48;
 const HIT_TIER_SHIFT: u32 = 49;
+const HIT_TIER_MASK: u64 = ((1 << 11) - 1) << HIT_TIER_SHIFT;
+const HIT_CHECK_SHIFT: u32 = 60;
+const HIT_CHECK_MASK: u64 = 0b11 << HIT_CHECK_SHIFT;
+
+/// How a tier that verifies artifacts before wasmer sees them (disk,
+/// Redis) vouched for the bytes of one hit: the `check` label of
+/// `tierscope_verified_hits_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Verified {
+    /// Every byte was checked on this hit (checksum or keyed MAC).
+    Full,
+    /// The bytes are a mapping this process checked on an earlier hit, of
+    /// a file found unchanged since (the disk tier's remembered mappings).
+    Remembered,
+}
+
+impl Verified {
+    /// Every value, in label order.
+    pub const ALL: [Verified; 2] = [Verified::Full, Verified::Remembered];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verified::Full => "full",
+            Verified::Remembered => "remembered",
+        }
+    }
+}
 
 impl Hit {
     /// A hit on `module`, from no named tier, size unknown.
@@ -257,7 +409,7 @@ impl Hit {
     /// is one of the first [`TierName::MAX_IDS`] interned).
     #[inline]
     pub fn tier(&self) -> Option<TierName> {
-        match (self.meta >> HIT_TIER_SHIFT) as u16 {
+        match ((self.meta & HIT_TIER_MASK) >> HIT_TIER_SHIFT) as u16 {
             0 => None,
             id => TierName::from_id(id),
         }
@@ -267,14 +419,37 @@ impl Hit {
     #[inline]
     pub fn set_tier(&mut self, tier: Option<TierName>) {
         let id = tier.map_or(0, TierName::id);
-        self.meta = (self.meta & ((1 << HIT_TIER_SHIFT) - 1)) | (u64::from(id) << HIT_TIER_SHIFT);
+        self.meta = (self.meta & !HIT_TIER_MASK) | (u64::from(id) << HIT_TIER_SHIFT);
     }
 
     /// Name `tier` as the tier that served this hit, unless one is named.
     #[inline]
     pub(crate) fn name_tier_if_unnamed(&mut self, tier: TierName) {
-        if self.meta >> HIT_TIER_SHIFT == 0 {
+        if self.meta & HIT_TIER_MASK == 0 {
             self.set_tier(Some(tier));
+        }
+    }
+
+    /// This hit, saying how its bytes were verified.
+    #[inline]
+    #[must_use]
+    pub fn with_verified(mut self, verified: Verified) -> Self {
+        let v = match verified {
+            Verified::Full => 1u64,
+            Verified::Remembered => 2,
+        };
+        self.meta = (self.meta & !HIT_CHECK_MASK) | (v << HIT_CHECK_SHIFT);
+        self
+    }
+
+    /// How the serving tier verified this hit's bytes, when it verifies
+    /// them (`None` for a memory hit, or a tier that does not say).
+    #[inline]
+    pub fn verified(&self) -> Option<Verified> {
+        match (self.meta & HIT_CHECK_MASK) >> HIT_CHECK_SHIFT {
+            1 => Some(Verified::Full),
+            2 => Some(Verified::Remembered),
+            _ => None,
         }
     }
 
@@ -297,6 +472,7 @@ impl std::fmt::Debug for Hit {
             .field("module", &self.module)
             .field("tier", &self.tier())
             .field("bytes", &self.bytes())
+            .field("verified", &self.verified())
             .finish()
     }
 }
@@ -327,6 +503,15 @@ mod tests {
         assert_eq!((hit.tier(), hit.bytes()), (None, Some((1 << 48) - 1)));
         let hit = hit.with_bytes(None).with_tier(Some(tier));
         assert_eq!((hit.tier(), hit.bytes()), (Some(tier), None));
+        assert_eq!(hit.verified(), None);
+        let hit = hit.with_verified(Verified::Remembered).with_bytes(Some(7));
+        assert_eq!(hit.verified(), Some(Verified::Remembered));
+        let mut hit = hit.with_verified(Verified::Full);
+        hit.set_tier(None);
+        assert_eq!(
+            (hit.tier(), hit.bytes(), hit.verified()),
+            (None, Some(7), Some(Verified::Full))
+        );
     }
 
     #[test]

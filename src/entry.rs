@@ -39,6 +39,10 @@ pub const MAGIC: [u8; 8] = *b"TIERSCP\0";
 /// Bytes before the artifact.
 pub const HEADER_LEN: usize = 128;
 
+// An entry that starts aligned has its artifact aligned too (see
+// `crate::aligned`).
+const _: () = assert!(HEADER_LEN.is_multiple_of(crate::aligned::ARTIFACT_ALIGN));
+
 /// Where the disk tier's MAC lives in the header (zero when unsigned). The
 /// MAC is computed with this field zeroed; [`decode`] does not read it.
 pub const MAC_RANGE: std::ops::Range<usize> = 88..120;

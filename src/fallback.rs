@@ -1,14 +1,9 @@
 //! [`FallbackCache`]: chain a faster tier in front of a slower one.
 
-use std::sync::Arc;
-
 use wasmer::{Engine, Module};
 use wasmer_types::ModuleHash;
 
-use crate::{
-    cache::{CacheError, Hit, ModuleCache, TierName},
-    tier_events::TierObserver,
-};
+use crate::cache::{CacheError, Control, Hit, Lookup, ModuleCache, Origin, tier_names};
 
 /// [`FallbackCache`] is a combinator for the [`ModuleCache`] trait that
 /// chains two caching strategies together, typically via
@@ -47,7 +42,7 @@ impl<Primary, Fallback> FallbackCache<Primary, Fallback> {
         Primary: ModuleCache,
         Fallback: ModuleCache,
     {
-        primary.expect_promotions_from(&fallback.tier_names());
+        primary.control(&mut Control::ExpectPromotionsFrom(&tier_names(&fallback)));
         FallbackCache { primary, fallback }
     }
 
@@ -85,19 +80,38 @@ where
     Fallback: ModuleCache + Send + Sync,
 {
     async fn load(&self, key: ModuleHash, engine: &Engine) -> Result<Module, CacheError> {
-        self.load_hit(key, engine).await.map(|hit| hit.module)
+        self.lookup(key, engine, Lookup::request())
+            .await
+            .map(|hit| hit.module)
     }
 
     fn load_now(&self, key: ModuleHash, engine: &Engine) -> Option<Hit> {
         self.primary.load_now(key, engine)
     }
 
-    async fn load_hit(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
-        let primary_error = match self.primary.load_hit(key, engine).await {
+    fn answers_now(&self) -> bool {
+        self.primary.answers_now()
+    }
+
+    async fn lookup(
+        &self,
+        key: ModuleHash,
+        engine: &Engine,
+        how: Lookup,
+    ) -> Result<Hit, CacheError> {
+        let primary_error = match self.primary.lookup(key, engine, how).await {
             Ok(hit) => return Ok(hit),
             Err(e) => e,
         };
-        let fallback_error = match self.fallback.load_hit(key, engine).await {
+        // The fallback's tiers were not asked synchronously: whatever
+        // `load_now` counted was the primary's.
+        let below = if how.is_reload() {
+            Lookup::reload()
+        } else {
+            Lookup::request()
+        };
+        let fallback_error = match self.fallback.lookup(key, engine, below).await {
+            Ok(hit) if how.is_reload() => return Ok(hit),
             Ok(hit) => {
                 if !primary_error.is_not_found() {
                     tracing::debug!(
@@ -106,11 +120,11 @@ where
                         "primary tier failed; served by the fallback",
                     );
                 }
-                if let Err(e) = self
-                    .primary
-                    .promote(key, engine, &hit.module, hit.tier())
-                    .await
-                {
+                let origin = Origin::Promotion {
+                    from: hit.tier(),
+                    lookup: below,
+                };
+                if let Err(e) = self.primary.store(key, engine, &hit.module, origin).await {
                     tracing::warn!(
                         %key,
                         error = &e as &dyn std::error::Error,
@@ -154,8 +168,31 @@ where
         engine: &Engine,
         module: &Module,
     ) -> Result<(), CacheError> {
-        let fallback = self.fallback.save(key, engine, module).await;
-        let primary = self.primary.save(key, engine, module).await;
+        self.store(key, engine, module, Origin::Save).await
+    }
+
+    async fn store(
+        &self,
+        key: ModuleHash,
+        engine: &Engine,
+        module: &Module,
+        origin: Origin,
+    ) -> Result<(), CacheError> {
+        // The slower tier first: it serializes anyway, and records the
+        // artifact size the memory tier weighs by. A promotion from below
+        // this whole chain gives every tier of it a copy; a reload's, only
+        // the in-process tiers.
+        let all = !matches!(origin, Origin::Promotion { lookup, .. } if lookup.is_reload());
+        let fallback = if all || self.fallback.answers_now() {
+            self.fallback.store(key, engine, module, origin).await
+        } else {
+            Ok(())
+        };
+        let primary = if all || self.primary.answers_now() {
+            self.primary.store(key, engine, module, origin).await
+        } else {
+            Ok(())
+        };
         match (primary, fallback) {
             (Ok(()), Ok(())) => Ok(()),
             (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
@@ -163,45 +200,23 @@ where
                 tracing::warn!(
                     %key,
                     error = &f as &dyn std::error::Error,
-                    "fallback tier failed to save as well as the primary",
+                    "fallback tier failed to store as well as the primary",
                 );
                 Err(p)
             }
         }
     }
 
-    async fn promote(
-        &self,
-        key: ModuleHash,
-        engine: &Engine,
-        module: &Module,
-        from: Option<TierName>,
-    ) -> Result<(), CacheError> {
-        // A hit from below this whole chain: every tier of it gets a copy.
-        let fallback = self.fallback.promote(key, engine, module, from).await;
-        let primary = self.primary.promote(key, engine, module, from).await;
-        primary.and(fallback)
-    }
-
-    fn attach_observer(&self, observer: Arc<dyn TierObserver>) {
-        self.primary.attach_observer(observer);
-    }
-
-    fn tier_names(&self) -> Vec<TierName> {
-        let mut names = self.primary.tier_names();
-        names.extend(self.fallback.tier_names());
-        names
-    }
-
-    fn expect_promotions_from(&self, lower: &[TierName]) {
-        // A hit from below this chain is promoted into both of its tiers.
-        self.primary.expect_promotions_from(lower);
-        self.fallback.expect_promotions_from(lower);
-    }
-
-    fn forget_engine(&self, engine: &Engine) -> Vec<ModuleHash> {
-        let mut keys = self.primary.forget_engine(engine);
-        keys.extend(self.fallback.forget_engine(engine));
-        keys
+    fn control(&self, message: &mut Control<'_>) {
+        match message {
+            // Evictions and residency are the primary's own to report.
+            Control::AttachObserver(_) => self.primary.control(message),
+            // Names and engines concern every tier; a hit from below this
+            // chain is promoted into both of its tiers.
+            _ => {
+                self.primary.control(message);
+                self.fallback.control(message);
+            }
+        }
     }
 }

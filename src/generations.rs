@@ -59,6 +59,7 @@ use wasmer::{Engine, Module, Store};
 
 use crate::{
     engine::{CodeLedger, track_code},
+    loader::Served,
     observe::names::{self, label},
 };
 
@@ -240,6 +241,8 @@ pub(crate) struct Generations {
     config: EngineGenerations,
     current: RwLock<Option<Arc<Generation>>>,
     next_number: AtomicU64,
+    /// A switch is being prepared (at most one at a time).
+    switching: Arc<AtomicBool>,
     gauges: Arc<GenerationGauges>,
 }
 
@@ -250,16 +253,15 @@ impl Generations {
             config,
             current: RwLock::new(None),
             next_number: AtomicU64::new(1),
+            switching: Arc::new(AtomicBool::new(false)),
             gauges,
         }
     }
 
-    fn start(&self) -> Arc<Generation> {
-        self.start_with((self.config.factory)())
-    }
-
-    /// A new generation around `engine` (made by the factory), counted.
-    fn start_with(&self, engine: Engine) -> Arc<Generation> {
+    /// A new generation of a fresh engine from the factory, counted, not
+    /// current yet.
+    pub(crate) fn prepare(&self) -> Arc<Generation> {
+        let engine = (self.config.factory)();
         let ledger = track_code(&engine);
         let g = &self.gauges;
         g.started.increment(1);
@@ -282,57 +284,58 @@ impl Generations {
             return f(current);
         }
         let mut slot = self.current.write();
-        let current = slot.get_or_insert_with(|| self.start());
+        let current = slot.get_or_insert_with(|| self.prepare());
         f(current)
     }
 
-    /// After code was loaded into `generation`: if it is the current one
-    /// and its evicted code passed the budget, start a new generation and
-    /// return the retired one (whose in-process entries the caller must
-    /// drop, then refresh the gauges).
-    pub(crate) fn after_load(&self, generation: &Arc<Generation>) -> Option<Arc<Generation>> {
+    /// After code was loaded into `generation`: whether it is the current
+    /// one, its evicted code passed the budget and no switch is under way.
+    /// True means the caller now owns the switch: it prepares the next
+    /// generation and ends with [`Generations::switch_to`] (or drops the
+    /// returned guard, which gives the switch up).
+    pub(crate) fn should_switch(&self, generation: &Arc<Generation>) -> Option<SwitchGuard> {
         let is_current = || {
             self.current
                 .read()
                 .as_ref()
                 .is_some_and(|cur| Arc::ptr_eq(cur, generation))
         };
-        if generation.ledger.unheld() > self.config.budget
+        let due = generation.ledger.unheld() > self.config.budget
             && !generation.is_retired()
-            && is_current()
-        {
-            // The engine is made before taking the write lock: hits (which
-            // take the read lock) never wait for an engine to be built.
-            let engine = (self.config.factory)();
-            let mut slot = self.current.write();
-            match slot.as_ref() {
-                Some(cur) if Arc::ptr_eq(cur, generation) => {
-                    let fresh = self.start_with(engine);
-                    let old = slot.replace(fresh);
-                    drop(slot);
-                    let bytes = generation.ledger.loaded();
-                    generation.retired_bytes.store(bytes, Ordering::Relaxed);
-                    generation.retired.store(true, Ordering::Release);
-                    let total = self
-                        .gauges
-                        .retired_bytes
-                        .fetch_add(bytes, Ordering::Relaxed)
-                        + bytes;
-                    self.gauges.retired.set(total as f64);
-                    tracing::info!(
-                        generation = generation.number,
-                        loaded_bytes = bytes,
-                        evicted_bytes = generation.ledger.unheld(),
-                        budget = self.config.budget,
-                        "engine generation retired: its evicted code passed the budget"
-                    );
-                    old
-                }
-                _ => None,
-            }
-        } else {
-            None
-        }
+            && is_current();
+        (due && !self.switching.swap(true, Ordering::AcqRel)).then(|| SwitchGuard {
+            switching: Arc::clone(&self.switching),
+        })
+    }
+
+    /// Make `next` (from [`Generations::prepare`]) current and retire the
+    /// generation it replaces, which is returned (its in-process entries
+    /// are the caller's to drop).
+    pub(crate) fn switch_to(
+        &self,
+        guard: SwitchGuard,
+        next: Arc<Generation>,
+    ) -> Option<Arc<Generation>> {
+        let old = self.current.write().replace(next);
+        drop(guard);
+        let old = old?;
+        let bytes = old.ledger.loaded();
+        old.retired_bytes.store(bytes, Ordering::Relaxed);
+        old.retired.store(true, Ordering::Release);
+        let total = self
+            .gauges
+            .retired_bytes
+            .fetch_add(bytes, Ordering::Relaxed)
+            + bytes;
+        self.gauges.retired.set(total as f64);
+        tracing::info!(
+            generation = old.number,
+            loaded_bytes = bytes,
+            evicted_bytes = old.ledger.unheld(),
+            budget = self.config.budget,
+            "engine generation retired: its evicted code passed the budget"
+        );
+        Some(old)
     }
 
     /// Set the current generation's code gauges.
@@ -341,6 +344,20 @@ impl Generations {
             self.gauges.cached.set(cur.ledger.held() as f64);
             self.gauges.evicted.set(cur.ledger.unheld() as f64);
         }
+    }
+}
+
+/// Held by whoever prepares an engine switch: while it lives no other
+/// switch starts; dropped without [`Generations::switch_to`] (the loader
+/// went away, the task panicked), the switch is given up and the next load
+/// past the budget starts another.
+pub(crate) struct SwitchGuard {
+    switching: Arc<AtomicBool>,
+}
+
+impl Drop for SwitchGuard {
+    fn drop(&mut self) {
+        self.switching.store(false, Ordering::Release);
     }
 }
 
@@ -364,11 +381,24 @@ impl fmt::Debug for Generations {
 pub struct LoadedModule {
     module: Module,
     generation: Arc<Generation>,
+    served: Served,
 }
 
 impl LoadedModule {
-    pub(crate) fn new(module: Module, generation: Arc<Generation>) -> Self {
-        LoadedModule { module, generation }
+    pub(crate) fn new(module: Module, generation: Arc<Generation>, served: Served) -> Self {
+        LoadedModule {
+            module,
+            generation,
+            served,
+        }
+    }
+
+    /// How this load was answered: a memory hit, a lower tier, another
+    /// caller's load, or a compile. The tiers' metrics count the same
+    /// events (a memory hit here is a `hit` of the memory tier's
+    /// `tierscope_lookups_total`, anything else one of its misses).
+    pub fn served(&self) -> Served {
+        self.served
     }
 
     /// The module.
@@ -417,6 +447,7 @@ impl fmt::Debug for LoadedModule {
         f.debug_struct("LoadedModule")
             .field("module", &self.module.name())
             .field("generation", &self.generation.number)
+            .field("served", &self.served)
             .finish()
     }
 }

@@ -96,11 +96,12 @@ pub mod weights;
 mod weights;
 
 pub use cache::{
-    CacheError, Corruption, ErrorKind, Hit, IntegrityFailure, ModuleCache, TierName, Unavailability,
+    CacheError, Control, Corruption, ErrorKind, Hit, IntegrityFailure, Lookup, ModuleCache, Origin,
+    TierName, Unavailability, Verified, forget_engine, tier_names,
 };
 pub use fallback::FallbackCache;
 pub use generations::{EngineGenerations, Generation, LoadedModule};
-pub use loader::{LoadError, ModuleLoader};
+pub use loader::{LoadError, ModuleLoader, Served};
 pub use mac::MacKey;
 pub use observe::instrumented::{InstrumentExt, InstrumentOptions, Instrumented};
 #[cfg(feature = "redis")]

@@ -2,16 +2,16 @@
 //! compiling once per key however many callers ask at the same moment.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fmt,
     sync::{
-        Arc,
+        Arc, Weak,
         atomic::{AtomicU64, Ordering},
     },
 };
 
 use futures::{
-    FutureExt,
+    FutureExt, StreamExt,
     future::{BoxFuture, Shared},
 };
 use metrics::{Counter, Histogram};
@@ -21,9 +21,9 @@ use wasmer::{CompileError, Engine, EngineId, Module};
 use wasmer_types::ModuleHash;
 
 use crate::{
-    cache::ModuleCache,
+    cache::{Lookup, ModuleCache, Origin, TierName, engine_entries, forget_engine},
     engine::{engine_key, note_code_loaded},
-    generations::{EngineGenerations, Generation, Generations, LoadedModule},
+    generations::{EngineGenerations, Generation, Generations, LoadedModule, SwitchGuard},
     observe::names::{self, label},
     weights,
 };
@@ -54,7 +54,27 @@ pub enum LoadError {
     },
 }
 
-type Flight = Shared<BoxFuture<'static, Result<Module, LoadError>>>;
+/// How a load was answered: what [`LoadedModule::served`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Served {
+    /// At once, by a tier that answers synchronously (the memory tier):
+    /// the caller's lookup was a memory hit.
+    Memory,
+    /// By a tier's lookup after the memory tier missed: the tier that held
+    /// the module, when it is named (instrumented).
+    Tier(Option<TierName>),
+    /// By waiting for another caller's load of the same module (the memory
+    /// tier missed; `tierscope_coalesced_total` counts these).
+    Coalesced,
+    /// By compiling the wasm: every tier missed, or failed.
+    Compiled,
+}
+
+type Flight = Shared<BoxFuture<'static, Result<(Module, Served), LoadError>>>;
+
+/// How many modules an engine switch loads into the next engine at once.
+const RELOAD_CONCURRENCY: usize = 4;
 
 /// Flights in progress, by module and engine *instance*: a module loaded
 /// into one engine is never handed to a caller of another.
@@ -234,7 +254,7 @@ where
             self.inner
                 .cache
                 .load_now(key, g.engine())
-                .map(|hit| LoadedModule::new(hit.module, Arc::clone(g)))
+                .map(|hit| LoadedModule::new(hit.module, Arc::clone(g), Served::Memory))
         })
     }
 
@@ -244,7 +264,7 @@ where
         wasm: Box<dyn FnOnce() -> bytes::Bytes + Send>,
     ) -> Result<LoadedModule, LoadError> {
         let generation = self.generation();
-        let module = self
+        let (module, served) = self
             .flight(
                 generation.engine(),
                 key,
@@ -252,7 +272,7 @@ where
                 Some(Arc::clone(&generation)),
             )
             .await?;
-        Ok(LoadedModule::new(module, generation))
+        Ok(LoadedModule::new(module, generation, served))
     }
 
     /// Hash `wasm` (SHA-256, the [`ModuleHash`]) and load or compile it
@@ -305,7 +325,9 @@ where
         if let Some(module) = self.get(engine, key) {
             return Ok(module);
         }
-        Box::pin(self.flight(engine, key, Box::new(wasm), None)).await
+        Box::pin(self.flight(engine, key, Box::new(wasm), None))
+            .await
+            .map(|(module, _)| module)
     }
 
     async fn slow_path(
@@ -315,89 +337,87 @@ where
         wasm: &[u8],
     ) -> Result<Module, LoadError> {
         let wasm = bytes::Bytes::copy_from_slice(wasm);
-        self.flight(engine, key, Box::new(move || wasm), None).await
+        self.flight(engine, key, Box::new(move || wasm), None)
+            .await
+            .map(|(module, _)| module)
     }
 
+    /// Load or compile `key` into `engine` once, however many callers ask
+    /// meanwhile: the first leads (in a task of its own), the others wait
+    /// for its answer. Each caller's `load_now` has missed already.
     async fn flight(
         &self,
         engine: &Engine,
         key: ModuleHash,
         wasm: Box<dyn FnOnce() -> bytes::Bytes + Send>,
         generation: Option<Arc<Generation>>,
-    ) -> Result<Module, LoadError> {
+    ) -> Result<(Module, Served), LoadError> {
         let slot = (key, engine.id());
-        let (flight, work) = {
+        // Join the flight in progress, or start one (the map's lock is
+        // released before any wait).
+        let joined = {
             let mut inflight = self.inner.inflight.lock();
             match inflight.get(&slot) {
-                Some((_, f)) => {
-                    self.inner.coalesced.increment(1);
-                    (f.clone(), None)
-                }
+                Some((_, flight)) => Ok(flight.clone()),
                 None => {
-                    let id = self.inner.next_flight.fetch_add(1, Ordering::Relaxed);
-                    let (tx, rx) = futures::channel::oneshot::channel();
-                    let f = rx
-                        .map(move |received| {
-                            received.unwrap_or_else(|_| {
-                                Err(LoadError::Task {
-                                    key,
-                                    reason: "the loading task ended without an answer (panic or runtime shutdown)".into(),
-                                })
-                            })
-                        })
-                        .boxed()
-                        .shared();
-                    inflight.insert(slot, (id, f.clone()));
-                    (f, Some((id, tx)))
+                    let (id, flight, tx) = self.inner.new_flight(key);
+                    inflight.insert(slot, (id, flight.clone()));
+                    Err((flight, (id, tx)))
                 }
             }
         };
+        let (flight, work) = match joined {
+            Ok(flight) => {
+                self.inner.coalesced.increment(1);
+                return flight.await.map(|(module, _)| (module, Served::Coalesced));
+            }
+            Err(lead) => lead,
+        };
         // Spawned after the map's lock is released: a runtime that is
         // shutting down drops the task at once, and its guard takes the lock.
-        if let Some((id, tx)) = work {
-            let inner = Arc::clone(&self.inner);
-            let engine = engine.clone();
-            let span =
-                tracing::debug_span!("tierscope.load_or_compile", cache = %self.inner.name, %key);
-            // The work runs in its own task: a cancelled caller never
-            // strands the others. Waiters are answered as soon as the module
-            // exists; the save happens after.
-            tokio::spawn(
-                async move {
-                    // Removes this flight (and only this one) from the map
-                    // however the task ends: answered, panicked, or dropped
-                    // by a runtime shutting down.
-                    let guard = FlightGuard {
-                        inflight: &inner.inflight,
-                        slot,
-                        id,
-                    };
-                    let (result, compiled) = inner.lead(key, &engine, wasm).await;
-                    match compiled {
-                        Some((module, wasm_len)) => {
-                            // Callers arriving during the save join this
-                            // flight and get the module at once.
-                            let _ = tx.send(result);
-                            inner.save(key, &engine, &module).await;
-                            let bytes =
-                                weights::lookup(key, engine_key(&engine)).unwrap_or(wasm_len);
-                            note_code_loaded(&engine, bytes);
-                            inner.after_load(generation.as_ref()).await;
-                            drop(guard);
-                        }
-                        None => {
-                            // Nothing to save: remove the flight first, so a
-                            // caller arriving after the answer starts afresh
-                            // (an error is never cached).
-                            drop(guard);
-                            inner.after_load(generation.as_ref()).await;
-                            let _ = tx.send(result);
-                        }
+        let (id, tx) = work;
+        let inner = Arc::clone(&self.inner);
+        let engine = engine.clone();
+        let span =
+            tracing::debug_span!("tierscope.load_or_compile", cache = %self.inner.name, %key);
+        // The work runs in its own task: a cancelled caller never strands
+        // the others. Waiters are answered as soon as the module exists;
+        // the save happens after.
+        tokio::spawn(
+            async move {
+                // Removes this flight (and only this one) from the map
+                // however the task ends: answered, panicked, or dropped by a
+                // runtime shutting down.
+                let guard = FlightGuard {
+                    inflight: &inner.inflight,
+                    slot,
+                    id,
+                };
+                let (result, compiled) = inner.lead(key, &engine, wasm).await;
+                match compiled {
+                    Some((module, wasm_len)) => {
+                        // Callers arriving during the save join this flight
+                        // and get the module at once.
+                        let _ = tx.send(result);
+                        inner.save(key, &engine, &module).await;
+                        let bytes = weights::lookup(key, engine_key(&engine)).unwrap_or(wasm_len);
+                        note_code_loaded(&engine, bytes);
+                        drop(guard);
+                    }
+                    None => {
+                        // Nothing to save: remove the flight first, so a
+                        // caller arriving after the answer starts afresh (an
+                        // error is never cached).
+                        drop(guard);
+                        let _ = tx.send(result);
                     }
                 }
-                .instrument(span),
-            );
-        }
+                // Off every caller's path: a switch it causes reloads in a
+                // task of its own.
+                Inner::after_load(&inner, generation.as_ref());
+            }
+            .instrument(span),
+        );
         flight.await
     }
 }
@@ -422,15 +442,51 @@ impl Drop for FlightGuard<'_> {
     }
 }
 
-impl<C: ModuleCache + Send + Sync> Inner<C> {
+impl<C> Inner<C> {
+    /// A new flight for `key`: its id, its shared answer, and the sender
+    /// that answers it (a dropped sender answers [`LoadError::Task`]).
+    fn new_flight(
+        &self,
+        key: ModuleHash,
+    ) -> (
+        u64,
+        Flight,
+        futures::channel::oneshot::Sender<Result<(Module, Served), LoadError>>,
+    ) {
+        let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = futures::channel::oneshot::channel();
+        let flight = rx
+            .map(move |received| {
+                received.unwrap_or_else(|_| {
+                    Err(LoadError::Task {
+                        key,
+                        reason:
+                            "the loading task ended without an answer (panic or runtime shutdown)"
+                                .into(),
+                    })
+                })
+            })
+            .boxed()
+            .shared();
+        (id, flight, tx)
+    }
+}
+
+impl<C: ModuleCache + Send + Sync + 'static> Inner<C> {
     async fn lead(
         &self,
         key: ModuleHash,
         engine: &Engine,
         wasm: Box<dyn FnOnce() -> bytes::Bytes + Send>,
-    ) -> (Result<Module, LoadError>, Option<(Module, u64)>) {
-        match self.cache.load_hit(key, engine).await {
-            Ok(hit) => return (Ok(hit.module), None),
+    ) -> (Result<(Module, Served), LoadError>, Option<(Module, u64)>) {
+        // The caller's `load_now` missed (and was counted): the tiers that
+        // answer at once are asked again without counting.
+        let lookup = Lookup::request().after_load_now();
+        match self.cache.lookup(key, engine, lookup).await {
+            Ok(hit) => {
+                let served = Served::Tier(hit.tier());
+                return (Ok((hit.module, served)), None);
+            }
             Err(e) if e.is_not_found() => {}
             Err(e) => tracing::debug!(
                 %key,
@@ -469,7 +525,10 @@ impl<C: ModuleCache + Send + Sync> Inner<C> {
                 return (Err(error), None);
             }
         };
-        (Ok(module.clone()), Some((module, wasm_len)))
+        (
+            Ok((module.clone(), Served::Compiled)),
+            Some((module, wasm_len)),
+        )
     }
 
     /// Save a freshly compiled module; a failure is logged (and counted by
@@ -484,59 +543,109 @@ impl<C: ModuleCache + Send + Sync> Inner<C> {
         }
     }
 
-    /// After a flight of `generation`: retire it if its evicted code passed
-    /// the budget, and drop in-process entries of retired generations
-    /// (including one this flight may have saved after a retirement).
-    ///
-    /// The entries a retirement drops from the memory tier are loaded again
-    /// into the new generation's engine, from the tiers below, before this
-    /// flight ends: the hot set survives the switch (as disk hits and
-    /// promotions, not as compiles or later misses). The caller whose load
-    /// crossed the budget pays for it, once per generation.
-    async fn after_load(&self, generation: Option<&Arc<Generation>>) {
+    /// After a flight of `generation`: if its evicted code passed the
+    /// budget, start the switch to a fresh engine in a task of its own
+    /// ([`Inner::switch`]; no caller waits for it); drop in-process entries
+    /// a flight of a retired generation saved after its switch.
+    fn after_load(this: &Arc<Self>, generation: Option<&Arc<Generation>>) {
         let Some(generation) = generation else {
             return;
         };
-        if let Some(retired) = self.generations.after_load(generation) {
-            let keys = self.cache.forget_engine(retired.engine());
-            if !keys.is_empty() {
-                self.warm_up(keys).await;
-            }
+        if let Some(guard) = this.generations.should_switch(generation) {
+            let (weak, old) = (Arc::downgrade(this), Arc::clone(generation));
+            let span = tracing::debug_span!("tierscope.engine_switch", cache = %this.name);
+            tokio::spawn(Inner::switch(weak, guard, old).instrument(span));
         } else if generation.is_retired() {
-            // A flight of a retired generation saved after the switch.
-            self.cache.forget_engine(generation.engine());
+            forget_engine(&this.cache, generation.engine());
         }
-        self.generations.refresh();
+        this.generations.refresh();
     }
 
-    /// Load `keys` into the current generation through the cache (a lower
-    /// tier's hit is promoted into the memory tier), skipping what is
-    /// already there. Failures are only logged: warming up is an
-    /// optimisation, the next request loads the module anyway.
-    async fn warm_up(&self, keys: Vec<ModuleHash>) {
-        let generation = self.generations.with_current(Arc::clone);
-        let engine = generation.engine();
-        let mut warmed = 0usize;
-        for key in keys.iter().rev() {
-            if generation.is_retired() {
+    /// Switch from `old` to a fresh engine without making callers wait or
+    /// miss: load what the memory tier holds for `old` into the next
+    /// engine from the tiers below, as reloads (counted in
+    /// `tierscope_reloads_total`, not as callers' lookups), at most
+    /// [`RELOAD_CONCURRENCY`] at a time, while `old` goes on serving; then
+    /// make the next generation current, drop `old`'s entries from the
+    /// memory tier and put the reloaded modules in their place. A second
+    /// pass picks up what callers loaded into `old` during the first. Gives
+    /// the switch up if the loader goes away.
+    async fn switch(this: Weak<Self>, guard: SwitchGuard, old: Arc<Generation>) {
+        let Some(next) = this.upgrade().map(|inner| inner.generations.prepare()) else {
+            return;
+        };
+        let mut staged: HashMap<ModuleHash, (Module, Option<TierName>)> = HashMap::new();
+        let mut asked: HashSet<ModuleHash> = HashSet::new();
+        for _pass in 0..2 {
+            let Some(inner) = this.upgrade() else {
+                return;
+            };
+            let keys: Vec<ModuleHash> = engine_entries(&inner.cache, old.engine())
+                .into_iter()
+                .filter(|k| asked.insert(*k))
+                .collect();
+            if keys.is_empty() {
                 break;
             }
-            if self.cache.load_now(*key, engine).is_some() {
-                continue;
-            }
-            match self.cache.load_hit(*key, engine).await {
-                Ok(_) => warmed += 1,
-                Err(e) => {
-                    tracing::debug!(%key, error = &e as &dyn std::error::Error, "warm-up load failed")
+            let engine = next.engine();
+            let cache = &inner.cache;
+            let loaded: Vec<_> = futures::stream::iter(keys)
+                .map(|key| async move { (key, cache.lookup(key, engine, Lookup::reload()).await) })
+                .buffer_unordered(RELOAD_CONCURRENCY)
+                .collect()
+                .await;
+            for (key, result) in loaded {
+                match result {
+                    Ok(hit) => {
+                        let from = hit.tier();
+                        staged.insert(key, (hit.module, from));
+                    }
+                    Err(e) => tracing::debug!(
+                        %key,
+                        error = &e as &dyn std::error::Error,
+                        "an engine switch could not reload a module; its next request loads it",
+                    ),
                 }
             }
         }
+        let Some(inner) = this.upgrade() else {
+            return;
+        };
+        // What the memory tier holds for `old` at the switch, longest held
+        // first: the next engine gets exactly that (what it reloaded of
+        // it), so the tier's contents, and live sizing's shadows of them,
+        // carry across. Inserted shortest held first, so that the tier's
+        // next evictions take those before the long-held ones.
+        let held = engine_entries(&inner.cache, old.engine());
+        let Some(retired) = inner.generations.switch_to(guard, Arc::clone(&next)) else {
+            return;
+        };
+        forget_engine(&inner.cache, retired.engine());
+        let engine = next.engine();
+        let mut reloaded = 0usize;
+        for key in held.iter().rev() {
+            let Some((module, from)) = staged.remove(key) else {
+                continue;
+            };
+            let origin = Origin::Promotion {
+                from,
+                lookup: Lookup::reload(),
+            };
+            match inner.cache.store(*key, engine, &module, origin).await {
+                Ok(()) => reloaded += 1,
+                Err(e) => tracing::debug!(
+                    %key,
+                    error = &e as &dyn std::error::Error,
+                    "a reloaded module could not be stored",
+                ),
+            }
+        }
         tracing::debug!(
-            generation = generation.number(),
-            warmed,
-            asked = keys.len(),
-            "new engine generation warmed up"
+            generation = next.number(),
+            reloaded,
+            held = held.len(),
+            "engine switch done"
         );
-        self.generations.refresh();
+        inner.generations.refresh();
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Tiers know nothing of metrics; they call a [`TierObserver`] that the spy
 //! decorator ([`crate::Instrumented`]) attaches through
-//! [`crate::ModuleCache::attach_observer`].
+//! [`crate::Control::AttachObserver`].
 
 use std::{fmt::Debug, sync::Arc, time::Duration};
 
@@ -24,16 +24,21 @@ pub enum EvictionCause {
     Replaced,
     /// Found corrupt (or failing integrity) and removed.
     Corrupt,
+    /// Its machine code belongs to an engine that was retired (an engine
+    /// switch of [`crate::EngineGenerations`], or
+    /// [`crate::forget_engine`]): in-process tiers only.
+    Retired,
 }
 
 impl EvictionCause {
     /// Every cause, in label order.
-    pub const ALL: [EvictionCause; 5] = [
+    pub const ALL: [EvictionCause; 6] = [
         EvictionCause::Capacity,
         EvictionCause::Expired,
         EvictionCause::Explicit,
         EvictionCause::Replaced,
         EvictionCause::Corrupt,
+        EvictionCause::Retired,
     ];
 
     /// The label value.
@@ -44,6 +49,7 @@ impl EvictionCause {
             EvictionCause::Explicit => "explicit",
             EvictionCause::Replaced => "replaced",
             EvictionCause::Corrupt => "corrupt",
+            EvictionCause::Retired => "retired",
         }
     }
 }
@@ -82,6 +88,10 @@ pub trait TierObserver: Send + Sync + Debug {
     fn available(&self, available: bool) {
         let _ = available;
     }
+    /// The tier verifies artifacts before wasmer sees them and says how in
+    /// each hit ([`crate::Hit::verified`]): called once on attach by such
+    /// tiers (disk, Redis).
+    fn verifies(&self) {}
 }
 
 /// The observers attached to one tier. Tiers embed one and call

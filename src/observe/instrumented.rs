@@ -12,7 +12,7 @@ use wasmer::{Engine, Module};
 use wasmer_types::ModuleHash;
 
 use crate::{
-    cache::{CacheError, ErrorKind, Hit, ModuleCache, TierName},
+    cache::{CacheError, Control, ErrorKind, Hit, Lookup, ModuleCache, Origin, TierName, Verified},
     engine::engine_key,
     observe::{
         hot::HitCounters,
@@ -49,6 +49,8 @@ use crate::{
 pub struct Instrumented<C> {
     inner: C,
     metrics: Arc<TierMetrics>,
+    /// What the tier reports itself (also holds the verified-hit counters).
+    observed: Arc<ObserverMetrics>,
     /// Hits and read bytes, counted per thread. Beside `metrics` rather
     /// than in it: one pointer less to follow on the memory-hit path.
     hits: Arc<HitCounters>,
@@ -59,6 +61,7 @@ impl<C: Clone> Clone for Instrumented<C> {
         Instrumented {
             inner: self.inner.clone(),
             metrics: Arc::clone(&self.metrics),
+            observed: Arc::clone(&self.observed),
             hits: Arc::clone(&self.hits),
         }
     }
@@ -100,14 +103,18 @@ impl InstrumentOptions {
     }
 }
 
-const OPS: [&str; 3] = ["load", "save", "contains"];
+const OPS: [&str; 4] = ["load", "save", "contains", "reload"];
 const LOAD: usize = 0;
 const SAVE: usize = 1;
 const CONTAINS: usize = 2;
-/// Result labels by op: load and contains answer hit/miss/error, save ok/error.
-const RESULTS: [[&str; 3]; 3] = [
+/// An engine switch's reload (see [`Lookup::reload`]): a lookup of its own.
+const RELOAD: usize = 3;
+/// Result labels by op: load, contains and reload answer hit/miss/error,
+/// save ok/error.
+const RESULTS: [[&str; 3]; 4] = [
     ["hit", "miss", "error"],
     ["ok", "error", ""],
+    ["hit", "miss", "error"],
     ["hit", "miss", "error"],
 ];
 const HIT: usize = 0;
@@ -121,9 +128,11 @@ struct TierMetrics {
     tier: TierName,
     sample_mask: u64,
     lookups: [Counter; 3],
+    /// An engine switch's reloads that reached this tier, by result.
+    reloads: [Counter; 3],
     saves: [Counter; 2],
-    duration: [[Histogram; 3]; 3],
-    errors: [[Counter; ErrorKind::ERRORS.len()]; 3],
+    duration: [[Histogram; 3]; 4],
+    errors: [[Counter; ErrorKind::ERRORS.len()]; 4],
     /// What [`HitCounters`] publishes to: the `hit` lookups and read bytes.
     hits: Counter,
     read_bytes: Counter,
@@ -137,6 +146,9 @@ impl TierMetrics {
         let t = || tier.to_string();
         let lookups = RESULTS[LOAD].map(|r| {
             metrics::counter!(names::LOOKUPS, label::CACHE => c(), label::TIER => t(), label::RESULT => r)
+        });
+        let reloads = RESULTS[RELOAD].map(|r| {
+            metrics::counter!(names::RELOADS, label::CACHE => c(), label::TIER => t(), label::RESULT => r)
         });
         let saves = [RESULTS[SAVE][SAVE_OK], RESULTS[SAVE][SAVE_ERR]].map(|r| {
             metrics::counter!(names::SAVES, label::CACHE => c(), label::TIER => t(), label::RESULT => r)
@@ -169,6 +181,7 @@ impl TierMetrics {
             written_bytes: metrics::counter!(names::WRITTEN_BYTES, label::CACHE => c(), label::TIER => t()),
             sample_mask: u64::from(options.latency_sample_every - 1),
             lookups,
+            reloads,
             saves,
             duration,
             errors,
@@ -185,7 +198,7 @@ impl TierMetrics {
     }
 
     /// The promotion counters (ok, error) for hits coming from `from`,
-    /// registered by [`ModuleCache::expect_promotions_from`] when the chain
+    /// registered by [`Control::ExpectPromotionsFrom`] when the chain
     /// is built (or here, late, for a tier nobody announced). Promotions
     /// follow a slow-tier hit, so the lock here is off the hot path.
     fn promotion_counters(&self, from: &str) -> [Counter; 2] {
@@ -225,6 +238,9 @@ struct ObserverMetrics {
     /// Registered when the tier first reports availability (tiers with a
     /// circuit breaker do at attach): absent for the others.
     available: OnceLock<Gauge>,
+    /// Hits by how they were verified ([`Verified::ALL`] order), registered
+    /// when the tier says it verifies (at attach): absent for the others.
+    verified: OnceLock<[Counter; Verified::ALL.len()]>,
     cache: String,
     tier: String,
 }
@@ -254,6 +270,7 @@ impl ObserverMetrics {
             size: OnceLock::new(),
             capacity: OnceLock::new(),
             available: OnceLock::new(),
+            verified: OnceLock::new(),
             cache: c(),
             tier: t(),
         }
@@ -286,6 +303,14 @@ impl TierObserver for ObserverMetrics {
         }
     }
 
+    fn verifies(&self) {
+        self.verified.get_or_init(|| {
+            Verified::ALL.map(|v| {
+                metrics::counter!(names::VERIFIED_HITS, label::CACHE => self.cache.clone(), label::TIER => self.tier.clone(), label::CHECK => v.as_str())
+            })
+        });
+    }
+
     fn available(&self, available: bool) {
         self.available
             .get_or_init(|| {
@@ -311,9 +336,13 @@ impl<C: ModuleCache> Instrumented<C> {
         let cache = cache.into();
         let tier = TierName::intern(&tier.into());
         names::describe_all();
-        inner.attach_observer(Arc::new(ObserverMetrics::new(&cache, &tier)));
+        let observed = Arc::new(ObserverMetrics::new(&cache, &tier));
+        inner.control(&mut Control::AttachObserver(
+            Arc::clone(&observed) as Arc<dyn TierObserver>
+        ));
         let metrics = TierMetrics::new(cache, tier, options);
         Instrumented {
+            observed,
             hits: HitCounters::new(metrics.hits.clone(), metrics.read_bytes.clone()),
             metrics: Arc::new(metrics),
             inner,
@@ -377,14 +406,20 @@ impl<C> Instrumented<C> {
 }
 
 impl<C: ModuleCache + Send + Sync> Instrumented<C> {
-    /// A load that the synchronous path could not answer: always timed.
-    async fn load_slow(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
+    /// A caller's lookup that the synchronous path could not answer:
+    /// always timed.
+    async fn load_slow(
+        &self,
+        key: ModuleHash,
+        engine: &Engine,
+        how: Lookup,
+    ) -> Result<Hit, CacheError> {
         let metrics = &*self.metrics;
         let span = self.span("load");
         let start = quanta::Instant::now();
         let result = self
             .inner
-            .load_hit(key, engine)
+            .lookup(key, engine, how)
             .instrument(span.clone())
             .await;
         let elapsed = start.elapsed().as_secs_f64();
@@ -397,6 +432,11 @@ impl<C: ModuleCache + Send + Sync> Instrumented<C> {
                 let local = self.hits.local();
                 local.hit(bytes.unwrap_or(0));
                 local.record(Kind::Hit, || key_id(&key, engine), bytes.unwrap_or(0));
+                if let (Some(v), Some(counters)) = (hit.verified(), self.observed.verified.get())
+                    && let Some(i) = Verified::ALL.iter().position(|x| *x == v)
+                {
+                    counters[i].increment(1);
+                }
                 span.record("result", "hit");
                 span.record("bytes", bytes);
                 hit.name_tier_if_unnamed(metrics.tier);
@@ -405,12 +445,7 @@ impl<C: ModuleCache + Send + Sync> Instrumented<C> {
             Err(e) if e.is_not_found() => {
                 metrics.lookups[MISS].increment(1);
                 metrics.duration[LOAD][MISS].record(elapsed);
-                if self.hits.sized() {
-                    let (kind, bytes) = miss_event(key, engine);
-                    self.hits
-                        .local()
-                        .record(kind, || key_id(&key, engine), bytes);
-                }
+                self.record_miss(key, engine);
                 span.record("result", "miss");
                 Err(e)
             }
@@ -424,22 +459,81 @@ impl<C: ModuleCache + Send + Sync> Instrumented<C> {
         }
     }
 
-    async fn save_or_promote(
+    /// An engine switch's reload (see [`Lookup::reload`]): counted in
+    /// `tierscope_reloads_total` and timed as op `reload`, never as a
+    /// caller's lookup, and not shown to live sizing (whose models follow
+    /// what callers ask for).
+    async fn reload(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
+        let metrics = &*self.metrics;
+        let span = self.span("reload");
+        let start = quanta::Instant::now();
+        let result = if self.inner.answers_now() {
+            self.inner.load_now(key, engine).ok_or(CacheError::NotFound)
+        } else {
+            self.inner
+                .lookup(key, engine, Lookup::reload())
+                .instrument(span.clone())
+                .await
+        };
+        let elapsed = start.elapsed().as_secs_f64();
+        let r = match &result {
+            Ok(_) => HIT,
+            Err(e) if e.is_not_found() => MISS,
+            Err(e) => {
+                metrics.error(RELOAD, e);
+                ERR
+            }
+        };
+        metrics.reloads[r].increment(1);
+        metrics.duration[RELOAD][r].record(elapsed);
+        span.record("result", RESULTS[RELOAD][r]);
+        result.map(|mut hit| {
+            hit.name_tier_if_unnamed(metrics.tier);
+            hit
+        })
+    }
+
+    /// Hand a caller's miss of this tier to live sizing, if it is sized.
+    fn record_miss(&self, key: ModuleHash, engine: &Engine) {
+        if self.hits.sized() {
+            let (kind, bytes) = miss_event(key, engine);
+            self.hits
+                .local()
+                .record(kind, || key_id(&key, engine), bytes);
+        }
+    }
+
+    async fn store_counted(
         &self,
         key: ModuleHash,
         engine: &Engine,
         module: &Module,
-        from: Option<TierName>,
+        origin: Origin,
     ) -> Result<(), CacheError> {
         let metrics = &*self.metrics;
         let span = self.span("save");
         let start = quanta::Instant::now();
         let result = self
             .inner
-            .promote(key, engine, module, from)
+            .store(key, engine, module, origin)
             .instrument(span.clone())
             .await;
         let elapsed = start.elapsed().as_secs_f64();
+        let (from, reload) = match origin {
+            Origin::Promotion { from, lookup } => (
+                Some(from.unwrap_or_else(|| TierName::intern("unnamed"))),
+                lookup.is_reload(),
+            ),
+            _ => (None, false),
+        };
+        if reload {
+            // Part of the reload the tiers below counted: not a caller's
+            // save, nor a promotion. Only a failure is worth a count.
+            if let Err(e) = &result {
+                metrics.error(RELOAD, e);
+            }
+            return result;
+        }
         match &result {
             Ok(()) => {
                 metrics.saves[SAVE_OK].increment(1);
@@ -475,13 +569,37 @@ impl<C: ModuleCache + Send + Sync> Instrumented<C> {
     }
 }
 
+impl<C: ModuleCache> Instrumented<C> {
+    /// A caller's miss of a tier that answers synchronously (its
+    /// `load_now` said `None`): counted as the lookup it was, timed when
+    /// the hit tick samples it (`start`). Out of line: misses are rare
+    /// beside hits, and the hit path stays small.
+    #[cold]
+    #[inline(never)]
+    fn missed_now(&self, key: ModuleHash, engine: &Engine, start: Option<quanta::Instant>) {
+        let metrics = &*self.metrics;
+        metrics.lookups[MISS].increment(1);
+        if let Some(start) = start {
+            metrics.duration[LOAD][MISS].record(start.elapsed().as_secs_f64());
+        }
+        if self.hits.sized() {
+            let (kind, bytes) = miss_event(key, engine);
+            self.hits
+                .local()
+                .record(kind, || key_id(&key, engine), bytes);
+        }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            self.span("load").record("result", "miss");
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
     async fn load(&self, key: ModuleHash, engine: &Engine) -> Result<Module, CacheError> {
-        if let Some(hit) = self.load_now(key, engine) {
-            return Ok(hit.module);
-        }
-        self.load_slow(key, engine).await.map(|hit| hit.module)
+        self.lookup(key, engine, Lookup::request())
+            .await
+            .map(|hit| hit.module)
     }
 
     // Always inlined (its cold parts are out of line): the memory-hit path,
@@ -493,13 +611,15 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
             .sampled(self.metrics.sample_mask)
             .then(quanta::Instant::now);
         // The `Hit` (two words) is taken out of the answer and put back in
-        // a new `Some`, which keeps it in registers. Borrowing it inside
-        // the answer instead left the answer on the stack once the sizing
-        // branch was added, and the copy out to the caller then read 16
-        // bytes over two 8-byte stores (a store-forwarding stall): +4 ns
-        // on every hit, sized or not. (The 40-byte `Hit` before it had the
-        // opposite problem: taking it apart cost the stall.)
-        let hit = self.inner.load_now(key, engine)?;
+        // a new `Some`, which keeps it in registers (borrowing it inside the
+        // answer left the answer on the stack, and the copy out then
+        // stalled on store forwarding).
+        let Some(hit) = self.inner.load_now(key, engine) else {
+            if self.inner.answers_now() {
+                self.missed_now(key, engine, start);
+            }
+            return None;
+        };
         let bytes = hit.bytes().unwrap_or(0);
         local.hit(bytes);
         local.record(Kind::Hit, move || key_id(&key, engine), bytes);
@@ -508,17 +628,41 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
         if start.is_some() || tracing::level_enabled!(tracing::Level::DEBUG) {
             self.after_memory_hit(start, hit.bytes());
         }
-        // `tier` is left as the inner tier set it: `load_hit` names this
+        // `tier` is left as the inner tier set it: `lookup` names this
         // tier, and the loader's fast path never needs the name.
         Some(hit)
     }
 
-    async fn load_hit(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
-        if let Some(mut hit) = self.load_now(key, engine) {
-            hit.name_tier_if_unnamed(self.metrics.tier);
-            return Ok(hit);
+    fn answers_now(&self) -> bool {
+        self.inner.answers_now()
+    }
+
+    async fn lookup(
+        &self,
+        key: ModuleHash,
+        engine: &Engine,
+        how: Lookup,
+    ) -> Result<Hit, CacheError> {
+        if how.is_reload() {
+            return self.reload(key, engine).await;
         }
-        self.load_slow(key, engine).await
+        if self.inner.answers_now() {
+            // The synchronous answer is the whole answer. After the same
+            // caller's `load_now`, that answer was counted already.
+            let hit = if how.is_after_load_now() {
+                self.inner.load_now(key, engine)
+            } else {
+                self.load_now(key, engine)
+            };
+            return match hit {
+                Some(mut hit) => {
+                    hit.name_tier_if_unnamed(self.metrics.tier);
+                    Ok(hit)
+                }
+                None => Err(CacheError::NotFound),
+            };
+        }
+        self.load_slow(key, engine, how).await
     }
 
     async fn contains(&self, key: ModuleHash, engine: &Engine) -> Result<bool, CacheError> {
@@ -550,37 +694,31 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
         engine: &Engine,
         module: &Module,
     ) -> Result<(), CacheError> {
-        self.save_or_promote(key, engine, module, None).await
+        self.store_counted(key, engine, module, Origin::Save).await
     }
 
-    async fn promote(
+    async fn store(
         &self,
         key: ModuleHash,
         engine: &Engine,
         module: &Module,
-        from: Option<TierName>,
+        origin: Origin,
     ) -> Result<(), CacheError> {
-        let from = from.unwrap_or_else(|| TierName::intern("unnamed"));
-        self.save_or_promote(key, engine, module, Some(from)).await
+        self.store_counted(key, engine, module, origin).await
     }
 
-    fn attach_observer(&self, observer: Arc<dyn TierObserver>) {
-        self.inner.attach_observer(observer);
-    }
-
-    fn tier_names(&self) -> Vec<TierName> {
-        vec![self.metrics.tier]
-    }
-
-    fn expect_promotions_from(&self, lower: &[TierName]) {
-        for from in lower {
-            let _ = self.metrics.promotion_counters(from);
+    fn control(&self, message: &mut Control<'_>) {
+        match message {
+            // This tier's name stands for the tier it wraps.
+            Control::TierNames(names) => names.push(self.metrics.tier),
+            Control::ExpectPromotionsFrom(lower) => {
+                for from in lower.iter() {
+                    let _ = self.metrics.promotion_counters(from);
+                }
+                self.inner.control(message);
+            }
+            _ => self.inner.control(message),
         }
-        self.inner.expect_promotions_from(lower);
-    }
-
-    fn forget_engine(&self, engine: &Engine) -> Vec<ModuleHash> {
-        self.inner.forget_engine(engine)
     }
 }
 

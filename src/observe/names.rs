@@ -6,6 +6,14 @@ use metrics::Unit;
 
 /// `load` calls on one tier, by `result` = `hit`/`miss`/`error`.
 pub const LOOKUPS: &str = "tierscope_lookups_total";
+/// Lookups an engine switch made on one tier to reload what the memory
+/// tier held into the new engine, by `result` = `hit`/`miss`/`error`:
+/// never callers' lookups (see [`crate::Lookup::reload`]).
+pub const RELOADS: &str = "tierscope_reloads_total";
+/// Hits of tiers that verify artifacts before wasmer sees them (disk,
+/// Redis), by `check` = `full` (every byte checked on this hit) or
+/// `remembered` (a mapping checked on an earlier hit, its file unchanged).
+pub const VERIFIED_HITS: &str = "tierscope_verified_hits_total";
 /// `save` calls on one tier (promotions included), by `result` = `ok`/`error`.
 pub const SAVES: &str = "tierscope_saves_total";
 /// Latency of one tier operation, by `op` and `result`.
@@ -79,12 +87,14 @@ pub mod label {
     pub const CACHE: &str = "cache";
     /// The user's name for one tier.
     pub const TIER: &str = "tier";
-    /// `load`, `save` or `contains`.
+    /// `load`, `save`, `contains` or `reload`.
     pub const OP: &str = "op";
     /// Outcome.
     pub const RESULT: &str = "result";
     /// Eviction cause.
     pub const CAUSE: &str = "cause";
+    /// How a hit's bytes were verified: `full` or `remembered`.
+    pub const CHECK: &str = "check";
     /// Error kind.
     pub const KIND: &str = "kind";
     /// Promotion source tier.
@@ -134,12 +144,24 @@ pub const HISTOGRAMS: [(&str, &[f64]); 3] = [
 ];
 
 /// Every metric with its kind, unit and help text.
-pub const DESCRIPTIONS: [(&str, Kind, Unit, &str); 30] = [
+pub const DESCRIPTIONS: [(&str, Kind, Unit, &str); 32] = [
     (
         LOOKUPS,
         Kind::Counter,
         Unit::Count,
-        "load calls on one cache tier, by result (hit, miss, error)",
+        "callers' lookups on one cache tier, by result (hit, miss, error); an engine switch's reloads are in tierscope_reloads_total",
+    ),
+    (
+        RELOADS,
+        Kind::Counter,
+        Unit::Count,
+        "lookups an engine switch made on one tier to reload the memory tier's contents into the new engine, by result (hit, miss, error)",
+    ),
+    (
+        VERIFIED_HITS,
+        Kind::Counter,
+        Unit::Count,
+        "hits of a tier that verifies artifacts, by check (full: every byte checked on this hit; remembered: a mapping checked earlier, its file unchanged)",
     ),
     (
         SAVES,
@@ -151,7 +173,7 @@ pub const DESCRIPTIONS: [(&str, Kind, Unit, &str); 30] = [
         OPERATION_DURATION,
         Kind::Histogram,
         Unit::Seconds,
-        "latency of one tier operation by op and result; memory-tier hits may be sampled (see the tier's latency_sample_every)",
+        "latency of one tier operation by op (load, save, contains, reload) and result; memory-tier lookups are sampled (see the tier's latency_sample_every)",
     ),
     (
         PROMOTIONS,
@@ -169,7 +191,7 @@ pub const DESCRIPTIONS: [(&str, Kind, Unit, &str); 30] = [
         EVICTIONS,
         Kind::Counter,
         Unit::Count,
-        "entries a tier dropped, by cause (capacity, expired, explicit, replaced, corrupt)",
+        "entries a tier dropped, by cause (capacity, expired, explicit, replaced, corrupt, retired)",
     ),
     (
         EVICTED_BYTES,

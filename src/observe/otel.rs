@@ -53,6 +53,8 @@ use crate::observe::{PUBLISH_INTERVAL, Publisher, names};
 pub fn otel_name(prometheus: &str) -> (Cow<'static, str>, &'static str) {
     let known: &[(&str, &str, &str)] = &[
         (names::LOOKUPS, "tierscope.lookups", "{lookup}"),
+        (names::RELOADS, "tierscope.reloads", "{lookup}"),
+        (names::VERIFIED_HITS, "tierscope.verified.hits", "{hit}"),
         (names::SAVES, "tierscope.saves", "{save}"),
         (
             names::OPERATION_DURATION,
@@ -146,6 +148,7 @@ pub fn otel_attribute(label: &str) -> Cow<'static, str> {
         names::label::TO => "cache.promotion.to".into(),
         names::label::STATE => "tierscope.code.state".into(),
         names::label::SCALE => "tierscope.sizing.scale".into(),
+        names::label::CHECK => "cache.verification".into(),
         "version" => "tierscope.version".into(),
         "wasmer_version" => "wasmer.version".into(),
         other => other.to_string().into(),

@@ -149,11 +149,15 @@ use wasmer::{Engine, Module};
 use wasmer_types::ModuleHash;
 
 use crate::{
-    cache::{CacheError, Corruption, Hit, IntegrityFailure, ModuleCache, TierName},
+    aligned::{self, AlignedBuf},
+    cache::{
+        CacheError, Control, Corruption, Hit, IntegrityFailure, Lookup, ModuleCache, TierName,
+        Verified,
+    },
     engine::{EngineIdent, engine_key, ident_of},
     entry,
     mac::{KeyRing, MAC_LEN, MacKey},
-    tier_events::{Eviction, EvictionCause, Observers, Residency, TierObserver},
+    tier_events::{Eviction, EvictionCause, Observers, Residency},
     weights,
 };
 
@@ -872,7 +876,9 @@ impl FileSystemCache {
         if self.shared.remember_verified
             && let Some((data, md_times)) = self.remembered(&rel, &path)
         {
-            return self.deserialize_verified(key, engine, rel, &path, data, md_times, None);
+            return self
+                .deserialize_verified(key, engine, rel, &path, data, md_times, None)
+                .map(|hit| hit.with_verified(Verified::Remembered));
         }
         let (data, md_times, mapped) = match read_entry(&path, &key, &ident, self.shared.max_entry)
         {
@@ -915,6 +921,7 @@ impl FileSystemCache {
             });
         }
         self.deserialize_verified(key, engine, rel, &path, data, md_times, mapped)
+            .map(|hit| hit.with_verified(Verified::Full))
     }
 
     /// The remembered verified mapping of `rel`, if its file at `path` is
@@ -965,6 +972,11 @@ impl FileSystemCache {
         // The same bytes that were verified: a slice of the mapping (or of
         // the buffer read), no copy, no second open of the path.
         let artifact = data.slice(range);
+        debug_assert!(
+            aligned::is_aligned(&artifact),
+            "an artifact handed to wasmer must be {}-byte aligned",
+            aligned::ARTIFACT_ALIGN
+        );
         // SAFETY: the file was opened without following links, is a
         // regular file, and before this point `entry::decode` verified that
         // the bytes carry our magic and format version, were written for
@@ -984,7 +996,14 @@ impl FileSystemCache {
         // a file whose inode, length and settled change times are still
         // those it had then: unchanged since (see `VerifiedMaps`). The
         // bytes are therefore the artifact this wasmer produced for this
-        // engine, which is what `Module::deserialize` requires.
+        // engine, which is what `Module::deserialize` requires. They also
+        // start on a 16-byte boundary, which wasmer's zero-copy archive
+        // access needs (`rkyv::access_unchecked` on the metadata 32 bytes
+        // in, with no alignment copy; see `crate::aligned` for where
+        // wasmer and rkyv state it): a mapping starts on a page and the
+        // read path's buffer is an `AlignedBuf`, and the entry header
+        // before the artifact is 128 bytes (checked in debug builds just
+        // above).
         #[allow(unsafe_code)]
         let module = unsafe { Module::deserialize(engine, artifact) };
         let module = match module {
@@ -1398,21 +1417,31 @@ fn read_entry(
         }
     }
     let CheckedFile {
-        file,
+        mut file,
         header,
         len,
         times,
         ..
     } = checked;
-    let mut data = Vec::new();
-    data.try_reserve_exact(len_usize)
-        .map_err(|e| io::Error::new(io::ErrorKind::OutOfMemory, e))?;
-    data.extend_from_slice(&header);
-    // `take` guards against a file growing under us; a shrinking one reads
-    // short and fails the length check in `entry::decode`.
-    file.take(len - entry::HEADER_LEN as u64)
-        .read_to_end(&mut data)?;
-    Ok((Bytes::from(data), times, None))
+    // One buffer of the checked length, aligned for wasmer's deserializer
+    // (see `crate::aligned`): exactly that many bytes are read, so a file
+    // growing under us is not read past its checked length, and one that
+    // shrank is refused as truncated.
+    let mut buf =
+        AlignedBuf::zeroed(len_usize).map_err(|e| io::Error::new(io::ErrorKind::OutOfMemory, e))?;
+    let data = buf.as_mut_slice();
+    data[..entry::HEADER_LEN].copy_from_slice(&header);
+    match file.read_exact(&mut data[entry::HEADER_LEN..]) {
+        Ok(()) => Ok((buf.into_bytes(), times, None)),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(Refused::Corrupt(
+            Corruption::Truncated {
+                actual: 0,
+                expected: len,
+            },
+            len,
+        )),
+        Err(e) => Err(Refused::Io(e)),
+    }
 }
 
 /// Map the first `len` bytes of an entry file, read-only.
@@ -1731,10 +1760,17 @@ impl std::fmt::Debug for FileSystemCache {
 #[async_trait::async_trait]
 impl ModuleCache for FileSystemCache {
     async fn load(&self, key: ModuleHash, engine: &Engine) -> Result<Module, CacheError> {
-        self.load_hit(key, engine).await.map(|hit| hit.module)
+        self.lookup(key, engine, Lookup::request())
+            .await
+            .map(|hit| hit.module)
     }
 
-    async fn load_hit(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
+    async fn lookup(
+        &self,
+        key: ModuleHash,
+        engine: &Engine,
+        _how: Lookup,
+    ) -> Result<Hit, CacheError> {
         let engine = engine.clone();
         self.blocking(move |this| this.load_blocking(key, &engine))
             .await
@@ -1762,10 +1798,13 @@ impl ModuleCache for FileSystemCache {
             .await
     }
 
-    fn attach_observer(&self, observer: Arc<dyn TierObserver>) {
-        self.shared
-            .observers
-            .attach(observer, Some(self.residency()));
+    fn control(&self, message: &mut Control<'_>) {
+        if let Control::AttachObserver(observer) = message {
+            observer.verifies();
+            self.shared
+                .observers
+                .attach(Arc::clone(observer), Some(self.residency()));
+        }
     }
 }
 

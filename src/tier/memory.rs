@@ -17,9 +17,9 @@ use wasmer::{Engine, EngineId, Module};
 use wasmer_types::ModuleHash;
 
 use crate::{
-    cache::{CacheError, Hit, ModuleCache},
+    cache::{CacheError, Control, Hit, Lookup, ModuleCache},
     engine::{engine_key, note_code_held},
-    tier_events::{Eviction, EvictionCause, Observers, Residency, TierObserver},
+    tier_events::{Eviction, EvictionCause, Observers, Residency},
     weights,
 };
 
@@ -292,7 +292,7 @@ impl MemoryCache {
     }
 
     /// Drop every entry whose code belongs to `engine` (each reported with
-    /// cause `explicit`); returns their keys, most recently inserted last.
+    /// cause `retired`); returns their keys, most recently inserted last.
     /// Called when an engine is retired (see [`crate::EngineGenerations`]),
     /// so that a retired engine's modules stop taking capacity and the
     /// engine can be freed.
@@ -310,8 +310,22 @@ impl MemoryCache {
             .collect();
         dropped.sort_by_key(|(_, d)| d.inserted);
         let reported: Vec<Dropped> = dropped.iter().map(|(_, d)| *d).collect();
-        self.report(EvictionCause::Explicit, &reported);
+        self.report(EvictionCause::Retired, &reported);
         dropped.into_iter().map(|(k, _)| k).collect()
+    }
+
+    /// The keys of the entries whose code belongs to `engine`, longest
+    /// held first.
+    fn engine_entries(&self, engine: EngineId) -> Vec<ModuleHash> {
+        let mut entries: Vec<(Instant, ModuleHash)> = self
+            .shared
+            .cache
+            .iter()
+            .filter(|(k, _)| k.1 == engine)
+            .map(|(k, e)| (e.inserted, k.0))
+            .collect();
+        entries.sort_by_key(|(inserted, _)| *inserted);
+        entries.into_iter().map(|(_, key)| key).collect()
     }
 
     fn report(&self, cause: EvictionCause, evicted: &[Dropped]) {
@@ -370,7 +384,12 @@ impl ModuleCache for MemoryCache {
         self.get(key, engine).ok_or(CacheError::NotFound)
     }
 
-    async fn load_hit(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
+    async fn lookup(
+        &self,
+        key: ModuleHash,
+        engine: &Engine,
+        _how: Lookup,
+    ) -> Result<Hit, CacheError> {
         self.load_now(key, engine).ok_or(CacheError::NotFound)
     }
 
@@ -380,6 +399,12 @@ impl ModuleCache for MemoryCache {
             .cache
             .get(&(key, engine.id()))
             .map(|e| Hit::new(e.module).with_bytes(Some(e.bytes)))
+    }
+
+    /// Always: every entry is in memory, so `load_now`'s `None` is a miss.
+    #[inline]
+    fn answers_now(&self) -> bool {
+        true
     }
 
     async fn contains(&self, key: ModuleHash, engine: &Engine) -> Result<bool, CacheError> {
@@ -397,14 +422,18 @@ impl ModuleCache for MemoryCache {
         Ok(())
     }
 
-    fn forget_engine(&self, engine: &Engine) -> Vec<ModuleHash> {
-        MemoryCache::forget_engine(self, engine.id())
-    }
-
-    fn attach_observer(&self, observer: Arc<dyn TierObserver>) {
-        self.shared
-            .observers
-            .attach(observer, Some(self.residency()));
+    fn control(&self, message: &mut Control<'_>) {
+        match message {
+            Control::ForgetEngine(engine, keys) => {
+                keys.extend(MemoryCache::forget_engine(self, engine.id()));
+            }
+            Control::EngineEntries(engine, keys) => keys.extend(self.engine_entries(engine.id())),
+            Control::AttachObserver(observer) => self
+                .shared
+                .observers
+                .attach(Arc::clone(observer), Some(self.residency())),
+            _ => {}
+        }
     }
 }
 

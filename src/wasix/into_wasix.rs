@@ -12,7 +12,7 @@ use wasmer_wasix::runtime::module_cache::{
 };
 
 use crate::{
-    ErrorKind, ModuleCache, TierName,
+    ErrorKind, Lookup, ModuleCache, TierName,
     observe::names::{self, label},
     wasix::to_wasix_error,
 };
@@ -150,7 +150,12 @@ impl<C: ModuleCache + Send + Sync> WasixCache<C> {
             self.tell(key, || LoadEvent::Hit { tier: hit.tier() });
             return Ok(hit.module);
         }
-        match self.inner.load_hit(key, engine).await {
+        // The memory tier's miss was counted by `load_now`.
+        match self
+            .inner
+            .lookup(key, engine, Lookup::request().after_load_now())
+            .await
+        {
             Ok(hit) => {
                 self.tell(key, || LoadEvent::Hit { tier: hit.tier() });
                 Ok(hit.module)

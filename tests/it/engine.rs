@@ -69,8 +69,11 @@ async fn memory_tier_never_serves_a_module_to_another_engine() {
     let engine_b = Engine::default();
     let module_b = loader.load_or_compile(&engine_b, &wasm).await.unwrap();
 
-    // Assert
+    // Assert (the save that follows a compile lands after its answer)
     assert_eq!(call_answer(&engine_b, &module_b), 42);
+    while loader.in_flight() > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
     let key = ModuleHash::new(&wasm);
     assert!(
         loader.get(&engine_b, key).is_some(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use common::{ADD_WAT, Spy, tiny};
 use tierscope::{
-    CacheError, FallbackCache, FileSystemCache, InstrumentExt, MemoryCache, ModuleCache,
+    CacheError, FallbackCache, FileSystemCache, InstrumentExt, Lookup, MemoryCache, ModuleCache,
     ModuleHash, Unavailability,
 };
 use wasmer::{Engine, Module};
@@ -90,7 +90,7 @@ async fn a_hit_in_the_lowest_tier_is_promoted_into_every_tier_above() {
         .clone()
         .with_fallback(middle.clone().with_fallback(bottom));
 
-    let got = cache.load_hit(key, &engine).await.unwrap();
+    let got = cache.lookup(key, &engine, Lookup::request()).await.unwrap();
 
     assert!(got.tier().is_none(), "unnamed tiers name no origin");
     assert!(top.contains(key, &engine).await.unwrap());
@@ -113,12 +113,15 @@ async fn the_origin_tier_is_reported_through_nested_chains() {
                 .with_fallback(bottom.instrumented("t-origin", "redis")),
         );
 
-    let first = cache.load_hit(key, &engine).await.unwrap();
-    let second = cache.load_hit(key, &engine).await.unwrap();
+    let first = cache.lookup(key, &engine, Lookup::request()).await.unwrap();
+    let second = cache.lookup(key, &engine, Lookup::request()).await.unwrap();
 
     assert_eq!(first.tier().as_deref(), Some("redis"));
     assert_eq!(second.tier().as_deref(), Some("memory"));
-    let names: Vec<_> = cache.tier_names().iter().map(|n| n.to_string()).collect();
+    let names: Vec<_> = tierscope::tier_names(&cache)
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
     assert_eq!(names, ["memory", "disk", "redis"]);
 }
 

@@ -12,7 +12,7 @@ use common::{
 };
 use metrics_util::debugging::DebuggingRecorder;
 use tierscope::{
-    FileSystemCache, InstrumentExt, MemoryCache, ModuleCache, ModuleHash,
+    FileSystemCache, InstrumentExt, Lookup, MemoryCache, ModuleCache, ModuleHash,
     engine::engine_key,
     sizing::{
         Request,
@@ -72,9 +72,10 @@ fn assert_modelled(sizing: &LiveSizing, requests: u64, hit_ratio: f64) {
 }
 
 /// One request through the stack as the loader makes it: the synchronous
-/// path, else a load, and on a miss a save. Whether the first tier hit.
+/// path, else a lookup that follows it, and on a miss a save. Whether the
+/// first tier hit.
 async fn request(
-    stack: &impl ModuleCache,
+    stack: &(impl ModuleCache + Sync),
     engine: &Engine,
     key: ModuleHash,
     module: &Module,
@@ -82,7 +83,10 @@ async fn request(
     if stack.load_now(key, engine).is_some() {
         return true;
     }
-    match stack.load(key, engine).await {
+    match stack
+        .lookup(key, engine, Lookup::request().after_load_now())
+        .await
+    {
         Ok(_) => false,
         Err(e) => {
             assert!(e.is_not_found(), "{e}");

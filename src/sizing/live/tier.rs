@@ -12,10 +12,9 @@ use super::{
 };
 use crate::{
     FileSystemCache, Instrumented, MemoryCache,
-    cache::{CacheError, Hit, ModuleCache, TierName},
+    cache::{CacheError, Control, Hit, Lookup, ModuleCache, Origin, tier_names},
     engine::engine_key,
     observe::hot::HitCounters,
-    tier_events::TierObserver,
     weights,
 };
 
@@ -81,7 +80,7 @@ impl<C: Sizable + ?Sized> Sizable for Arc<C> {
 /// Extension method: `tier.with_sizing(&sizing)`.
 pub trait SizingExt: ModuleCache + Sizable + Sized {
     /// Model this tier live (see [`SizingTier`]), under the name its spy
-    /// gives it (`tier_names()`), or `memory` / `lru` for an unnamed tier.
+    /// gives it ([`tier_names`]), or `memory` / `lru` for an unnamed tier.
     ///
     /// When the tier is a spy ([`Instrumented`]), the spy itself records
     /// the events, in a ring per thread kept beside its per-thread hit
@@ -90,7 +89,7 @@ pub trait SizingExt: ModuleCache + Sizable + Sized {
     /// for this sizing for as long as it lives, whoever calls it.
     fn with_sizing(self, sizing: &LiveSizing) -> SizingTier<Self> {
         let policy = self.sizing_policy();
-        let name = self.tier_names().first().map_or_else(
+        let name = tier_names(&self).first().map_or_else(
             || match policy {
                 TierPolicy::Memory { .. } => "memory".to_string(),
                 TierPolicy::Lru { .. } => "lru".to_string(),
@@ -199,13 +198,9 @@ impl<C> SizingTier<C> {
 #[async_trait::async_trait]
 impl<C: ModuleCache + Send + Sync> ModuleCache for SizingTier<C> {
     async fn load(&self, key: ModuleHash, engine: &Engine) -> Result<Module, CacheError> {
-        // A hit the inner tier serves at once needs no second future (each
-        // `async_trait` call allocates one): a memory hit through `load`
-        // costs what it costs without sizing, plus the recording.
-        if let Some(hit) = self.load_now(key, engine) {
-            return Ok(hit.module);
-        }
-        self.load_hit(key, engine).await.map(|hit| hit.module)
+        self.lookup(key, engine, Lookup::request())
+            .await
+            .map(|hit| hit.module)
     }
 
     // Always inlined, and the two-word `Hit` kept in registers, as the
@@ -213,18 +208,39 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for SizingTier<C> {
     // leaves nothing to do here.
     #[inline(always)]
     fn load_now(&self, key: ModuleHash, engine: &Engine) -> Option<Hit> {
-        let hit = self.inner.load_now(key, engine)?;
+        let Some(hit) = self.inner.load_now(key, engine) else {
+            if self.records_as.is_some() && self.inner.answers_now() {
+                self.record_miss(&key, engine);
+            }
+            return None;
+        };
         self.record(Kind::Hit, &key, engine, hit.bytes().unwrap_or(0));
         Some(hit)
     }
 
-    async fn load_hit(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
-        // The inner tier tries its synchronous path first, and names
-        // itself in the hit.
-        let result = self.inner.load_hit(key, engine).await;
-        if self.records_as.is_none() {
-            return result;
+    fn answers_now(&self) -> bool {
+        self.inner.answers_now()
+    }
+
+    async fn lookup(
+        &self,
+        key: ModuleHash,
+        engine: &Engine,
+        how: Lookup,
+    ) -> Result<Hit, CacheError> {
+        // The models follow callers' requests: an engine switch's reload,
+        // or the second ask after a `load_now` that was recorded, is not
+        // one more request.
+        let recorded_now = how.is_after_load_now() && self.inner.answers_now();
+        if self.records_as.is_none() || how.is_reload() || recorded_now {
+            return self.inner.lookup(key, engine, how).await;
         }
+        if self.inner.answers_now() {
+            // A hit needs no second future (each `async_trait` call
+            // allocates one); `load_now` records either answer.
+            return self.load_now(key, engine).ok_or(CacheError::NotFound);
+        }
+        let result = self.inner.lookup(key, engine, how).await;
         match &result {
             Ok(hit) => {
                 let bytes = hit
@@ -249,36 +265,22 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for SizingTier<C> {
         engine: &Engine,
         module: &Module,
     ) -> Result<(), CacheError> {
-        let result = self.inner.save(key, engine, module).await;
-        self.record_save(&key, engine);
-        result
+        self.store(key, engine, module, Origin::Save).await
     }
 
-    async fn promote(
+    async fn store(
         &self,
         key: ModuleHash,
         engine: &Engine,
         module: &Module,
-        from: Option<TierName>,
+        origin: Origin,
     ) -> Result<(), CacheError> {
-        let result = self.inner.promote(key, engine, module, from).await;
+        let result = self.inner.store(key, engine, module, origin).await;
         self.record_save(&key, engine);
         result
     }
 
-    fn attach_observer(&self, observer: Arc<dyn TierObserver>) {
-        self.inner.attach_observer(observer);
-    }
-
-    fn tier_names(&self) -> Vec<TierName> {
-        self.inner.tier_names()
-    }
-
-    fn expect_promotions_from(&self, lower: &[TierName]) {
-        self.inner.expect_promotions_from(lower);
-    }
-
-    fn forget_engine(&self, engine: &Engine) -> Vec<ModuleHash> {
-        self.inner.forget_engine(engine)
+    fn control(&self, message: &mut Control<'_>) {
+        self.inner.control(message);
     }
 }

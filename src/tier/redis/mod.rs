@@ -95,7 +95,7 @@
 //! call is let through as a probe; if Redis answers, the breaker closes,
 //! otherwise it stays open for another interval. A dead Redis therefore
 //! costs each node at most one timeout per probe interval. Changes are
-//! reported through [`TierObserver::available`] (the spy turns them into the
+//! reported through [`TierObserver::available`](crate::TierObserver::available) (the spy turns them into the
 //! gauge `tierscope_tier_available`), and the current state is reported to
 //! an observer when it attaches.
 //!
@@ -179,11 +179,9 @@ use wasmer::{Engine, Module};
 use wasmer_types::ModuleHash;
 
 use crate::{
-    cache::{CacheError, Hit, IntegrityFailure, ModuleCache},
+    cache::{CacheError, Control, Hit, IntegrityFailure, Lookup, ModuleCache, Verified},
     engine::{engine_key, ident_of},
-    entry,
-    tier_events::TierObserver,
-    weights,
+    entry, weights,
 };
 
 mod config;
@@ -415,11 +413,19 @@ impl fmt::Debug for RedisCache {
 #[async_trait::async_trait]
 impl ModuleCache for RedisCache {
     async fn load(&self, key: ModuleHash, engine: &Engine) -> Result<Module, CacheError> {
-        self.load_hit(key, engine).await.map(|hit| hit.module)
+        self.fetch_and_open(key, engine).await.map(|hit| hit.module)
     }
 
-    async fn load_hit(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
-        self.fetch_and_open(key, engine).await
+    async fn lookup(
+        &self,
+        key: ModuleHash,
+        engine: &Engine,
+        _how: Lookup,
+    ) -> Result<Hit, CacheError> {
+        // Every value's MAC covers every byte, on every hit.
+        self.fetch_and_open(key, engine)
+            .await
+            .map(|hit| hit.with_verified(Verified::Full))
     }
 
     async fn contains(&self, key: ModuleHash, engine: &Engine) -> Result<bool, CacheError> {
@@ -443,11 +449,14 @@ impl ModuleCache for RedisCache {
         self.save_value(key, engine, module).await
     }
 
-    fn attach_observer(&self, observer: Arc<dyn TierObserver>) {
-        let s = &*self.shared;
-        let _serial = s.reported.lock();
-        // A client cannot know what the server holds: no residency.
-        s.observers.attach(Arc::clone(&observer), None);
-        observer.available(s.available());
+    fn control(&self, message: &mut Control<'_>) {
+        if let Control::AttachObserver(observer) = message {
+            let s = &*self.shared;
+            let _serial = s.reported.lock();
+            observer.verifies();
+            // A client cannot know what the server holds: no residency.
+            s.observers.attach(Arc::clone(observer), None);
+            observer.available(s.available());
+        }
     }
 }

@@ -125,7 +125,7 @@ pub struct Recording {
 impl Recording {
     pub fn attach(cache: &impl ModuleCache) -> Arc<Self> {
         let r = Arc::new(Recording::default());
-        cache.attach_observer(r.clone());
+        cache.control(&mut tierscope::Control::AttachObserver(r.clone()));
         r
     }
     pub fn evictions(&self) -> Vec<Eviction> {

@@ -27,9 +27,9 @@ use redis::Commands;
 use redis_cluster::RedisCluster;
 use redis_server::{Options, RedisServer, SilentServer, free_port};
 use tierscope::{
-    CacheError, EvictionCause, FileSystemCache, InstrumentExt, IntegrityFailure, MemoryCache,
-    ModuleCache, ModuleHash, ModuleLoader, RedisCache, RedisCacheBuilder, Unavailability, corpus,
-    entry,
+    CacheError, EvictionCause, FileSystemCache, InstrumentExt, IntegrityFailure, Lookup,
+    MemoryCache, ModuleCache, ModuleHash, ModuleLoader, RedisCache, RedisCacheBuilder,
+    Unavailability, corpus, entry,
     tier::redis::{MAC_LEN, RedisTarget},
 };
 use wasmer::{Engine, Module};

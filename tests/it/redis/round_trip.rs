@@ -13,7 +13,7 @@ async fn round_trip_contains_and_miss() {
 
     // act
     redis.save(key, &engine, &module).await.unwrap();
-    let hit = redis.load_hit(key, &engine).await.unwrap();
+    let hit = redis.lookup(key, &engine, Lookup::request()).await.unwrap();
     let loaded = redis.load(key, &engine).await.unwrap();
 
     // assert
@@ -183,7 +183,7 @@ async fn large_modules_round_trip_on_the_blocking_pool() {
         .unwrap();
 
     redis.save(key, &engine, &module).await.unwrap();
-    let hit = redis.load_hit(key, &engine).await.unwrap();
+    let hit = redis.lookup(key, &engine, Lookup::request()).await.unwrap();
 
     let artifact = module.serialize().unwrap().len() as u64;
     assert!(artifact > 16 << 10, "{artifact}");
@@ -212,7 +212,7 @@ async fn values_larger_than_the_first_read_are_read_in_two_ranges() {
     );
 
     // act
-    let hit = redis.load_hit(key, &engine).await.unwrap();
+    let hit = redis.lookup(key, &engine, Lookup::request()).await.unwrap();
 
     // assert: the whole value, verified (MAC and header) and deserialized
     let artifact = module.serialize().unwrap().len() as u64;
