@@ -76,6 +76,10 @@ type Flight = Shared<BoxFuture<'static, Result<(Module, Served), LoadError>>>;
 /// How many modules an engine switch loads into the next engine at once.
 const RELOAD_CONCURRENCY: usize = 4;
 
+/// Passes an engine switch makes over the memory tier's entries: each picks
+/// up what callers loaded into the old engine during the one before.
+const RELOAD_PASSES: usize = 4;
+
 /// Flights in progress, by module and engine *instance*: a module loaded
 /// into one engine is never handed to a caller of another.
 type InFlight = HashMap<(ModuleHash, EngineId), (u64, Flight)>;
@@ -567,16 +571,17 @@ impl<C: ModuleCache + Send + Sync + 'static> Inner<C> {
     /// `tierscope_reloads_total`, not as callers' lookups), at most
     /// [`RELOAD_CONCURRENCY`] at a time, while `old` goes on serving; then
     /// make the next generation current, drop `old`'s entries from the
-    /// memory tier and put the reloaded modules in their place. A second
-    /// pass picks up what callers loaded into `old` during the first. Gives
-    /// the switch up if the loader goes away.
+    /// memory tier and put the reloaded modules in their place. Later
+    /// passes (at most [`RELOAD_PASSES`]) pick up what callers loaded into
+    /// `old` during the one before. Gives the switch up if the loader goes
+    /// away.
     async fn switch(this: Weak<Self>, guard: SwitchGuard, old: Arc<Generation>) {
         let Some(next) = this.upgrade().map(|inner| inner.generations.prepare()) else {
             return;
         };
         let mut staged: HashMap<ModuleHash, (Module, Option<TierName>)> = HashMap::new();
         let mut asked: HashSet<ModuleHash> = HashSet::new();
-        for _pass in 0..2 {
+        for _pass in 0..RELOAD_PASSES {
             let Some(inner) = this.upgrade() else {
                 return;
             };

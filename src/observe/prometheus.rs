@@ -88,10 +88,19 @@ fn announce() {
 #[must_use = "dropping the Exporter stops publishing hit counts and running upkeep"]
 pub struct Exporter {
     handle: PrometheusHandle,
+    /// Where `/metrics` is served (by [`serve`]), port resolved.
+    addr: Option<SocketAddr>,
     _timer: Publisher,
 }
 
 impl Exporter {
+    /// The address `/metrics` is served on, with the port the system chose
+    /// when asked for port 0 (`None` for an exporter of [`install`], which
+    /// serves nothing itself).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
     /// The exposition text, after publishing every tier's pending counts.
     pub fn render(&self) -> String {
         flush();
@@ -133,6 +142,7 @@ pub fn install_with(builder: PrometheusBuilder) -> Result<Exporter, BuildError> 
     let upkeep = handle.clone();
     Ok(Exporter {
         _timer: Publisher::with_tick(UPKEEP_INTERVAL, periodic_work(move || upkeep.run_upkeep())),
+        addr: None,
         handle,
     })
 }
@@ -141,13 +151,24 @@ pub fn install_with(builder: PrometheusBuilder) -> Result<Exporter, BuildError> 
 /// tokio runtime the listener runs as a task of that runtime; otherwise on
 /// its own thread. Upkeep runs either way. The listener renders without
 /// asking [`crate::observe::flush`], so scrapes see hit counts as of the
-/// last [`PUBLISH_INTERVAL`] tick.
+/// last [`PUBLISH_INTERVAL`] tick. Port 0 picks a free port
+/// ([`Exporter::local_addr`] tells which).
 pub fn serve(addr: SocketAddr) -> Result<Exporter, BuildError> {
     serve_with(builder(), addr)
 }
 
 /// [`serve`] with a builder of your own (start from [`builder`]).
 pub fn serve_with(builder: PrometheusBuilder, addr: SocketAddr) -> Result<Exporter, BuildError> {
+    // The exporter binds its own listener and does not say where: ask the
+    // system for a free port first. (Another process could take it in
+    // between; the exporter's bind then fails with an error, at once.)
+    let addr = if addr.port() == 0 {
+        std::net::TcpListener::bind(addr)
+            .and_then(|l| l.local_addr())
+            .map_err(|e| BuildError::FailedToCreateHTTPListener(format!("{addr}: {e}")))?
+    } else {
+        addr
+    };
     let builder = builder.with_http_listener(addr);
     let (recorder, handle) = match tokio::runtime::Handle::try_current() {
         Ok(rt) => {
@@ -179,6 +200,7 @@ pub fn serve_with(builder: PrometheusBuilder, addr: SocketAddr) -> Result<Export
     // The exporter task runs upkeep itself.
     Ok(Exporter {
         _timer: Publisher::with_tick(PUBLISH_INTERVAL, periodic_work(|| {})),
+        addr: Some(addr),
         handle,
     })
 }

@@ -20,6 +20,7 @@ mod disk_oversized;
 mod disk_shared_bound;
 mod engine;
 mod engine_churn;
+mod engine_switch;
 mod fallback;
 mod killed_writer;
 mod loader;

@@ -122,10 +122,15 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     };
     // Export first: tiers register their metric handles when built.
     let _metrics = match args.metrics_addr {
-        Some(addr) => Some(
-            prometheus::serve(addr)
-                .map_err(|e| Failure::Runtime(format!("cannot serve metrics on {addr}: {e}")))?,
-        ),
+        Some(addr) => {
+            let exporter = prometheus::serve(addr)
+                .map_err(|e| Failure::Runtime(format!("cannot serve metrics on {addr}: {e}")))?;
+            eprintln!(
+                "tierscope: metrics at http://{}/metrics",
+                exporter.local_addr().unwrap_or(addr)
+            );
+            Some(exporter)
+        }
         None => None,
     };
     let tokio = tokio::runtime::Builder::new_multi_thread()

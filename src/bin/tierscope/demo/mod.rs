@@ -23,7 +23,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::{RngExt, SeedableRng, rngs::SmallRng};
 use rand_distr::Zipf;
 use tierscope::{
-    EngineGenerations, FileSystemCache, InstrumentExt, MemoryCache, ModuleCache, ModuleLoader,
+    EngineGenerations, FileSystemCache, InstrumentExt, MemoryCache, ModuleCache, ModuleLoader, Served,
     observe::prometheus,
     sizing::live::{LiveSizing, SizingExt, SizingOptions, Window},
 };
@@ -44,20 +44,36 @@ pub enum Failure {
     Runtime(String),
 }
 
+/// Check `dir` can hold the disk tier now, rather than finding out from
+/// every save failing later: it is (or can be made) a directory, private
+/// to this user, that this process can write in.
+fn usable_cache_dir(dir: &std::path::Path) -> Result<(), Failure> {
+    let bad = |why: String| Failure::Usage(format!("--cache-dir {}: {why}", dir.display()));
+    if dir.exists() && !dir.is_dir() {
+        return Err(bad("exists and is not a directory".into()));
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .map_err(|e| bad(format!("cannot create it: {e}")))?;
+    tempfile::Builder::new()
+        .prefix(".tierscope-probe-")
+        .tempfile_in(dir)
+        .map_err(|e| bad(format!("cannot write in it: {e}")))?;
+    Ok(())
+}
+
 pub fn run(args: DemoArgs) -> Result<(), Failure> {
     // Validate the inputs before doing anything slow.
     let files = match &args.modules {
         Some(dir) => Some(read_modules(dir)?),
         None => None,
     };
-    if let Some(dir) = &args.cache_dir
-        && dir.exists()
-        && !dir.is_dir()
-    {
-        return Err(Failure::Usage(format!(
-            "--cache-dir {} exists and is not a directory",
-            dir.display()
-        )));
+    if let Some(dir) = &args.cache_dir {
+        usable_cache_dir(dir)?;
     }
     #[cfg(not(feature = "redis"))]
     if args.redis.is_some() {
@@ -186,7 +202,8 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
         args.concurrency,
         args.duration,
     );
-    eprintln!("metrics: http://{}/metrics", args.metrics_addr);
+    let metrics_addr = metrics.local_addr().unwrap_or(args.metrics_addr);
+    eprintln!("metrics: http://{metrics_addr}/metrics");
 
     let modules = Arc::new(modules);
     let zipf = Zipf::new(modules.len() as f64, args.zipf)
@@ -194,11 +211,15 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
     let stop = Arc::new(AtomicBool::new(false));
     let requests = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
+    // How the loader answered each caller: the truth the memory tier's
+    // metrics are checked against.
+    let served = Arc::new(ServedCounts::default());
     let started = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..args.concurrency {
         let (loader, modules) = (loader.clone(), modules.clone());
         let (stop, requests, failures) = (stop.clone(), requests.clone(), failures.clone());
+        let served = served.clone();
         let (recorder, lower) = (recorder.clone(), lower.clone());
         let mut rng = SmallRng::seed_from_u64(args.seed ^ (t + 1).wrapping_mul(0x9E37_79B9));
         tasks.push(tokio::spawn(async move {
@@ -210,7 +231,10 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
                     None => loader.load_with_hash(m.key, &m.bytes).await,
                 };
                 match loaded {
-                    Ok(_) => requests.fetch_add(1, Ordering::Relaxed),
+                    Ok(loaded) => {
+                        served.count(loaded.served());
+                        requests.fetch_add(1, Ordering::Relaxed)
+                    }
                     Err(e) => {
                         tracing::warn!(module = %m.name, error = %e, "load failed");
                         failures.fetch_add(1, Ordering::Relaxed)
@@ -226,6 +250,8 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
     pb.set_prefix("workload");
     let deadline = started + Duration::from_secs(args.duration);
     let mut interrupted = false;
+    let mut history = report::History::default();
+    let mut failing_saves = report::FailingSaves::default();
     loop {
         let now = Instant::now();
         if now >= deadline {
@@ -239,6 +265,10 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
         tierscope::observe::flush();
         prometheus::collect_process_metrics();
         let scrape = Scrape::parse(&metrics.render());
+        history.push(started.elapsed(), &scrape, served.memory_and_total());
+        for warning in failing_saves.check(&scrape) {
+            pb.suspend(|| eprintln!("{warning}"));
+        }
         pb.set_message(progress_line(
             &scrape,
             requests.load(Ordering::Relaxed),
@@ -259,6 +289,10 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
         s.report()
     });
     let scrape = Scrape::parse(&metrics.render());
+    history.push(elapsed, &scrape, served.memory_and_total());
+    for warning in failing_saves.check(&scrape) {
+        eprintln!("{warning}");
+    }
     print_table(
         &scrape,
         requests.load(Ordering::Relaxed),
@@ -266,6 +300,7 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
         elapsed,
         report.as_ref(),
     );
+    history.print_last(Duration::from_secs(20), report.as_ref());
     if let (Some(r), Some(path)) = (&recorder, &args.record) {
         let n = r.finish().map_err(Failure::Runtime)?;
         eprintln!(
@@ -279,7 +314,7 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
     if args.linger > 0 && !interrupted {
         eprintln!(
             "serving http://{}/metrics for {} more seconds (Ctrl-C to stop)",
-            args.metrics_addr, args.linger
+            metrics_addr, args.linger
         );
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(args.linger)) => {}
@@ -287,6 +322,30 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
         }
     }
     Ok(())
+}
+
+/// How the loader answered the demo's callers.
+#[derive(Default)]
+struct ServedCounts {
+    memory: AtomicU64,
+    other: AtomicU64,
+}
+
+impl ServedCounts {
+    fn count(&self, served: Served) {
+        let counter = if served == Served::Memory {
+            &self.memory
+        } else {
+            &self.other
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Loads answered from memory, and all loads.
+    fn memory_and_total(&self) -> (u64, u64) {
+        let memory = self.memory.load(Ordering::Relaxed);
+        (memory, memory + self.other.load(Ordering::Relaxed))
+    }
 }
 
 #[cfg(feature = "redis")]

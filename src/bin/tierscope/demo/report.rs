@@ -18,12 +18,16 @@ pub(super) fn progress_line(s: &Scrape, requests: u64, elapsed: Duration) -> Str
     for tier in TIERS {
         let labels = [("cache", CACHE), ("tier", tier)];
         let lookups = s.sum(names::LOOKUPS, &labels);
+        let errors = s.sum(names::ERRORS, &labels);
         if lookups > 0.0 {
             let hits = s.sum(
                 names::LOOKUPS,
                 &[("cache", CACHE), ("tier", tier), ("result", "hit")],
             );
             line.push_str(&format!(" | {tier} {:.1}%", 100.0 * hits / lookups));
+        }
+        if errors > 0.0 {
+            line.push_str(&format!(" ({tier} errors {errors:.0})"));
         }
     }
     let compiles = s.sum(names::COMPILATIONS, &[("cache", CACHE)]);
@@ -33,9 +37,9 @@ pub(super) fn progress_line(s: &Scrape, requests: u64, elapsed: Duration) -> Str
         " | compiles {compiles:.0} | promotions {promotions:.0} | evictions {evictions:.0}"
     ));
     line.push_str(&format!(
-        " | rss {} | engine gen {:.0}",
+        " | rss {} | engine switches {:.0}",
         size::human(s.sum(RESIDENT_MEMORY, &[])),
-        s.sum(names::ENGINE_GENERATIONS, &[("cache", CACHE)]),
+        (s.sum(names::ENGINE_GENERATIONS, &[("cache", CACHE)]) - 1.0).max(0.0),
     ));
     line
 }
@@ -87,7 +91,7 @@ pub(super) fn print_table(
     };
     println!();
     println!(
-        "{:<7} {:>11} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9} {:>10} {:>10} {:>12}",
+        "{:<7} {:>11} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9} {:>8} {:>10} {:>10} {:>12}",
         "tier",
         "lookups",
         "hit ratio",
@@ -97,8 +101,9 @@ pub(super) fn print_table(
         "hit p99",
         "promoted",
         "evicted",
+        "errors",
         "resident",
-        "read",
+        "served",
         "compile saved"
     );
     let mut first_lookups = None;
@@ -128,11 +133,12 @@ pub(super) fn print_table(
             &[("cache", CACHE), ("to", tier), ("result", "ok")],
         );
         let evicted = s.sum(names::EVICTIONS, &labels);
+        let errors = s.sum(names::ERRORS, &labels);
         let resident = s.sum(names::SIZE_BYTES, &labels);
-        let read = s.sum(names::READ_BYTES, &labels);
+        let served = s.sum(names::READ_BYTES, &labels);
         let saved = mean_compile.map(|m| hits * m);
         println!(
-            "{:<7} {:>11} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9} {:>10} {:>10} {:>12}",
+            "{:<7} {:>11} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9} {:>8} {:>10} {:>10} {:>12}",
             tier,
             lookups as u64,
             if lookups > 0.0 {
@@ -146,11 +152,15 @@ pub(super) fn print_table(
             duration(p99),
             promoted as u64,
             evicted as u64,
+            errors as u64,
             size::human(resident),
-            size::human(read),
+            size::human(served),
             duration(saved),
         );
     }
+    println!(
+        "(lookups: callers' requests that reached the tier; served: artifact bytes its hits handed out, no I/O for memory; errors: every error the tier returned, by kind in /metrics)"
+    );
     println!();
     let overall = first_lookups
         .filter(|l| *l > 0.0)
@@ -170,10 +180,11 @@ pub(super) fn print_table(
         ))
     };
     println!(
-        "resident memory {}; engine generations {:.0} started, {:.0} alive; engine code: cached {}, evicted {} (budget {}), retired {}",
+        "resident memory {}; engine switches {:.0} ({:.0} generations alive), reloading {:.0} modules from the lower tiers (not counted as lookups); engine code: cached {}, evicted {} (budget {}), retired {}",
         size::human(s.sum(RESIDENT_MEMORY, &[])),
-        s.sum(names::ENGINE_GENERATIONS, &cache),
+        (s.sum(names::ENGINE_GENERATIONS, &cache) - 1.0).max(0.0),
         s.sum(names::ENGINE_GENERATIONS_ALIVE, &cache),
+        s.sum(names::RELOADS, &[("cache", CACHE), ("result", "hit")]),
         code("cached"),
         code("evicted"),
         size::human(s.sum(names::ENGINE_CODE_BUDGET, &cache)),
@@ -210,3 +221,95 @@ pub(super) fn print_table(
 
 /// The process's resident memory, exported by `metrics-process`.
 pub(super) const RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
+
+/// The first tier's hit ratio as the metrics count it, beside what the
+/// loader answered the callers, sampled on every tick of the progress line:
+/// what the final "last 20 s" line compares.
+#[derive(Default)]
+pub(super) struct History {
+    /// (elapsed, metric hits, metric lookups, loads from memory, loads).
+    samples: Vec<(Duration, f64, f64, u64, u64)>,
+}
+
+impl History {
+    pub(super) fn push(&mut self, at: Duration, s: &Scrape, (memory, total): (u64, u64)) {
+        let tier = [("cache", CACHE), ("tier", TIERS[0])];
+        let hits = s.sum(
+            names::LOOKUPS,
+            &[("cache", CACHE), ("tier", TIERS[0]), ("result", "hit")],
+        );
+        self.samples
+            .push((at, hits, s.sum(names::LOOKUPS, &tier), memory, total));
+    }
+
+    /// The memory tier's hit ratio over the last `window` of the run, from
+    /// the metrics and from the loader's answers, beside the live model's.
+    pub(super) fn print_last(&self, window: Duration, sizing: Option<&SizingReport>) {
+        let Some(&(end, hits, lookups, memory, total)) = self.samples.last() else {
+            return;
+        };
+        let from = end.saturating_sub(window);
+        let &(start, hits0, lookups0, memory0, total0) = self
+            .samples
+            .iter()
+            .rev()
+            .find(|s| s.0 <= from)
+            .unwrap_or(&(Duration::ZERO, 0.0, 0.0, 0, 0));
+        let (lookups, total) = (lookups - lookups0, total - total0);
+        if lookups <= 0.0 || total == 0 {
+            return;
+        }
+        let metric = (hits - hits0) / lookups;
+        let callers = (memory - memory0) as f64 / total as f64;
+        let model = sizing
+            .and_then(|r| r.tier(TIERS[0]))
+            .and_then(|t| t.at(1.0))
+            .map_or("-".into(), |p| format!("{:.2}%", 100.0 * p.hit_ratio));
+        println!(
+            "memory tier over the last {:.1} s: hit ratio {:.2}% in /metrics ({lookups:.0} lookups), {:.2}% of the loader's {total} answers from memory; live model at 1x {model} (over its own window)",
+            (end - start).as_secs_f64(),
+            100.0 * metric,
+            100.0 * callers,
+        );
+    }
+}
+
+/// Says once, per tier, when every save so far has failed (a cache
+/// directory that cannot be written, a full disk): the table would
+/// otherwise show a tier that silently holds nothing.
+#[derive(Default)]
+pub(super) struct FailingSaves {
+    warned: Vec<&'static str>,
+}
+
+impl FailingSaves {
+    pub(super) fn check(&mut self, s: &Scrape) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for tier in TIERS {
+            let labels = |r| [("cache", CACHE), ("tier", tier), ("result", r)];
+            let (ok, failed) = (
+                s.sum(names::SAVES, &labels("ok")),
+                s.sum(names::SAVES, &labels("error")),
+            );
+            if ok > 0.0 || failed == 0.0 || self.warned.contains(&tier) {
+                continue;
+            }
+            self.warned.push(tier);
+            let kinds: Vec<&str> = tierscope::ErrorKind::ERRORS
+                .iter()
+                .map(|k| k.as_str())
+                .filter(|k| {
+                    s.sum(
+                        names::ERRORS,
+                        &[("cache", CACHE), ("tier", tier), ("op", "save"), ("kind", k)],
+                    ) > 0.0
+                })
+                .collect();
+            warnings.push(format!(
+                "warning: every save to the {tier} tier has failed so far ({failed:.0}, {}): it holds nothing",
+                kinds.join(", ")
+            ));
+        }
+        warnings
+    }
+}
