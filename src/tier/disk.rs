@@ -137,7 +137,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, OnceLock,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, SystemTime},
 };
@@ -174,6 +174,12 @@ fn disk_tier_name() -> TierName {
 const TMP_GRACE: Duration = Duration::from_secs(10);
 /// Default for [`FileSystemCacheBuilder::touch_interval`].
 const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
+/// Entry files: read-only for their owner, nothing for others.
+const ENTRY_MODE: u32 = 0o400;
+/// Entry files in a shared directory: read-only for the owner and group.
+const ENTRY_MODE_SHARED: u32 = 0o440;
+/// Default for [`FileSystemCacheBuilder::lock_timeout`].
+const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default for [`FileSystemCacheBuilder::max_entry_bytes`].
 pub const DEFAULT_MAX_ENTRY_BYTES: u64 = 1 << 30;
 /// Domain separation for the disk MAC.
@@ -197,10 +203,9 @@ struct Shared {
     remember_verified: bool,
     temp_grace: Duration,
     touch_interval: Duration,
+    lock_timeout: Duration,
     shared_directory: bool,
     mac: Option<KeyRing>,
-    /// The root was found private (or `shared_directory` is on).
-    root_trusted: AtomicBool,
     dir_lock: Mutex<DirLock>,
     index: Mutex<Index>,
     /// Entries verified in this process, with their mappings (see
@@ -415,6 +420,7 @@ pub struct FileSystemCacheBuilder {
     remember_verified: bool,
     temp_grace: Duration,
     touch_interval: Duration,
+    lock_timeout: Duration,
     shared_directory: bool,
     mac_keys: Vec<MacKey>,
 }
@@ -478,6 +484,18 @@ impl FileSystemCacheBuilder {
         self
     }
 
+    /// How long a save (or a rescan) waits for the directory's advisory
+    /// lock when another instance or process holds it, before it gives up
+    /// with [`CacheError::Timeout`] (a save) or goes on without it (a
+    /// rescan reads the directory; it evicts nothing then). Default 2 s. A
+    /// load never waits for the lock: the bookkeeping a hit does under it
+    /// (learning an entry another process wrote) is skipped while it is
+    /// busy.
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
     /// Accept a root or namespace directory that is group- or
     /// world-writable or owned by another user. Off by default: such a
     /// directory is refused, since whoever can write to it can run code in
@@ -534,16 +552,16 @@ impl FileSystemCacheBuilder {
                 remember_verified: self.remember_verified,
                 temp_grace: self.temp_grace,
                 touch_interval: self.touch_interval,
+                lock_timeout: self.lock_timeout,
                 shared_directory: self.shared_directory,
                 mac: KeyRing::new(self.mac_keys),
-                root_trusted: AtomicBool::new(self.shared_directory),
                 dir_lock: Mutex::new(DirLock::default()),
                 index: Mutex::new(Index::empty()),
                 verified: Mutex::new(VerifiedMaps::default()),
                 observers: Observers::default(),
             }),
         };
-        cache.ensure_trusted_root()?;
+        cache.ensure_trusted(None)?;
         if cache.shared.shared_directory && cache.shared.mac.is_none() {
             tracing::warn!(
                 dir = %cache.shared.root.display(),
@@ -573,6 +591,7 @@ impl FileSystemCache {
             remember_verified: true,
             temp_grace: TMP_GRACE,
             touch_interval: TOUCH_INTERVAL,
+            lock_timeout: LOCK_TIMEOUT,
             shared_directory: false,
             mac_keys: Vec::new(),
         }
@@ -607,11 +626,25 @@ impl FileSystemCache {
     /// learn entries other processes wrote, remove abandoned temporary
     /// files, then evict down to the bound. Returns the number of entries.
     pub fn rescan(&self) -> Result<usize, CacheError> {
-        let count = self.with_dir_lock(|this, _| {
+        let locked = self.with_dir_lock(self.shared.lock_timeout, |this, _| {
             let count = this.scan_into_index()?;
             let evicted = this.enforce_bound(None);
             Ok((count, evicted > 0))
         })?;
+        let count = match locked {
+            Some(count) => count,
+            None => {
+                // Held elsewhere for longer than the bound: read the
+                // directory anyway, evict nothing (the holder's own changes
+                // keep the bound; the next save here rescans under the lock).
+                tracing::warn!(
+                    dir = %self.shared.root.display(),
+                    waited = ?self.shared.lock_timeout,
+                    "the cache directory's lock is held elsewhere: scanned without it",
+                );
+                self.scan_into_index()?
+            }
+        };
         self.shared.observers.resident(self.residency());
         Ok(count)
     }
@@ -649,47 +682,62 @@ impl FileSystemCache {
         obs.resident(self.residency());
     }
 
-    /// Check, once, that the root is private (unless shared on purpose).
-    /// A root that does not exist yet is fine: it is checked when it does.
-    fn ensure_trusted_root(&self) -> Result<(), CacheError> {
+    /// Check that the root and the namespace directory `ns` (when given
+    /// and present) are private, unless shared on purpose: before every
+    /// entry this tier verifies, maps or writes, since a directory made
+    /// writable by others since the open (a `chmod 777`) lets them plant
+    /// entries. Two `stat`s, beside a load's open, `fstat` and checksum. A
+    /// directory that does not exist yet is fine: it is checked when it
+    /// does.
+    fn ensure_trusted(&self, ns: Option<&Path>) -> Result<(), CacheError> {
         let shared = &self.shared;
-        if shared.root_trusted.load(Ordering::Acquire) {
+        if shared.shared_directory {
             return Ok(());
         }
-        match fs::metadata(&shared.root) {
-            Ok(md) => {
-                check_private(&shared.root, &md)?;
-                shared.root_trusted.store(true, Ordering::Release);
-                Ok(())
+        for dir in std::iter::once(shared.root.as_path()).chain(ns) {
+            match fs::metadata(dir) {
+                Ok(md) => check_private(dir, &md)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(error) => {
+                    return Err(CacheError::FileRead {
+                        path: dir.to_path_buf(),
+                        error,
+                    });
+                }
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(error) => Err(CacheError::FileRead {
-                path: shared.root.clone(),
-                error,
-            }),
         }
+        Ok(())
     }
 
     /// Run `f` holding the directory's advisory lock (when the directory
     /// exists and the lock file can be opened; otherwise unlocked, which only
     /// weakens the bound across instances). `f` learns whether someone else
     /// changed the directory since this instance last did, and returns
-    /// whether it changed the directory itself.
+    /// whether it changed the directory itself. Waits at most `wait` for a
+    /// lock another instance or process holds: past it, `Ok(None)` and `f`
+    /// does not run.
     fn with_dir_lock<T>(
         &self,
+        wait: Duration,
         f: impl FnOnce(&Self, bool) -> Result<(T, bool), CacheError>,
-    ) -> Result<T, CacheError> {
+    ) -> Result<Option<T>, CacheError> {
         let shared = &self.shared;
+        // This instance's own users wait for each other (the lock is held
+        // for file operations only, never across a wait).
         let mut lock = shared.dir_lock.lock();
         if lock.file.is_none() {
             lock.file = open_lock_file(&shared.root, shared.shared_directory);
         }
         let Some(file) = lock.file.as_ref() else {
-            return f(self, true).map(|(t, _)| t);
+            return f(self, true).map(|(t, _)| Some(t));
         };
-        if let Err(e) = file.lock() {
-            warn_once(&shared.root.join(LOCK_NAME), &format!("cannot lock: {e}"));
-            return f(self, true).map(|(t, _)| t);
+        match lock_within(file, wait) {
+            Ok(true) => {}
+            Ok(false) => return Ok(None),
+            Err(e) => {
+                warn_once(&shared.root.join(LOCK_NAME), &format!("cannot lock: {e}"));
+                return f(self, true).map(|(t, _)| Some(t));
+            }
         }
         let generation = read_generation(file);
         let others_changed = lock.seen != Some(generation);
@@ -701,7 +749,7 @@ impl FileSystemCache {
         }
         let _ = file.unlock();
         lock.seen = Some(seen);
-        result.map(|(t, _)| t)
+        result.map(|(t, _)| Some(t))
     }
 
     /// Scan the directory and replace the index with what it holds, keeping
@@ -869,10 +917,12 @@ impl FileSystemCache {
     }
 
     fn load_blocking(&self, key: ModuleHash, engine: &Engine) -> Result<Hit, CacheError> {
-        self.ensure_trusted_root()?;
         let ident = ident_of(engine);
         let rel = rel_path(&key, &ident);
         let path = self.shared.root.join(&rel);
+        // A remembered mapping is of a file verified when its directories
+        // were trusted; a file put in its place since is another inode,
+        // and goes the whole way below.
         if self.shared.remember_verified
             && let Some((data, md_times)) = self.remembered(&rel, &path)
         {
@@ -880,6 +930,7 @@ impl FileSystemCache {
                 .deserialize_verified(key, engine, rel, &path, data, md_times, None)
                 .map(|hit| hit.with_verified(Verified::Remembered));
         }
+        self.ensure_trusted(Some(&self.shared.root.join(&ident.namespace)))?;
         let (data, md_times, mapped) = match read_entry(&path, &key, &ident, self.shared.max_entry)
         {
             Ok(v) => v,
@@ -1032,8 +1083,8 @@ impl FileSystemCache {
     /// the entry corrupt. A file that fails these checks is removed as a
     /// load would.
     fn contains_blocking(&self, key: ModuleHash, engine: &Engine) -> Result<bool, CacheError> {
-        self.ensure_trusted_root()?;
         let ident = ident_of(engine);
+        self.ensure_trusted(Some(&self.shared.root.join(&ident.namespace)))?;
         let rel = rel_path(&key, &ident);
         let path = self.shared.root.join(&rel);
         match check_entry_file(&path, &key, &ident, self.shared.max_entry) {
@@ -1055,26 +1106,32 @@ impl FileSystemCache {
             Some(meta) => meta,
             None => {
                 drop(index);
-                // Written by another process since we scanned.
-                let learned = self.with_dir_lock(|this, others_changed| {
+                // Written by another process since we scanned: learn it,
+                // and what else changed, under the directory's lock if it is
+                // free now. A hit never waits for it: when another process
+                // holds it, the entry is only added to this index (the next
+                // save here rescans under the lock and evicts).
+                let meta = Meta {
+                    bytes,
+                    touched: times.modified.min(now),
+                    created: times.created,
+                };
+                let learned = self.with_dir_lock(Duration::ZERO, |this, others_changed| {
                     if others_changed {
                         this.scan_into_index()?;
                     }
-                    this.shared.index.lock().insert(
-                        rel.clone(),
-                        Meta {
-                            bytes,
-                            touched: times.modified.min(now),
-                            created: times.created,
-                        },
-                    );
+                    this.shared.index.lock().insert(rel.clone(), meta);
                     Ok(((), this.enforce_bound(Some(&rel)) > 0))
                 });
-                if let Err(e) = learned {
-                    tracing::warn!(
+                match learned {
+                    Ok(Some(())) => {}
+                    Ok(None) => {
+                        self.shared.index.lock().insert(rel, meta);
+                    }
+                    Err(e) => tracing::warn!(
                         error = &e as &dyn std::error::Error,
                         "unable to rescan the cache directory"
-                    );
+                    ),
                 }
                 self.shared.observers.resident(self.residency());
                 return;
@@ -1135,13 +1192,13 @@ impl FileSystemCache {
         let rel = rel_path(&key, &ident);
         let path = shared.root.join(&rel);
         let dir = shared.root.join(&ident.namespace);
-        self.ensure_trusted_root()?;
+        self.ensure_trusted(None)?;
         create_dir(&dir, shared.shared_directory).map_err(|error| CacheError::FileWrite {
             path: dir.clone(),
             error,
         })?;
         // Created just now, by us or (racing) by someone else: check it.
-        self.ensure_trusted_root()?;
+        self.ensure_trusted(Some(&dir))?;
         // Unique within the process (several caches may share a directory)
         // and, with the pid, across processes.
         static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -1166,7 +1223,7 @@ impl FileSystemCache {
         };
         // Make the entry visible, learn what others wrote, and evict, all
         // under the directory lock so the bound holds for the directory.
-        let replaced = self.with_dir_lock(|this, others_changed| {
+        let replaced = self.with_dir_lock(shared.lock_timeout, |this, others_changed| {
             if others_changed && let Err(e) = this.scan_into_index() {
                 let _ = fs::remove_file(&tmp);
                 return Err(e);
@@ -1190,6 +1247,14 @@ impl FileSystemCache {
             this.enforce_bound(Some(&rel));
             Ok((replaced, true))
         })?;
+        let Some(replaced) = replaced else {
+            let _ = fs::remove_file(&tmp);
+            return Err(CacheError::Timeout {
+                op: "save",
+                tier: disk_tier_name(),
+                after: shared.lock_timeout,
+            });
+        };
         if shared.sync_data {
             // Make the rename itself durable.
             if let Ok(d) = File::open(&dir) {
@@ -1295,9 +1360,12 @@ fn check_entry_file(
         }
         Err(e) => return Err(Refused::Io(e)),
     };
-    let md = file.metadata()?;
+    let mut md = file.metadata()?;
     if !md.is_file() {
         return Err(Refused::Corrupt(Corruption::NotARegularFile, 0));
+    }
+    if make_read_only(&file, &md) {
+        md = file.metadata()?;
     }
     let len = md.len();
     if len > max {
@@ -1368,21 +1436,47 @@ fn check_entry_file(
     })
 }
 
-/// Whether only this process' user can write or truncate the file behind
-/// `md` (an `fstat` of the open descriptor): owned by the effective user,
-/// no write permission for group or others. Only such a file is mapped: a
-/// file that someone else can truncate could raise `SIGBUS` on a read of
-/// the mapping, and one they can write could change after it was verified.
-/// Unix only; elsewhere entries are always read.
+/// Whether nobody but root can write or truncate the file behind `md` (an
+/// `fstat` of the open descriptor): owned by the effective user, with no
+/// write permission for anyone, the owner included (entries are written
+/// read-only: see `write_locked`). Only such a file is mapped: a file that
+/// a process can truncate could raise `SIGBUS` on a read of the mapping,
+/// and one it can write could change after it was verified. What remains:
+/// root, or this user changing the mode first (`chmod u+w`), which moves
+/// the file's change time (so a remembered mapping is dropped, see
+/// `VerifiedMaps`) but cannot be kept from a mapping already handed to a
+/// module. Unix only; elsewhere entries are always read.
 fn may_map(md: &fs::Metadata) -> bool {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        md.uid() == rustix::process::geteuid().as_raw() && md.mode() & 0o022 == 0
+        md.uid() == rustix::process::geteuid().as_raw() && md.mode() & 0o222 == 0
     }
     #[cfg(not(unix))]
     {
         let _ = md;
+        false
+    }
+}
+
+/// Make an entry this user owns read-only, if some write bit is set (an
+/// entry written before entries were read-only, or changed by hand):
+/// `fchmod` on the open descriptor, which an owner may do on a read-only
+/// one. True if the mode changed. Best effort: a file that stays writable
+/// is read, not mapped ([`may_map`]).
+fn make_read_only(file: &File, md: &fs::Metadata) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let mode = md.mode() & 0o7777;
+        if md.uid() != rustix::process::geteuid().as_raw() || mode & 0o222 == 0 {
+            return false;
+        }
+        rustix::fs::fchmod(file, rustix::fs::Mode::from_raw_mode(mode & !0o222)).is_ok()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, md);
         false
     }
 }
@@ -1511,17 +1605,36 @@ fn has_magic(path: &Path) -> bool {
     file.read_exact(&mut magic).is_ok() && magic == entry::MAGIC
 }
 
-/// Best effort: a failure only loses recency across a restart.
+/// Best effort: a failure only loses recency across a restart. Entries are
+/// read-only, so the time is set by path (`utimensat`, which their owner
+/// may do without write permission), not through a descriptor opened for
+/// writing; links are not followed.
 fn set_mtime(path: &Path, when: SystemTime) {
-    let mut options = OpenOptions::new();
-    options.write(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(no_follow_flags());
+        use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, UTIME_OMIT, utimensat};
+        let Ok(since) = when.duration_since(SystemTime::UNIX_EPOCH) else {
+            return;
+        };
+        let times = Timestamps {
+            last_access: Timespec {
+                tv_sec: 0,
+                tv_nsec: UTIME_OMIT,
+            },
+            last_modification: Timespec {
+                tv_sec: since.as_secs() as i64,
+                tv_nsec: i64::from(since.subsec_nanos()),
+            },
+        };
+        let _ = utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW);
     }
-    if let Ok(f) = options.open(path) {
-        let _ = f.set_modified(when);
+    #[cfg(not(unix))]
+    {
+        let mut options = OpenOptions::new();
+        options.write(true);
+        if let Ok(f) = options.open(path) {
+            let _ = f.set_modified(when);
+        }
     }
 }
 
@@ -1654,6 +1767,26 @@ fn open_lock_file(root: &Path, shared: bool) -> Option<File> {
     }
 }
 
+/// Take `file`'s advisory lock, waiting at most `wait` for another holder
+/// (polling: `flock` has no timed wait). `Ok(false)`: still held elsewhere.
+fn lock_within(file: &File, wait: Duration) -> io::Result<bool> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut pause = Duration::from_micros(500);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(true),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
 fn read_generation(file: &File) -> u64 {
     #[cfg(unix)]
     {
@@ -1680,13 +1813,23 @@ fn write_generation(file: &File, generation: u64) {
 
 /// Create `tmp` (which must not exist), lock it, write `parts`, and return
 /// the still-locked file.
+///
+/// The file is created read-only (0400, or 0440 in a shared directory):
+/// the descriptor that creates it may write, nobody else can open it for
+/// writing afterwards, not even this user without root (a `cp` over the
+/// entry, a shell `>` redirect or a `truncate` fail with "permission
+/// denied" instead of changing pages that live modules map).
 fn write_locked(tmp: &Path, parts: &[&[u8]], sync: bool, shared: bool) -> io::Result<File> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        options.mode(if shared { 0o640 } else { 0o600 });
+        options.mode(if shared {
+            ENTRY_MODE_SHARED
+        } else {
+            ENTRY_MODE
+        });
     }
     #[cfg(not(unix))]
     let _ = shared;
@@ -1702,10 +1845,11 @@ fn write_locked(tmp: &Path, parts: &[&[u8]], sync: bool, shared: bool) -> io::Re
 }
 
 /// Remove a temporary file if its writer is gone (no lock held) and it is
-/// older than the grace period.
+/// older than the grace period. (Opened to read: a read-only descriptor
+/// takes the lock, and temporary files are read-only.)
 fn remove_if_abandoned(path: &Path, grace: Duration) {
     let mut options = OpenOptions::new();
-    options.read(true).write(true);
+    options.read(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;

@@ -220,28 +220,42 @@ async fn with_a_mac_key_a_flipped_byte_in_a_mapped_entry_is_never_loaded() {
 }
 
 #[tokio::test]
-async fn an_entry_that_others_could_write_is_read_not_mapped() {
-    use std::os::unix::fs::PermissionsExt;
+async fn an_entry_of_another_user_is_read_and_one_made_writable_is_made_read_only_again() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let engine = Engine::default();
     let (key, module, _) = sized(&engine, 20_000, 3);
     let tmp = tempfile::tempdir().unwrap();
     let cache = open(tmp.path());
     cache.save(key, &engine, &module).await.unwrap();
     let path = cache.entry_path(key, &engine);
+    let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o777;
+    assert_eq!(mode(&path), 0o400, "entries are written read-only");
+    let euid = fs::metadata(tmp.path()).unwrap().uid();
 
-    // Group-writable: another user could truncate it under a mapping
-    // (SIGBUS) or change it after verification.
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o620)).unwrap();
+    // Another user's entry (a shared directory): its mode is not ours to
+    // change, and its owner could truncate it under a mapping (SIGBUS) or
+    // change it after verification: read, not mapped. Giving a file
+    // another owner needs root (CI runs as root).
+    assert!(
+        crate::common::is_root(),
+        "this test gives an entry another owner: run it as root"
+    );
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
     let loaded = cache.load(key, &engine).await.unwrap();
     assert!(mappings_of(&path).is_empty(), "{:?}", mappings_of(&path));
+    assert_eq!(mode(&path), 0o644);
     exercise(&engine, &loaded);
     drop(loaded);
 
-    // Back to private: mapped again.
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    // Ours again, but writable (by hand, or written by an older
+    // tierscope): the tier takes the write bits away, then maps it.
+    std::os::unix::fs::chown(&path, Some(euid), None).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o620)).unwrap();
     let loaded = cache.load(key, &engine).await.unwrap();
+    assert_eq!(mode(&path), 0o400);
     assert!(!mappings_of(&path).is_empty());
-    drop(loaded);
+    exercise(&engine, &loaded);
 }
 
 #[tokio::test]

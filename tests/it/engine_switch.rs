@@ -98,7 +98,10 @@ async fn callers_hit_ratios_are_exact_and_modelled_across_forced_switches() {
     // The memory tier counted each caller's request once, and its hits are
     // exactly the loads answered from memory.
     let lookups = "tierscope_lookups_total";
-    let (hits, misses) = (counter(&s, lookups, &mem("hit")), counter(&s, lookups, &mem("miss")));
+    let (hits, misses) = (
+        counter(&s, lookups, &mem("hit")),
+        counter(&s, lookups, &mem("miss")),
+    );
     assert_eq!(hits + misses, REQUESTS, "{reloads} reloads");
     assert_eq!(hits, from_memory);
     // The disk tier saw exactly the memory tier's misses (every module is
@@ -107,17 +110,34 @@ async fn callers_hit_ratios_are_exact_and_modelled_across_forced_switches() {
     let reached_disk = misses - memory_on_second_ask;
     assert_eq!(counter(&s, lookups, &dsk("hit")), reached_disk);
     assert_eq!(counter(&s, lookups, &dsk("miss")), 0);
-    assert_eq!(counter(&s, "tierscope_compilations_total", &[("cache", CACHE), ("result", "ok")]), 0);
+    assert_eq!(
+        counter(
+            &s,
+            "tierscope_compilations_total",
+            &[("cache", CACHE), ("result", "ok")]
+        ),
+        0
+    );
     // Promotions are the callers' disk hits, not the reloads.
     let promoted = counter(
         &s,
         "tierscope_promotions_total",
-        &[("cache", CACHE), ("from", "disk"), ("to", "memory"), ("result", "ok")],
+        &[
+            ("cache", CACHE),
+            ("from", "disk"),
+            ("to", "memory"),
+            ("result", "ok"),
+        ],
     );
     let failed = counter(
         &s,
         "tierscope_promotions_total",
-        &[("cache", CACHE), ("from", "disk"), ("to", "memory"), ("result", "error")],
+        &[
+            ("cache", CACHE),
+            ("from", "disk"),
+            ("to", "memory"),
+            ("result", "error"),
+        ],
     );
     assert_eq!((promoted, failed), (reached_disk, 0));
     // Live sizing saw the callers' stream: its projection at 1x is the

@@ -16,6 +16,7 @@ mod disk_full;
 mod disk_hostile;
 #[cfg(target_os = "linux")]
 mod disk_mmap;
+mod disk_neighbours;
 mod disk_oversized;
 mod disk_shared_bound;
 mod engine;

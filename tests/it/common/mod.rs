@@ -220,3 +220,77 @@ pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Whether this process runs as root (its files are owned by uid 0).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    std::fs::metadata(tmp.path()).unwrap().uid() == 0
+}
+
+/// The unprivileged user permission tests run as when the suite runs as
+/// root (as CI does): created by [`as_unprivileged`] if missing.
+pub const TEST_USER: &str = "tierscope-test";
+
+/// Run the test named `test` (its full path in this binary) as an
+/// unprivileged user, for tests of what a same-user process without root
+/// can do: as root, again in a child process of this binary whose uid and
+/// gid are [`TEST_USER`]'s (the user is created with `useradd` if missing);
+/// as any other user, here. Returns true where the caller does its work;
+/// in a root caller it waits for the child, fails if the child failed, and
+/// returns false.
+pub fn as_unprivileged(test: &str) -> bool {
+    use std::os::unix::process::CommandExt;
+    if !is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var(OWN_PROCESS_ENV).as_deref() != Ok(test),
+        "{test}: still root after dropping to {TEST_USER}"
+    );
+    let (uid, gid) = test_user();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(OWN_PROCESS_ENV, test)
+        .env("HOME", std::env::temp_dir())
+        .uid(uid)
+        .gid(gid)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{test} failed as {TEST_USER}: {status}");
+    false
+}
+
+/// [`TEST_USER`]'s uid and gid, creating the user (no home, no login
+/// shell) if it does not exist yet.
+fn test_user() -> (u32, u32) {
+    let lookup = || {
+        let out = std::process::Command::new("getent")
+            .args(["passwd", TEST_USER])
+            .output()
+            .expect("getent runs");
+        let line = String::from_utf8_lossy(&out.stdout).into_owned();
+        let fields: Vec<&str> = line.trim().split(':').collect();
+        (fields.len() > 3).then(|| (fields[2].parse().unwrap(), fields[3].parse().unwrap()))
+    };
+    if let Some(ids) = lookup() {
+        return ids;
+    }
+    let out = std::process::Command::new("useradd")
+        .args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            TEST_USER,
+        ])
+        .output()
+        .expect("useradd runs");
+    // Another test may have created it meanwhile.
+    lookup().unwrap_or_else(|| {
+        panic!(
+            "cannot create the user {TEST_USER}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}

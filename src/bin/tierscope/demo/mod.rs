@@ -23,7 +23,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::{RngExt, SeedableRng, rngs::SmallRng};
 use rand_distr::Zipf;
 use tierscope::{
-    EngineGenerations, FileSystemCache, InstrumentExt, MemoryCache, ModuleCache, ModuleLoader, Served,
+    EngineGenerations, FileSystemCache, InstrumentExt, MemoryCache, ModuleCache, ModuleLoader,
+    Served,
     observe::prometheus,
     sizing::live::{LiveSizing, SizingExt, SizingOptions, Window},
 };

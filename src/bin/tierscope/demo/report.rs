@@ -301,7 +301,12 @@ impl FailingSaves {
                 .filter(|k| {
                     s.sum(
                         names::ERRORS,
-                        &[("cache", CACHE), ("tier", tier), ("op", "save"), ("kind", k)],
+                        &[
+                            ("cache", CACHE),
+                            ("tier", tier),
+                            ("op", "save"),
+                            ("kind", k),
+                        ],
                     ) > 0.0
                 })
                 .collect();
