@@ -200,6 +200,7 @@ struct Shared {
     max_entry: u64,
     sync_data: bool,
     inline_io: bool,
+    map_entries: bool,
     remember_verified: bool,
     temp_grace: Duration,
     touch_interval: Duration,
@@ -417,6 +418,7 @@ pub struct FileSystemCacheBuilder {
     max_entry_bytes: Option<u64>,
     sync_data: bool,
     inline_io: bool,
+    map_entries: bool,
     remember_verified: bool,
     temp_grace: Duration,
     touch_interval: Duration,
@@ -454,6 +456,16 @@ impl FileSystemCacheBuilder {
     /// allowed to block (a dedicated runtime, `spawn_blocking`, a benchmark).
     pub fn inline_io(mut self, on: bool) -> Self {
         self.inline_io = on;
+        self
+    }
+
+    /// Map entries (the default: the verified pages are the loaded pages,
+    /// shared with the page cache), or read each one into memory (`false`):
+    /// a copy per hit, and then nothing that happens to the file, even as
+    /// root, reaches a module loaded from it (see "Safety" in the README).
+    /// Reading also turns remembered mappings off.
+    pub fn map_entries(mut self, on: bool) -> Self {
+        self.map_entries = on;
         self
     }
 
@@ -549,7 +561,8 @@ impl FileSystemCacheBuilder {
                 max_entry,
                 sync_data: self.sync_data,
                 inline_io: self.inline_io,
-                remember_verified: self.remember_verified,
+                map_entries: self.map_entries,
+                remember_verified: self.remember_verified && self.map_entries,
                 temp_grace: self.temp_grace,
                 touch_interval: self.touch_interval,
                 lock_timeout: self.lock_timeout,
@@ -588,6 +601,7 @@ impl FileSystemCache {
             max_entry_bytes: None,
             sync_data: false,
             inline_io: false,
+            map_entries: true,
             remember_verified: true,
             temp_grace: TMP_GRACE,
             touch_interval: TOUCH_INTERVAL,
@@ -931,8 +945,13 @@ impl FileSystemCache {
                 .map(|hit| hit.with_verified(Verified::Remembered));
         }
         self.ensure_trusted(Some(&self.shared.root.join(&ident.namespace)))?;
-        let (data, md_times, mapped) = match read_entry(&path, &key, &ident, self.shared.max_entry)
-        {
+        let (data, md_times, mapped) = match read_entry(
+            &path,
+            &key,
+            &ident,
+            self.shared.max_entry,
+            self.shared.map_entries,
+        ) {
             Ok(v) => v,
             Err(Refused::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
                 // Perhaps deleted by another process: forget it.
@@ -1036,18 +1055,27 @@ impl FileSystemCache {
         // checksum taken of the `Module::serialize()` output when it was
         // saved (with a MAC key configured, the BLAKE3 keyed MAC over the
         // entry path and every byte was verified instead of the checksum,
-        // so the entry was written by a holder of the key). The directory
-        // was checked to be writable only by this user, unless the operator
+        // so the entry was written by a holder of the key). The root and
+        // namespace directories were checked just before the entry was
+        // opened to be writable only by this user, unless the operator
         // opted into a shared directory. When `read_entry` mapped the file,
-        // the verified bytes are pages of a file that only this user can change, which
+        // the verified bytes are pages of a file that nobody but root can
+        // write (this user's, mode without any write bit: `may_map`), which
         // tierscope never changes in place (see `map_entry`), so they are
         // still the verified bytes when wasmer reads them; otherwise they
         // are this process' own buffer. A remembered mapping
         // (`remembered`) is such a mapping, verified by an earlier hit, of
-        // a file whose inode, length and settled change times are still
-        // those it had then: unchanged since (see `VerifiedMaps`). The
-        // bytes are therefore the artifact this wasmer produced for this
-        // engine, which is what `Module::deserialize` requires. They also
+        // a file whose device, inode, length and modification and change
+        // times are still those it had then, times that were at least a
+        // second old when it was verified (`FileId::settled`): any write or
+        // truncation through a descriptor since, or a chmod that would
+        // allow one, would have moved them. The one change that moves no
+        // time, a store through a writable shared mapping, needs a
+        // descriptor opened for writing, which a read-only entry denies to
+        // every process but root's (or one that changed the mode, moving
+        // the change time, first). The bytes are therefore the artifact
+        // this wasmer produced for this engine, which is what
+        // `Module::deserialize` requires. They also
         // start on a 16-byte boundary, which wasmer's zero-copy archive
         // access needs (`rkyv::access_unchecked` on the metadata 32 bytes
         // in, with no alignment copy; see `crate::aligned` for where
@@ -1482,7 +1510,7 @@ fn make_read_only(file: &File, md: &fs::Metadata) -> bool {
 }
 
 /// A whole entry file, after [`check_entry_file`], in one open and one
-/// `fstat`: mapped when [`may_map`] allows it (no copy: the same pages are
+/// `fstat`: mapped when `map` is on and [`may_map`] allows it (no copy: the same pages are
 /// verified and then handed to wasmer, and stay in the page cache, shared,
 /// clean and reclaimable, for as long as the module lives), else read into
 /// one allocation of the checked length. Returns the bytes, the file's
@@ -1492,13 +1520,14 @@ fn read_entry(
     key: &ModuleHash,
     ident: &EngineIdent,
     max: u64,
+    map: bool,
 ) -> Result<(Bytes, FileTimes, Option<FileId>), Refused> {
     let checked = check_entry_file(path, key, ident, max)?;
     // `len` is at most `max`, which fits in memory on the platforms wasmer
     // supports; an allocation (or mapping) failure is an error, not an abort.
     let len_usize =
         usize::try_from(checked.len).map_err(|_| io::Error::other("entry too large"))?;
-    if checked.private {
+    if map && checked.private {
         match map_entry(&checked.file, len_usize) {
             Ok(map) => return Ok((Bytes::from_owner(map), checked.times, checked.id)),
             // A filesystem that cannot map (some FUSE or network ones):
@@ -1546,9 +1575,10 @@ fn map_entry(file: &File, len: usize) -> io::Result<memmap2::Mmap> {
     // reading a page past a truncated end raises SIGBUS. `read_entry` maps
     // only a file that `check_entry_file` found, on this very descriptor
     // (opened with O_NOFOLLOW, then `fstat`), to be a regular file owned by
-    // this process' effective user and writable by nobody else
-    // (`may_map`), whose length matched the header's claim and the entry
-    // bound: only this user (or root) could change it. tierscope itself
+    // this process' effective user with no write permission for anyone,
+    // the owner included (`may_map`), whose length matched the header's
+    // claim and the entry bound: only root, or this user after changing
+    // the mode back, could open it to change or truncate it. tierscope itself
     // never writes or truncates an entry in place: a save writes a
     // temporary file and renames it over the entry (a new inode: this
     // mapping keeps the old one, unchanged), an eviction or a removal

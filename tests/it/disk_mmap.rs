@@ -327,3 +327,32 @@ async fn a_remembered_entry_is_forgotten_when_removed_or_replaced() {
     assert!(cache.remove(key, &engine).unwrap());
     assert!(mappings_of(&path).is_empty(), "{:?}", mappings_of(&path));
 }
+
+#[tokio::test]
+async fn with_map_entries_off_every_hit_is_read_and_survives_a_truncation() {
+    let engine = Engine::default();
+    let (key, module, _) = sized(&engine, 20_000, 7);
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = FileSystemCache::builder(tmp.path())
+        .capacity(1 << 30)
+        .inline_io(true)
+        .map_entries(false)
+        .open()
+        .unwrap();
+    cache.save(key, &engine, &module).await.unwrap();
+    let path = cache.entry_path(key, &engine);
+
+    let loaded = cache.load(key, &engine).await.unwrap();
+
+    assert!(mappings_of(&path).is_empty(), "{:?}", mappings_of(&path));
+    // What even root can do to the file no longer reaches the module.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    exercise(&engine, &loaded);
+}

@@ -11,6 +11,8 @@ mod common;
 mod support;
 
 mod config_extremes;
+#[cfg(feature = "cli")]
+mod demo_cli;
 mod disk;
 mod disk_full;
 mod disk_hostile;

@@ -44,7 +44,7 @@ pub struct DemoArgs {
     pub(super) corpus: u64,
     /// Largest generated module, in bytes of wasm (sizes spread
     /// log-uniformly from 4 KB up to this; ignored with --modules).
-    #[arg(long, default_value = "400KB", value_parser = size::parse)]
+    #[arg(long, default_value = "400KB", value_parser = parse_max_wasm)]
     pub(super) max_wasm_bytes: u64,
     /// Zipf exponent of module popularity (higher: a few modules dominate).
     #[arg(long, default_value_t = 1.0, value_parser = parse_exponent)]
@@ -69,6 +69,21 @@ pub struct DemoArgs {
     /// at most the last 5 minutes).
     #[arg(long, default_value_t = 100_000, value_parser = value_parser!(u64).range(10..=100_000_000))]
     pub(super) sizing_window: u64,
+}
+
+/// Largest generated module the demo accepts: each is built in memory
+/// (and compiled), so an absurd size is refused up front.
+const MAX_WASM: u64 = 64 << 20;
+
+fn parse_max_wasm(s: &str) -> Result<u64, String> {
+    let v = size::parse(s)?;
+    if (4_000..=MAX_WASM).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!(
+            "generated modules are between 4KB and 64MiB of wasm; `{s}` is outside that range"
+        ))
+    }
 }
 
 pub(super) fn parse_exponent(s: &str) -> Result<f64, String> {
