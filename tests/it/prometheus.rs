@@ -172,6 +172,10 @@ fn every_dashboard_query_and_rule_has_data_in_a_real_prometheus() {
                 // Redis tier keeps serving hits after the warm-up.
                 "--disk-bytes",
                 "600KB",
+                // A small code budget: engine switches, and their reloads,
+                // happen every few seconds.
+                "--code-budget",
+                "256KB",
                 "--concurrency",
                 "4",
                 "--metrics-addr",
