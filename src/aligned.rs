@@ -54,7 +54,8 @@ impl AlignedBuf {
         let n = len.div_ceil(std::mem::size_of::<u128>());
         // `alloc_zeroed`: fresh pages come zeroed from the system, untouched
         // until filled.
-        let words = bytemuck::allocation::try_zeroed_slice_box::<u128>(n).map_err(|()| OutOfMemory(len))?;
+        let words =
+            bytemuck::allocation::try_zeroed_slice_box::<u128>(n).map_err(|()| OutOfMemory(len))?;
         Ok(AlignedBuf { words, len })
     }
 
