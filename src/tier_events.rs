@@ -191,6 +191,10 @@ pub trait TierObserver: Send + Sync + Debug {
     fn available(&self, available: bool) {
         let _ = available;
     }
+    /// Said once, on attach, by a tier that will report its requests
+    /// ([`TierObserver::request`]): the spy registers their metrics then,
+    /// with the recorder of the tier's construction.
+    fn will_report_requests(&self) {}
     /// A remote tier finished one request to its store (the object-store
     /// tier reports every request it sends).
     fn request(&self, request: RemoteRequest) {

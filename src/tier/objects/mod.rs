@@ -273,6 +273,7 @@ impl ModuleCache for ObjectsCache {
         let _serial = s.reported.lock();
         // A client cannot know what a bucket holds: no residency.
         s.observers.attach(Arc::clone(&observer), None);
+        observer.will_report_requests();
         observer.available(s.breaker.available());
     }
 }

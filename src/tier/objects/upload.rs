@@ -60,7 +60,6 @@ impl Shared {
         }
         let ident = ident_of(engine);
         let path = self.path(&key, &ident);
-        let started = Instant::now();
         let call = self.admit("save", deadline_after(self.timeout)).await?;
         // Already there (saved by another node): nothing to send.
         let exists = self.head(&path, deadline_after(self.timeout), "save").await;
@@ -89,8 +88,9 @@ impl Shared {
             call.settle(Verdict::Neutral);
             return Err(too_large(parts.len()));
         }
+        // The bound counts the store's time, not the serialization's.
         let bound = self.bound(parts.len());
-        let deadline = started + bound;
+        let deadline = deadline_after(bound);
         let saved = if parts.len() < self.multipart_threshold {
             self.put_once(&path, &parts, deadline, bound).await
         } else {
