@@ -281,6 +281,7 @@ impl ValueParts {
     }
 
     /// The value in one buffer (for stores that take one).
+    #[cfg(any(feature = "redis", test))]
     pub(crate) fn concat(&self) -> Vec<u8> {
         let mut value = Vec::with_capacity(self.len() as usize);
         value.extend_from_slice(&self.header);

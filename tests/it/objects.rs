@@ -268,7 +268,8 @@ async fn a_tampered_and_a_truncated_object_are_refused_and_deleted() {
     let events = Events::attach(&objects);
     let file = server.object_file(&objects.object_path(key, &engine));
 
-    let damages: [(&str, fn(&mut Vec<u8>)); 2] = [
+    type Damage = fn(&mut Vec<u8>);
+    let damages: [(&str, Damage); 2] = [
         ("tampered", |b| b[entry::HEADER_LEN + 40] ^= 1),
         ("truncated", |b| b.truncate(b.len() - 100)),
     ];
