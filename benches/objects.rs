@@ -98,7 +98,9 @@ fn bench(c: &mut Criterion) {
                 let engine = Engine::default();
                 let start = Instant::now();
                 for _ in 0..iters {
-                    let value = rt.block_on(async { raw.get(&path).await?.bytes().await }).unwrap();
+                    let value = rt
+                        .block_on(async { raw.get(&path).await?.bytes().await })
+                        .unwrap();
                     let artifact = value.slice(entry::HEADER_LEN..value.len() - 32);
                     // SAFETY: saved just above by this wasmer, same engine config.
                     #[allow(unsafe_code)]
