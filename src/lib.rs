@@ -7,7 +7,8 @@
 //!   (`load`, `contains`, `save`, `with_fallback`, keyed by [`ModuleHash`],
 //!   a miss is [`CacheError::NotFound`]).
 //! - Tiers: [`MemoryCache`] (byte-bounded), [`FileSystemCache`] (bounded,
-//!   crash-safe, verified before deserialize).
+//!   crash-safe, verified before deserialize); shared remote tiers on Redis
+//!   (feature `redis`) and on object stores such as S3 (feature `objects`).
 //! - [`FallbackCache`]: chains tiers and promotes hits upward.
 //! - [`Instrumented`]: the spy decorator recording per-tier metrics through
 //!   the `metrics` facade (names in [`observe::names`]).
@@ -104,13 +105,17 @@ pub use generations::{EngineGenerations, Generation, LoadedModule};
 pub use loader::{LoadError, ModuleLoader, Served};
 pub use mac::MacKey;
 pub use observe::instrumented::{InstrumentExt, InstrumentOptions, Instrumented};
+#[cfg(feature = "objects")]
+pub use tier::objects::{ObjectsCache, ObjectsCacheBuilder, ObjectsConfigError, ObjectsTarget};
 #[cfg(feature = "redis")]
 pub use tier::redis::{RedisCache, RedisCacheBuilder, RedisConfigError, RedisTarget};
 pub use tier::{
     disk::{FileSystemCache, FileSystemCacheBuilder},
     memory::{MemoryCache, MemoryCacheBuilder},
 };
-pub use tier_events::{Eviction, EvictionCause, Residency, TierObserver};
+pub use tier_events::{
+    Eviction, EvictionCause, RemoteRequest, RequestOp, RequestResult, Residency, TierObserver,
+};
 pub use wasmer_types::ModuleHash;
 
 /// The README's examples, compiled and run as doctests.

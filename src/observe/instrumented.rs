@@ -19,7 +19,9 @@ use crate::{
         names::{self, label},
     },
     sizing::live::ring::{Kind, key_id, miss_event},
-    tier_events::{Eviction, EvictionCause, Residency, TierObserver},
+    tier_events::{
+        Eviction, EvictionCause, RemoteRequest, RequestOp, RequestResult, Residency, TierObserver,
+    },
     weights,
 };
 
@@ -241,6 +243,11 @@ struct ObserverMetrics {
     /// Hits by how they were verified ([`Verified::ALL`] order), registered
     /// when the tier says it verifies (at attach): absent for the others.
     verified: OnceLock<[Counter; Verified::ALL.len()]>,
+    /// Registered when the tier first reports a request to its store
+    /// (remote tiers that do): by op and result, then sent and received
+    /// bytes.
+    requests: [[OnceLock<Counter>; RequestResult::ALL.len()]; RequestOp::ALL.len()],
+    transferred: [OnceLock<Counter>; 2],
     cache: String,
     tier: String,
 }
@@ -271,9 +278,46 @@ impl ObserverMetrics {
             capacity: OnceLock::new(),
             available: OnceLock::new(),
             verified: OnceLock::new(),
+            requests: Default::default(),
+            transferred: Default::default(),
             cache: c(),
             tier: t(),
         }
+    }
+}
+
+impl ObserverMetrics {
+    /// `tierscope_remote_requests_total` for (op, result), registered on
+    /// first use (normally at attach, by `will_report_requests`).
+    fn request_counter(
+        &self,
+        o: usize,
+        op: RequestOp,
+        r: usize,
+        result: RequestResult,
+    ) -> &Counter {
+        self.requests[o][r].get_or_init(|| {
+            metrics::counter!(
+                names::REMOTE_REQUESTS,
+                label::CACHE => self.cache.clone(),
+                label::TIER => self.tier.clone(),
+                label::OP => op.as_str(),
+                label::RESULT => result.as_str()
+            )
+        })
+    }
+
+    /// `tierscope_remote_transferred_bytes_total`, `sent` (0) or
+    /// `received` (1).
+    fn transferred_counter(&self, i: usize) -> &Counter {
+        self.transferred[i].get_or_init(|| {
+            metrics::counter!(
+                names::REMOTE_TRANSFERRED_BYTES,
+                label::CACHE => self.cache.clone(),
+                label::TIER => self.tier.clone(),
+                label::DIRECTION => ["sent", "received"][i]
+            )
+        })
     }
 }
 
@@ -317,6 +361,28 @@ impl TierObserver for ObserverMetrics {
                 metrics::gauge!(names::TIER_AVAILABLE, label::CACHE => self.cache.clone(), label::TIER => self.tier.clone())
             })
             .set(if available { 1.0 } else { 0.0 });
+    }
+
+    fn will_report_requests(&self) {
+        for (o, op) in RequestOp::ALL.iter().enumerate() {
+            for (r, result) in RequestResult::ALL.iter().enumerate() {
+                self.request_counter(o, *op, r, *result);
+            }
+        }
+        self.transferred_counter(0);
+        self.transferred_counter(1);
+    }
+
+    fn request(&self, r: RemoteRequest) {
+        let (Some(o), Some(x)) = (
+            RequestOp::ALL.iter().position(|o| *o == r.op),
+            RequestResult::ALL.iter().position(|x| *x == r.result),
+        ) else {
+            return;
+        };
+        self.request_counter(o, r.op, x, r.result).increment(1);
+        self.transferred_counter(0).increment(r.sent);
+        self.transferred_counter(1).increment(r.received);
     }
 }
 

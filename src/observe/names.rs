@@ -59,6 +59,11 @@ pub const ENGINE_GENERATIONS: &str = "tierscope_engine_generations_total";
 /// Engine generations alive now: the current one plus retired ones callers
 /// still use.
 pub const ENGINE_GENERATIONS_ALIVE: &str = "tierscope_engine_generations_alive";
+/// Requests a remote tier sent to its store, by `op` and `result` (the
+/// object-store tier).
+pub const REMOTE_REQUESTS: &str = "tierscope_remote_requests_total";
+/// Payload bytes a remote tier moved, by `direction` = `sent`/`received`.
+pub const REMOTE_TRANSFERRED_BYTES: &str = "tierscope_remote_transferred_bytes_total";
 /// Live sizing: hit ratio a tier would have had over the recent window at
 /// `scale` times its current capacity.
 pub const SIZING_HIT_RATIO: &str = "tierscope_sizing_hit_ratio";
@@ -103,6 +108,8 @@ pub mod label {
     pub const TO: &str = "to";
     /// State of engine code: `cached`, `evicted`, `retired`.
     pub const STATE: &str = "state";
+    /// Direction of remote transfers: `sent`, `received`.
+    pub const DIRECTION: &str = "direction";
     /// Live sizing: the multiple of a tier's current capacity modelled
     /// (`0.25`, `0.5`, `1`, `2`, `4` by default).
     pub const SCALE: &str = "scale";
@@ -144,7 +151,7 @@ pub const HISTOGRAMS: [(&str, &[f64]); 3] = [
 ];
 
 /// Every metric with its kind, unit and help text.
-pub const DESCRIPTIONS: [(&str, Kind, Unit, &str); 32] = [
+pub const DESCRIPTIONS: [(&str, Kind, Unit, &str); 34] = [
     (
         LOOKUPS,
         Kind::Counter,
@@ -288,6 +295,18 @@ pub const DESCRIPTIONS: [(&str, Kind, Unit, &str); 32] = [
         Kind::Gauge,
         Unit::Count,
         "engine generations alive: the current one plus retired ones still in use",
+    ),
+    (
+        REMOTE_REQUESTS,
+        Kind::Counter,
+        Unit::Count,
+        "requests a remote tier sent to its store, by op (get, head, put, create_multipart, put_part, complete_multipart, abort_multipart, delete) and result (ok, not_found, conflict, error, timeout)",
+    ),
+    (
+        REMOTE_TRANSFERRED_BYTES,
+        Kind::Counter,
+        Unit::Bytes,
+        "payload bytes a remote tier moved to or from its store, by direction (sent, received)",
     ),
     (
         SIZING_HIT_RATIO,

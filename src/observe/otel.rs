@@ -96,6 +96,16 @@ pub fn otel_name(prometheus: &str) -> (Cow<'static, str>, &'static str) {
             "tierscope.engine.generations.alive",
             "{generation}",
         ),
+        (
+            names::REMOTE_REQUESTS,
+            "tierscope.remote.requests",
+            "{request}",
+        ),
+        (
+            names::REMOTE_TRANSFERRED_BYTES,
+            "tierscope.remote.transferred.size",
+            "By",
+        ),
         (names::SIZING_HIT_RATIO, "tierscope.sizing.hit.ratio", "1"),
         (
             names::SIZING_BYTE_HIT_RATIO,
@@ -149,6 +159,7 @@ pub fn otel_attribute(label: &str) -> Cow<'static, str> {
         names::label::STATE => "tierscope.code.state".into(),
         names::label::SCALE => "tierscope.sizing.scale".into(),
         names::label::CHECK => "cache.verification".into(),
+        names::label::DIRECTION => "network.io.direction".into(),
         "version" => "tierscope.version".into(),
         "wasmer_version" => "wasmer.version".into(),
         other => other.to_string().into(),

@@ -30,9 +30,11 @@ mod loader;
 mod memory;
 mod metrics;
 mod metrics_doc;
+#[cfg(feature = "objects")]
+mod objects;
 #[cfg(feature = "opentelemetry")]
 mod otel;
-#[cfg(all(feature = "cli", feature = "redis"))]
+#[cfg(all(feature = "cli", feature = "redis", feature = "objects"))]
 mod prometheus;
 #[cfg(feature = "redis")]
 mod redis;

@@ -184,8 +184,13 @@ fn every_dashboard_query_and_rule_has_data_in_a_real_prometheus() {
                 tmp.path().join("cache").to_str().unwrap(),
                 "--redis",
                 &redis_url,
+                // An object store below Redis (in the demo's memory: the
+                // panels need its request series, not a bucket).
+                "--objects",
+                "memory:///",
             ])
-            .env("TIERSCOPE_REDIS_KEY", "5".repeat(64)),
+            .env("TIERSCOPE_REDIS_KEY", "5".repeat(64))
+            .env("TIERSCOPE_OBJECTS_KEY", "6".repeat(64)),
         "the demo",
     );
     wait_until("the demo's /metrics", Duration::from_secs(120), || {
@@ -298,7 +303,7 @@ fn every_dashboard_query_and_rule_has_data_in_a_real_prometheus() {
         }
         let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let vars = variable_values(&dashboard, &["memory", "disk", "redis"]);
+        let vars = variable_values(&dashboard, &["memory", "disk", "redis", "objects"]);
         let mut exprs = Vec::new();
         panel_exprs(&dashboard, &mut exprs);
         assert!(!exprs.is_empty(), "{} has no queries", path.display());

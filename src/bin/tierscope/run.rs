@@ -62,6 +62,11 @@ pub struct RunArgs {
     /// feature; MAC key in TIERSCOPE_REDIS_KEY).
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
+    /// Add a shared object-store tier at the bottom of the stack (needs the
+    /// `objects` feature): s3://bucket/prefix, gs://.., az://.., file:///dir;
+    /// credentials from the environment, MAC key in TIERSCOPE_OBJECTS_KEY.
+    #[arg(long, value_name = "URL")]
+    objects: Option<String>,
     /// Say on stderr which tier served the module (or that it was compiled).
     #[arg(short, long)]
     verbose: bool,
@@ -110,6 +115,12 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             "--redis needs a build with the `redis` feature: cargo run --features cli,wasix,redis -- run --redis URL FILE".into(),
         ));
     }
+    #[cfg(not(feature = "objects"))]
+    if args.objects.is_some() {
+        return Err(Failure::Usage(
+            "--objects needs a build with the `objects` feature: cargo run --features cli,wasix,objects -- run --objects URL FILE".into(),
+        ));
+    }
     let wasm = read_program(&args.file)?;
     let dir = match args.cache_dir.clone().or_else(default_cache_dir) {
         Some(dir) => dir,
@@ -151,6 +162,17 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         }
         #[cfg(not(feature = "redis"))]
         Some(_) => return Err(Failure::Usage("--redis needs the `redis` feature".into())),
+    };
+    let lower: Arc<dyn ModuleCache + Send + Sync> = match &args.objects {
+        None => lower,
+        #[cfg(feature = "objects")]
+        Some(url) => Arc::new(lower.with_fallback(crate::demo::objects_tier(url, CACHE)?)),
+        #[cfg(not(feature = "objects"))]
+        Some(_) => {
+            return Err(Failure::Usage(
+                "--objects needs the `objects` feature".into(),
+            ));
+        }
     };
     let mut cache = WasixCache::new(CACHE, memory.with_fallback(lower));
     if args.verbose {

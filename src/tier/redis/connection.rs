@@ -20,6 +20,7 @@ use redis::{
 use wasmer_types::ModuleHash;
 
 use crate::{
+    aligned::{self, AlignedBuf},
     cache::{CacheError, TierName, Unavailability},
     engine::EngineIdent,
     tier_events::{Eviction, EvictionCause, Observers},
@@ -228,8 +229,17 @@ pub(super) enum Fetched {
     /// A value larger than `max_entry_bytes`, of this many bytes: at most
     /// its first [`FIRST_READ_BYTES`] were transferred.
     TooLarge(u64),
-    /// A value within the limit.
+    /// A value within the limit, in an aligned buffer.
     Value(Bytes),
+}
+
+/// A read before its bytes are made one aligned buffer.
+enum Raw {
+    Fetched(Fetched),
+    /// The whole value, in one reply.
+    Whole(Bytes),
+    /// The value in two ranges.
+    Split(Bytes, Bytes),
 }
 
 /// One admitted call. Dropping it without a verdict (a cancelled caller)
@@ -603,13 +613,13 @@ impl Shared {
                 let (exists, size, head): (bool, u64, Bytes) =
                     self.attempt_pipeline(&pipeline).await?;
                 if !exists {
-                    return Ok(Fetched::Missing);
+                    return Ok(Raw::Fetched(Fetched::Missing));
                 }
                 if size > limit {
-                    return Ok(Fetched::TooLarge(size));
+                    return Ok(Raw::Fetched(Fetched::TooLarge(size)));
                 }
                 if head.len() as u64 == size {
-                    return Ok(Fetched::Value(head));
+                    return Ok(Raw::Whole(head));
                 }
                 if (head.len() as u64) < first {
                     continue; // shorter than STRLEN said: replaced in between
@@ -620,16 +630,31 @@ impl Shared {
                 if first + tail.len() as u64 != size {
                     continue;
                 }
-                let mut value = Vec::with_capacity(head.len() + tail.len());
-                value.extend_from_slice(&head);
-                value.extend_from_slice(&tail);
-                return Ok(Fetched::Value(value.into()));
+                return Ok(Raw::Split(head, tail));
             }
             // Replaced twice while being read: a writer is at work; its
             // value will be there for the next load.
-            Ok(Fetched::Missing)
+            Ok(Raw::Fetched(Fetched::Missing))
         };
-        self.bounded("load", deadline, work).await
+        // Every value reaches `Module::deserialize` from an aligned buffer
+        // (see `crate::aligned`): a value read in one piece is copied only
+        // if the reply left it misaligned; one read in two ranges is
+        // assembled into one aligned buffer (one copy, as before).
+        let aligned = |raw| -> Result<Fetched, aligned::OutOfMemory> {
+            Ok(match raw {
+                Raw::Fetched(fetched) => fetched,
+                Raw::Whole(value) => Fetched::Value(aligned::aligned(value)?),
+                Raw::Split(head, tail) => {
+                    let mut value = AlignedBuf::zeroed(head.len() + tail.len())?;
+                    let (first, rest) = value.as_mut_slice().split_at_mut(head.len());
+                    first.copy_from_slice(&head);
+                    rest.copy_from_slice(&tail);
+                    Fetched::Value(value.into_bytes())
+                }
+            })
+        };
+        let raw = self.bounded("load", deadline, work).await?;
+        aligned(raw).map_err(CacheError::other)
     }
 
     pub(super) fn timed_out(&self, op: &'static str) -> CacheError {

@@ -186,17 +186,14 @@ use crate::{
 
 mod config;
 mod connection;
-mod signing;
-mod value;
 
 use crate::tier::breaker::{Breaker, Verdict};
+use crate::tier::remote_value::{self, Signing, ValueParts};
 pub use config::{RedisCacheBuilder, RedisConfigError, RedisTarget};
 use connection::{Fetched, Shards, Shared, Target, deadline_after};
-use signing::Signing;
-use value::{Rejected, build_value, open_value};
 
 /// Bytes of the MAC that ends every value.
-pub const MAC_LEN: usize = 32;
+pub const MAC_LEN: usize = remote_value::MAC_LEN;
 /// Redis' largest string value (`proto-max-bulk-len`, 512 MiB by default).
 pub const REDIS_MAX_VALUE_BYTES: u64 = 512 << 20;
 /// Default key prefix.
@@ -322,7 +319,8 @@ impl RedisCache {
                 value.clone(),
             );
             s.cpu(big, move || {
-                open_value(&shared.signing, &redis_key, &key, &ident, &engine, value)
+                let value = shared.signing.authenticate(redis_key.as_bytes(), value)?;
+                remote_value::open(value, &key, &ident, &engine)
             })
             .await?
         };
@@ -334,12 +332,7 @@ impl RedisCache {
             Err(rejected) => rejected,
         };
         s.discard(&redis_key, &value).await;
-        let location = s.location(&redis_key);
-        Err(match rejected {
-            Rejected::Integrity(reason) => CacheError::Integrity { location, reason },
-            Rejected::Corrupt(reason) => CacheError::Corrupt { location, reason },
-            Rejected::Deserialize(e) => CacheError::Deserialize(e),
-        })
+        Err(rejected.into_error(s.location(&redis_key)))
     }
 
     async fn save_value(
@@ -370,7 +363,8 @@ impl RedisCache {
             let shared = Arc::clone(&self.shared);
             let (redis_key, module) = (redis_key.clone(), module.clone());
             s.cpu(big, move || {
-                build_value(&shared.signing, &redis_key, &key, &ident, &module)
+                ValueParts::build(&shared.signing, &redis_key, &key, &ident, &module)
+                    .map(|parts| (parts.concat(), parts.artifact.len() as u64))
             })
             .await??
         };

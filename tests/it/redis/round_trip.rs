@@ -223,3 +223,34 @@ async fn values_larger_than_the_first_read_are_read_in_two_ranges() {
     );
     assert_eq!(exports(&hit.module), exports(&module));
 }
+
+#[tokio::test]
+async fn values_read_whole_or_in_two_ranges_reach_wasmer_aligned() {
+    // A small value arrives in the first range, one over FIRST_READ_BYTES
+    // (1 MiB) in two; either way it is opened from one aligned buffer (the
+    // tier's debug assertion before `Module::deserialize` checks it).
+    let server = RedisServer::start();
+    let engine = Engine::default();
+    let redis = cache(&server);
+    let big = format!(
+        r#"(module (memory 40) (data (i32.const 0) "{}"))"#,
+        "x".repeat(2 << 20)
+    );
+    for (i, wat) in ["(module (func (export \"f\")))", big.as_str()]
+        .iter()
+        .enumerate()
+    {
+        let wasm = wat::parse_str(wat).unwrap();
+        let key = ModuleHash::new(&wasm);
+        let module = Module::new(&engine, &wasm).unwrap();
+        redis.save(key, &engine, &module).await.unwrap();
+        let loaded = redis.load(key, &Engine::default()).await.unwrap();
+        assert_eq!(
+            loaded.serialize().unwrap(),
+            module.serialize().unwrap(),
+            "value {i}"
+        );
+    }
+    let big_key = redis.redis_key(ModuleHash::new(wat::parse_str(&big).unwrap()), &engine);
+    assert!(get_raw(&server, &big_key).unwrap().len() > 2 << 20);
+}

@@ -3,3 +3,5 @@
 #[cfg(feature = "redis")]
 pub mod redis_cluster;
 pub mod redis_server;
+#[cfg(feature = "objects")]
+pub mod s3_server;

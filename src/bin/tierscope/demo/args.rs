@@ -39,6 +39,13 @@ pub struct DemoArgs {
     /// TIERSCOPE_REDIS_KEY (64 hex characters), never from the command line.
     #[arg(long, value_name = "URL")]
     pub(super) redis: Option<String>,
+    /// Add a shared object-store tier at the bottom of the stack (needs
+    /// the `objects` feature), e.g. s3://bucket/prefix, gs://bucket/prefix,
+    /// az://container/prefix or file:///dir. Credentials come from the
+    /// environment as the object_store crate reads them (AWS_ACCESS_KEY_ID,
+    /// AWS_ENDPOINT, ...); the MAC key from TIERSCOPE_OBJECTS_KEY.
+    #[arg(long, value_name = "URL")]
+    pub(super) objects: Option<String>,
     /// Number of generated modules (ignored with --modules).
     #[arg(long, default_value_t = 40, value_parser = value_parser!(u64).range(1..=10_000))]
     pub(super) corpus: u64,

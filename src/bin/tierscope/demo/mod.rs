@@ -82,6 +82,12 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
             "--redis needs a build with the `redis` feature: cargo run --release --features cli,redis -- demo --redis URL".into(),
         ));
     }
+    #[cfg(not(feature = "objects"))]
+    if args.objects.is_some() {
+        return Err(Failure::Usage(
+            "--objects needs a build with the `objects` feature: cargo run --release --features cli,objects -- demo --objects URL".into(),
+        ));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -178,6 +184,13 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
         #[cfg(not(feature = "redis"))]
         Some(_) => unreachable!("checked before the runtime starts"),
     };
+    let lower: Arc<dyn ModuleCache + Send + Sync> = match &args.objects {
+        None => lower,
+        #[cfg(feature = "objects")]
+        Some(url) => Arc::new(lower.with_fallback(objects_tier(url, CACHE)?)),
+        #[cfg(not(feature = "objects"))]
+        Some(_) => unreachable!("checked before the runtime starts"),
+    };
     let recorder = match &args.record {
         Some(p) => Some(Arc::new(
             crate::record::Recorder::create(p).map_err(Failure::Usage)?,
@@ -194,10 +207,11 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
         size::human(args.memory_bytes as f64),
         size::human(args.disk_bytes as f64),
         dir.display(),
-        if args.redis.is_some() {
-            " -> redis"
-        } else {
-            ""
+        match (args.redis.is_some(), args.objects.is_some()) {
+            (true, true) => " -> redis -> objects",
+            (true, false) => " -> redis",
+            (false, true) => " -> objects",
+            (false, false) => "",
         },
         size::human(args.code_budget as f64),
         args.concurrency,
@@ -376,4 +390,25 @@ pub(crate) async fn redis_tier(
         .await
         .map_err(|e| Failure::Runtime(format!("--redis {url}: {e}")))?;
     Ok(cache)
+}
+
+#[cfg(feature = "objects")]
+/// The object-store tier of the CLI's stacks, instrumented under the cache
+/// name `name`: credentials from the environment as the `object_store`
+/// crate reads them, the MAC key from TIERSCOPE_OBJECTS_KEY (never the
+/// command line).
+pub(crate) fn objects_tier(
+    url: &str,
+    name: &str,
+) -> Result<tierscope::Instrumented<tierscope::ObjectsCache>, Failure> {
+    let cache = tierscope::ObjectsCache::builder(url)
+        .mac_keys_from_env()
+        .map_err(|e| {
+            Failure::Usage(format!(
+                "--objects: {e}; generate one with `openssl rand -hex 32`"
+            ))
+        })?
+        .build()
+        .map_err(|e| Failure::Usage(format!("--objects: {e}")))?;
+    Ok(cache.instrumented(name, "objects"))
 }
