@@ -154,6 +154,38 @@ impl KeyRing {
     }
 }
 
+/// Domain separation for the disk tier's entry MAC.
+const DISK_DOMAIN: &[u8] = b"tierscope disk entry mac v1";
+
+impl KeyRing {
+    /// The disk tier's tag of an entry: over a domain, the entry's relative
+    /// path (namespace and key), its header with the MAC field zeroed
+    /// (`header` is passed so), and the artifact.
+    pub(crate) fn sign_disk_entry(
+        &self,
+        rel: &str,
+        header: &[u8; crate::entry::HEADER_LEN],
+        artifact: &[u8],
+    ) -> [u8; MAC_LEN] {
+        self.sign(&[DISK_DOMAIN, rel.as_bytes(), header, artifact])
+    }
+
+    /// Whether `data`, a whole disk entry at `rel`, carries a valid tag
+    /// in its header's MAC field (see [`KeyRing::sign_disk_entry`]).
+    pub(crate) fn verify_disk_entry(&self, rel: &str, data: &[u8]) -> bool {
+        use crate::entry::{HEADER_LEN, MAC_RANGE};
+        let Some((head, artifact)) = data.split_at_checked(HEADER_LEN) else {
+            return false;
+        };
+        let mut header = [0u8; HEADER_LEN];
+        header.copy_from_slice(head);
+        let mut tag = [0u8; MAC_LEN];
+        tag.copy_from_slice(&header[MAC_RANGE]);
+        header[MAC_RANGE].fill(0);
+        self.verify(&[DISK_DOMAIN, rel.as_bytes(), &header, artifact], &tag)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
