@@ -23,7 +23,6 @@ use std::{
 };
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use procfs::WithCurrentSystemInfo;
 #[path = "../tests/it/common/rng.rs"]
 mod rng;
 #[path = "support/rounds.rs"]

@@ -55,7 +55,7 @@ async fn round(loader: &Loader, modules: &Arc<Vec<(ModuleHash, Vec<u8>)>>, seed:
     let tasks: Vec<_> = (0..TASKS)
         .map(|t| {
             let (loader, modules) = (loader.clone(), Arc::clone(modules));
-            let mut rng = SmallRng::seed_from_u64(seed ^ (t as u64 + 1) * 0x9E37_79B9);
+            let mut rng = SmallRng::seed_from_u64(seed ^ ((t as u64 + 1) * 0x9E37_79B9));
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(PER_TASK);
                 let mut from_memory = 0;

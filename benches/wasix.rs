@@ -355,7 +355,7 @@ fn stack_disk_hit(c: &mut Criterion, tokio: &tokio::runtime::Runtime, cases: &[C
                 timed_fresh(
                     len,
                     iters,
-                    &|e| drop(ts_stack.primary().forget_engine(e)),
+                    &|e| drop(tierscope::forget_engine(ts_stack.primary(), e)),
                     &|e, _| {
                         black_box(tokio.block_on(ts_stack.load(key, e)).unwrap());
                     },
@@ -367,7 +367,7 @@ fn stack_disk_hit(c: &mut Criterion, tokio: &tokio::runtime::Runtime, cases: &[C
                 timed_fresh(
                     len,
                     iters,
-                    &|e| drop(loader.cache().primary().forget_engine(e)),
+                    &|e| drop(tierscope::forget_engine(loader.cache().primary(), e)),
                     &|e, _| {
                         let wasm = wasm.clone();
                         let m = tokio.block_on(loader.load_or_compile_lazy(e, key, move || wasm));
@@ -493,14 +493,14 @@ fn alternating(tokio: &tokio::runtime::Runtime, cases: &[Case]) {
             (
                 "ts_stack",
                 Box::new(|e| {
-                    drop(ts_stack.primary().forget_engine(e));
+                    drop(tierscope::forget_engine(ts_stack.primary(), e));
                     time_once(|| drop(black_box(tokio.block_on(ts_stack.load(key, e)).unwrap())))
                 }),
             ),
             (
                 "ts_loader",
                 Box::new(|e| {
-                    drop(loader.cache().primary().forget_engine(e));
+                    drop(tierscope::forget_engine(loader.cache().primary(), e));
                     let wasm = wasm.clone();
                     time_once(|| {
                         let m = tokio.block_on(loader.load_or_compile_lazy(e, key, move || wasm));

@@ -78,7 +78,6 @@ pub mod engine;
 #[doc(hidden)]
 pub mod entry;
 pub mod fallback;
-pub mod generations;
 pub mod loader;
 pub mod mac;
 pub mod observe;
@@ -101,7 +100,7 @@ pub use cache::{
     TierName, Unavailability, Verified, forget_engine, tier_names,
 };
 pub use fallback::FallbackCache;
-pub use generations::{EngineGenerations, Generation, LoadedModule};
+pub use loader::{EngineGenerations, Generation, LoadedModule};
 pub use loader::{LoadError, ModuleLoader, Served};
 pub use mac::MacKey;
 pub use observe::instrumented::{InstrumentExt, InstrumentOptions, Instrumented};

@@ -44,7 +44,7 @@
 //! "Engines and memory" in the README): a runtime that lives long with a
 //! memory tier smaller than its working set should be rebuilt with a fresh
 //! engine now and then, calling
-//! [`ModuleCache::forget_engine`](crate::ModuleCache::forget_engine) on the
+//! [`forget_engine`](crate::forget_engine) on the
 //! stack for the old one.
 
 mod from_wasix;

@@ -81,7 +81,7 @@ impl FileSystemCacheBuilder {
     /// later hits on the unchanged file from it without mapping and
     /// verifying it again (on by default; only entries whose file has not
     /// changed for a second or more, at most 256 of them and 256 MiB, are
-    /// remembered: see the [module docs](self)). Off: every hit
+    /// remembered: see [`FileSystemCache`](super::FileSystemCache)). Off: every hit
     /// maps and verifies its entry.
     pub fn remember_verified(mut self, on: bool) -> Self {
         self.remember_verified = on;

@@ -59,7 +59,7 @@
 //! an object larger than [`ObjectsCacheBuilder::max_entry_bytes`] is refused
 //! at once (the connection is dropped; only what was in flight is
 //! transferred) and deleted. Otherwise the body streams into **one
-//! pre-sized buffer** ([`AlignedBuf`](crate::aligned::AlignedBuf), the
+//! pre-sized buffer** (an aligned buffer, the
 //! alignment wasmer's archive needs), and the MAC is computed as the bytes
 //! arrive, so a hit costs the transfer, one copy from the socket's
 //! buffers, and the deserialize: wasmer keeps that same buffer as the

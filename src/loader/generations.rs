@@ -1,5 +1,4 @@
-//! Engine generations: bounded code memory under eviction churn, and a
-//! module always paired with the engine that holds its code.
+//! Engine generations: code memory bounded under eviction churn.
 //!
 //! ## Why
 //!
@@ -22,18 +21,22 @@
 //! into. It accounts, per generation, the code loaded into the engine and
 //! the part of it the in-process tiers still hold; the rest (evicted code
 //! the engine keeps) is bounded by a budget
-//! ([`EngineGenerations::code_budget`]). Past the budget a fresh engine of
-//! the same configuration (from the factory) becomes current:
+//! ([`EngineGenerations::code_budget`]). Past the budget the loader
+//! switches to a fresh engine of the same configuration (from the factory),
+//! in a task of its own, so that no caller waits and the memory tier's hit
+//! ratio carries across:
 //!
-//! - new loads use it; disk and Redis entries stay valid (same
-//!   configuration, same deterministic id), so the switch costs one disk
-//!   hit per module the memory tier held, not a compile;
-//! - the in-process tiers drop the old generation's entries
-//!   ([`crate::ModuleCache::forget_engine`]);
+//! - while the old engine goes on serving, what the memory tier holds is
+//!   loaded into the fresh one from the tiers below (disk and Redis entries
+//!   stay valid: same configuration, same deterministic id), as reloads,
+//!   counted apart from callers' lookups (`tierscope_reloads_total`);
+//! - then the fresh engine becomes current, the memory tier drops the old
+//!   engine's entries ([`crate::forget_engine`]; evictions with cause
+//!   `retired`) and takes the reloaded ones in their place;
 //! - the old engine is released when nothing uses it: each
-//!   [`LoadedModule`] keeps its generation (and so its engine) alive, so
-//!   modules callers still hold keep working, and the old engine's memory
-//!   returns once they are dropped.
+//!   [`LoadedModule`](crate::LoadedModule) keeps its generation (and so its
+//!   engine) alive, so modules callers still hold keep working, and the old
+//!   engine's memory returns once they are dropped.
 //!
 //! Resident code is then at most about the memory tier's capacity plus the
 //! budget, plus whatever retired generations callers still use.
@@ -55,11 +58,10 @@ use std::{
 
 use metrics::{Counter, Gauge};
 use parking_lot::RwLock;
-use wasmer::{Engine, Module, Store};
+use wasmer::Engine;
 
 use crate::{
     engine::{CodeLedger, track_code},
-    loader::Served,
     observe::names::{self, label},
 };
 
@@ -69,7 +71,7 @@ pub const DEFAULT_CODE_BUDGET: u64 = 256 << 20;
 type Factory = Arc<dyn Fn() -> Engine + Send + Sync>;
 
 /// The engines a [`crate::ModuleLoader`] loads into, one generation at a
-/// time (see the [module docs](self)).
+/// time (see "Engines and memory" in the README).
 ///
 /// ```
 /// use tierscope::{EngineGenerations, MemoryCache, ModuleLoader};
@@ -366,88 +368,6 @@ impl fmt::Debug for Generations {
         f.debug_struct("Generations")
             .field("config", &self.config)
             .field("current", &self.current.read())
-            .finish()
-    }
-}
-
-/// A module together with the engine that holds its machine code.
-///
-/// Build stores with [`LoadedModule::store`] (or from
-/// [`LoadedModule::engine`]): a store of any other engine must not
-/// instantiate it. Holding a `LoadedModule` (or any clone) keeps its
-/// engine generation alive, so the code stays valid even after the loader
-/// has moved on to a newer generation. It dereferences to the [`Module`].
-#[derive(Clone)]
-pub struct LoadedModule {
-    module: Module,
-    generation: Arc<Generation>,
-    served: Served,
-}
-
-impl LoadedModule {
-    pub(crate) fn new(module: Module, generation: Arc<Generation>, served: Served) -> Self {
-        LoadedModule {
-            module,
-            generation,
-            served,
-        }
-    }
-
-    /// How this load was answered: a memory hit, a lower tier, another
-    /// caller's load, or a compile. The tiers' metrics count the same
-    /// events (a memory hit here is a `hit` of the memory tier's
-    /// `tierscope_lookups_total`, anything else one of its misses).
-    pub fn served(&self) -> Served {
-        self.served
-    }
-
-    /// The module.
-    pub fn module(&self) -> &Module {
-        &self.module
-    }
-
-    /// The engine that holds the module's code: build every store that
-    /// instantiates this module from it.
-    pub fn engine(&self) -> &Engine {
-        &self.generation.engine
-    }
-
-    /// A new store of the module's engine.
-    pub fn store(&self) -> Store {
-        Store::new(self.generation.engine.clone())
-    }
-
-    /// The engine generation the module belongs to.
-    pub fn generation(&self) -> &Generation {
-        &self.generation
-    }
-
-    /// The module and its engine. The module's code lives as long as the
-    /// engine (or a store built from it) does.
-    pub fn into_parts(self) -> (Module, Engine) {
-        (self.module, self.generation.engine.clone())
-    }
-}
-
-impl std::ops::Deref for LoadedModule {
-    type Target = Module;
-    fn deref(&self) -> &Module {
-        &self.module
-    }
-}
-
-impl AsRef<Module> for LoadedModule {
-    fn as_ref(&self) -> &Module {
-        &self.module
-    }
-}
-
-impl fmt::Debug for LoadedModule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LoadedModule")
-            .field("module", &self.module.name())
-            .field("generation", &self.generation.number)
-            .field("served", &self.served)
             .finish()
     }
 }
