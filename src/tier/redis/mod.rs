@@ -184,13 +184,18 @@ use crate::{
     entry, weights,
 };
 
+mod admission;
+mod cluster;
 mod config;
 mod connection;
+mod fetch;
 
 use crate::tier::breaker::{Breaker, Verdict};
 use crate::tier::remote_value::{self, Signing, ValueParts};
+use cluster::*;
 pub use config::{RedisCacheBuilder, RedisConfigError, RedisTarget};
-use connection::{Fetched, Shards, Shared, Target, deadline_after};
+use connection::*;
+use fetch::*;
 
 /// Bytes of the MAC that ends every value.
 pub const MAC_LEN: usize = remote_value::MAC_LEN;
