@@ -16,7 +16,7 @@ use super::{generations::SwitchGuard, *};
 use crate::cache::{Lookup, Origin, TierName, engine_entries, forget_engine};
 
 /// How many modules an engine switch loads into the next engine at once.
-const RELOAD_CONCURRENCY: usize = 4;
+const RELOAD_CONCURRENCY: usize = 2;
 
 /// Passes an engine switch makes over the memory tier's entries: each picks
 /// up what callers loaded into the old engine during the one before.
