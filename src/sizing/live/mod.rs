@@ -33,7 +33,13 @@
 //! is warm, as the tier is), but what they count is read over a recent
 //! window ([`Window`]): the last `requests` lookups of each tier, or the
 //! last `max_age`, whichever is shorter, so a change in traffic shows
-//! within one window.
+//! within one window. `max_age` holds with or without new lookups: a tier
+//! that goes idle has an empty window once `max_age` has passed
+//! (`tierscope_sizing_window_requests` 0, no working set), and its
+//! what-if ratios are then NaN, in the report and in the gauges, so that
+//! neither a dashboard nor an alert reads the last busy window's number
+//! as current (a rule comparing NaN is false; guard recorded series with
+//! `tierscope_sizing_window_requests > 0` to get no sample instead).
 //!
 //! **Memory.** Past [`SizingOptions::sampling`]'s key count (default 16,384
 //! keys per tier) the models sample keys spatially (SHARDS), so their

@@ -39,9 +39,12 @@ pub struct ScalePoint {
     pub scale: f64,
     /// The capacity modelled: scale × current capacity, in bytes.
     pub capacity: u64,
-    /// Hit ratio the tier would have had over the window at this capacity.
+    /// Hit ratio the tier would have had over the window at this capacity;
+    /// NaN when the window holds no request (an idle tier, once `max_age`
+    /// has passed): there is nothing to project, and the published gauge
+    /// says so rather than showing the last busy window's number.
     pub hit_ratio: f64,
-    /// Byte hit ratio likewise.
+    /// Byte hit ratio likewise (NaN for an empty window).
     pub byte_hit_ratio: f64,
 }
 
@@ -55,7 +58,8 @@ pub struct TierReport {
     /// One point per scale of the grid, in increasing scale.
     pub points: Vec<ScalePoint>,
     /// The hit ratio the tier really had over the same requests (the
-    /// model's error is `point at scale 1 - this`).
+    /// model's error is `point at scale 1 - this`); NaN for an empty
+    /// window.
     pub measured_hit_ratio: f64,
     /// Bytes of the distinct keys requested from this tier over the window
     /// (estimated when sampled).
@@ -435,11 +439,17 @@ impl Models {
         let epoch_us = (age.as_micros() as u64 / EPOCHS as u64).max(1);
         let scales = &self.scales;
         for t in &mut self.tiers {
-            if t.model.is_some()
-                && t.epoch_requests > 0
-                && now_us.saturating_sub(t.epoch_started_us) >= epoch_us
-            {
+            if t.model.is_none() {
+                continue;
+            }
+            // Every epoch that has lasted its share closes, with or without
+            // requests: an idle tier's window empties after `max_age`.
+            let elapsed = now_us.saturating_sub(t.epoch_started_us) / epoch_us;
+            for _ in 0..elapsed.min(EPOCHS as u64) {
                 t.close_epoch(now_us, scales);
+            }
+            if elapsed > 0 {
+                t.epoch_started_us = now_us - (now_us - t.epoch_started_us) % epoch_us;
             }
         }
     }
@@ -458,11 +468,13 @@ impl Models {
             let base = t.snapshots.front().cloned().unwrap_or_default();
             let requests = (cur.requests - base.requests).max(0.0);
             let bytes = (cur.bytes - base.bytes).max(0.0);
+            // An empty window has no ratio: NaN, not a stale or a zero
+            // one (see `ScalePoint::hit_ratio`).
             let ratio = |num: f64, den: f64| {
                 if den > 0.0 {
                     (num / den).clamp(0.0, 1.0)
                 } else {
-                    0.0
+                    f64::NAN
                 }
             };
             let points = t

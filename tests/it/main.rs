@@ -1,0 +1,7 @@
+//! Integration tests gathered in one binary (one link of wasmer).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod sizing_accuracy;
+mod sizing_window;

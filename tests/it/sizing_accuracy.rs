@@ -1,0 +1,1 @@
+//! Sampled curves against exact ones on generated traces.
