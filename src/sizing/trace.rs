@@ -31,7 +31,9 @@
 //!   (its times then count microseconds).
 //!
 //! Readers stream (constant memory) and never panic: a truncated or
-//! malformed file is a [`TraceError`] naming the byte offset or line.
+//! malformed file is a [`TraceError`] naming the byte offset or line. A
+//! text line longer than [`MAX_LINE_BYTES`] is an error too (a binary file
+//! or an endless stream read as text is not buffered whole).
 
 use std::{
     fs::File,
@@ -46,6 +48,11 @@ pub const TIERSCOPE_HEADER: &str = "time_us,obj_id,obj_size,compile_us,served";
 
 /// Bytes of one `oracleGeneral` record.
 pub const ORACLE_RECORD: usize = 24;
+
+/// The longest text line a reader accepts, in bytes (its line ending
+/// excluded): 64 KiB, far above any trace line, so that a reader's memory
+/// stays bounded whatever it is given.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
 
 /// A trace that could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -223,7 +230,7 @@ enum Inner<R> {
     Text {
         r: R,
         line: u64,
-        buf: String,
+        buf: Vec<u8>,
         csv: CsvOptions,
         tierscope: bool,
         offset: u64,
@@ -260,7 +267,7 @@ impl<R: BufRead> TraceReader<R> {
             Format::Csv(csv) => Inner::Text {
                 r,
                 line: 0,
-                buf: String::new(),
+                buf: Vec::new(),
                 csv,
                 tierscope: false,
                 offset: 0,
@@ -268,7 +275,7 @@ impl<R: BufRead> TraceReader<R> {
             Format::Tierscope => Inner::Text {
                 r,
                 line: 0,
-                buf: String::new(),
+                buf: Vec::new(),
                 csv: CsvOptions::default(),
                 tierscope: true,
                 offset: 0,
@@ -451,27 +458,35 @@ impl<R: BufRead> Iterator for TraceReader<R> {
                 offset,
             } => loop {
                 buf.clear();
-                match r.read_line(buf) {
-                    Ok(0) => break None,
-                    Ok(n) => {
+                match read_bounded_line(r, buf, MAX_LINE_BYTES) {
+                    Ok(Line::End) => break None,
+                    Ok(Line::Read(n)) => {
                         *offset += n as u64;
                         *line += 1;
                     }
+                    Ok(Line::TooLong) => {
+                        break Some(Err(TraceError::BadLine {
+                            line: *line + 1,
+                            message: format!(
+                                "longer than {MAX_LINE_BYTES} bytes, the limit of a trace line \
+                                 (a binary file? try --format oracle)"
+                            ),
+                        }));
+                    }
                     Err(source) => {
-                        break Some(Err(match source.kind() {
-                            io::ErrorKind::InvalidData => TraceError::BadLine {
-                                line: *line + 1,
-                                message: "not UTF-8 text (a binary trace? try --format oracle)"
-                                    .into(),
-                            },
-                            _ => TraceError::Io {
-                                offset: *offset,
-                                source,
-                            },
+                        break Some(Err(TraceError::Io {
+                            offset: *offset,
+                            source,
                         }));
                     }
                 }
-                let text = buf.trim_end_matches(['\n', '\r']);
+                let Ok(text) = std::str::from_utf8(buf) else {
+                    break Some(Err(TraceError::BadLine {
+                        line: *line,
+                        message: "not UTF-8 text (a binary trace? try --format oracle)".into(),
+                    }));
+                };
+                let text = text.trim_end_matches(['\n', '\r']);
                 if *line == 1 && *tierscope {
                     if text != TIERSCOPE_HEADER {
                         break Some(Err(TraceError::BadLine {
@@ -501,6 +516,51 @@ impl<R: BufRead> Iterator for TraceReader<R> {
             self.done = true;
         }
         item
+    }
+}
+
+/// What [`read_bounded_line`] found.
+enum Line {
+    /// A line of this many bytes (its newline included).
+    Read(usize),
+    /// The end of the input.
+    End,
+    /// A line longer than the limit (what was read of it is discarded).
+    TooLong,
+}
+
+/// Read one line (up to and including `\n`, or to the end of the input)
+/// into `buf`, holding at most `max` bytes of it plus the newline.
+fn read_bounded_line<R: BufRead>(r: &mut R, buf: &mut Vec<u8>, max: usize) -> io::Result<Line> {
+    let mut total = 0usize;
+    loop {
+        let chunk = match r.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            return Ok(if total == 0 {
+                Line::End
+            } else {
+                Line::Read(total)
+            });
+        }
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        // The line so far, without its newline, must fit in `max`.
+        let content = buf.len() + take - usize::from(done);
+        if content > max {
+            return Ok(Line::TooLong);
+        }
+        buf.extend_from_slice(&chunk[..take]);
+        r.consume(take);
+        total += take;
+        if done {
+            return Ok(Line::Read(total));
+        }
     }
 }
 

@@ -4,4 +4,5 @@
 mod common;
 
 mod sizing_accuracy;
+mod sizing_trace;
 mod sizing_window;
