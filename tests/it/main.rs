@@ -4,5 +4,7 @@
 mod common;
 
 mod sizing_accuracy;
+mod sizing_size_rule;
 mod sizing_trace;
+mod sizing_traces;
 mod sizing_window;

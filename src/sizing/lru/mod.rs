@@ -36,188 +36,15 @@
 //! sizes above [`MAX_OBJECT_BYTES`](super::MAX_OBJECT_BYTES) as that. With sampling ([`Sampling`]), distances are
 //! scaled by 1 / rate (SHARDS) and the curve is an estimate.
 
+mod fenwick;
+mod hist_max;
+
+use self::{fenwick::Fenwick, hist_max::HistMax};
 use super::{
-    Counts, Curve, KeyMap, Request, SampledTotals, Totals, point,
-    sampling::{Sampler, Sampling, key_hash},
+    Curve, KeyMap, Request,
+    estimate::{Counts, SampledTotals, point},
+    sampling::{Front, Modelled, Sampler, Sampling},
 };
-
-/// Point updates and "sum above a slot" queries: each slot's weight in a
-/// flat array, and a Fenwick tree over blocks of 64 slots. The block tree
-/// is small enough to stay in cache (4 KiB per 32 K slots), so a request
-/// costs about two cache misses (its slot's weight and its block's 512
-/// bytes, read in order) instead of one per tree level.
-#[derive(Debug, Clone)]
-struct Fenwick {
-    weights: Vec<u64>,
-    /// Fenwick tree over block sums, 1-based.
-    blocks: Vec<u64>,
-    total: u64,
-}
-
-const BLOCK: usize = 64;
-
-impl Fenwick {
-    fn new(len: usize) -> Self {
-        Self::from_weights(&vec![0; len])
-    }
-
-    /// Build from per-slot weights in O(n).
-    fn from_weights(weights: &[u64]) -> Self {
-        let nblocks = weights.len().div_ceil(BLOCK);
-        let mut blocks = vec![0u64; nblocks + 1];
-        let mut total = 0u64;
-        for (b, chunk) in weights.chunks(BLOCK).enumerate() {
-            let sum = chunk.iter().fold(0u64, |a, &w| a.wrapping_add(w));
-            total = total.wrapping_add(sum);
-            blocks[b + 1] = blocks[b + 1].wrapping_add(sum);
-        }
-        for i in 1..blocks.len() {
-            let parent = i + (i & i.wrapping_neg());
-            if parent < blocks.len() {
-                blocks[parent] = blocks[parent].wrapping_add(blocks[i]);
-            }
-        }
-        Fenwick {
-            weights: weights.to_vec(),
-            blocks,
-            total,
-        }
-    }
-
-    #[inline]
-    fn add(&mut self, slot: usize, delta: u64) {
-        let Some(w) = self.weights.get_mut(slot) else {
-            return;
-        };
-        *w = w.wrapping_add(delta);
-        self.total = self.total.wrapping_add(delta);
-        let mut i = slot / BLOCK + 1;
-        while i < self.blocks.len() {
-            self.blocks[i] = self.blocks[i].wrapping_add(delta);
-            i += i & i.wrapping_neg();
-        }
-    }
-
-    /// Sum of whole blocks `0..=block`.
-    #[inline]
-    fn block_prefix(&self, block: usize) -> u64 {
-        let mut i = (block + 1).min(self.blocks.len() - 1);
-        let mut s = 0u64;
-        while i > 0 {
-            s = s.wrapping_add(self.blocks[i]);
-            i &= i - 1;
-        }
-        s
-    }
-
-    /// Sum of slots `0..=slot`.
-    #[cfg(test)]
-    fn prefix(&self, slot: usize) -> u64 {
-        self.total.wrapping_sub(self.above(slot))
-    }
-
-    /// Sum of slots after `slot`.
-    #[inline]
-    fn above(&self, slot: usize) -> u64 {
-        let block = slot / BLOCK;
-        let end = ((block + 1) * BLOCK).min(self.weights.len());
-        let within = self
-            .weights
-            .get(slot + 1..end)
-            .map_or(0, |ws| ws.iter().fold(0u64, |a, &w| a.wrapping_add(w)));
-        self.total
-            .wrapping_sub(self.block_prefix(block))
-            .wrapping_add(within)
-    }
-}
-
-/// Per slot x: `A[x]` = the bytes above x, and its maximum since x was
-/// assigned. Range adds on `[0, p)`, one root-to-leaf path each.
-#[derive(Debug, Clone)]
-struct HistMax {
-    /// Leaves (n..2n): (value, historical max). Internal nodes: pending
-    /// (sum of adds, max prefix sum of adds).
-    add: Vec<i64>,
-    max: Vec<i64>,
-    n: usize,
-}
-
-impl HistMax {
-    /// From each slot's current bytes-above (its historical max starts there).
-    fn from_values(values: &[i64], hist: &[i64]) -> Self {
-        let n = values.len().max(1).next_power_of_two();
-        let mut add = vec![0i64; 2 * n];
-        let mut max = vec![0i64; 2 * n];
-        for (i, (&v, &h)) in values.iter().zip(hist).enumerate() {
-            add[n + i] = v;
-            max[n + i] = h.max(v);
-        }
-        HistMax { add, max, n }
-    }
-
-    #[inline]
-    fn apply(&mut self, node: usize, a: i64, m: i64) {
-        self.max[node] = self.max[node].max(self.add[node].saturating_add(m));
-        self.add[node] = self.add[node].saturating_add(a);
-    }
-
-    #[inline]
-    fn push(&mut self, node: usize) {
-        let (a, m) = (self.add[node], self.max[node]);
-        if a != 0 || m != 0 {
-            self.apply(2 * node, a, m);
-            self.apply(2 * node + 1, a, m);
-            self.add[node] = 0;
-            self.max[node] = 0;
-        }
-    }
-
-    /// Push every pending tag down to leaf `slot`; its index.
-    fn descend(&mut self, slot: usize, mut on_left: impl FnMut(&mut Self, usize)) -> usize {
-        let mut node = 1;
-        let mut lo = 0;
-        let mut len = self.n;
-        while len > 1 {
-            self.push(node);
-            let half = len / 2;
-            if slot >= lo + half {
-                on_left(self, 2 * node);
-                node = 2 * node + 1;
-                lo += half;
-            } else {
-                node *= 2;
-            }
-            len = half;
-        }
-        node
-    }
-
-    /// Add `delta` to every slot below `slot`.
-    fn add_below(&mut self, slot: usize, delta: i64) {
-        if slot >= self.n {
-            self.apply(1, delta, delta.max(0));
-            return;
-        }
-        self.descend(slot, |t, left| t.apply(left, delta, delta.max(0)));
-    }
-
-    /// `(value, historical max)` of a slot.
-    fn get(&mut self, slot: usize) -> (i64, i64) {
-        if slot >= self.n {
-            return (0, 0);
-        }
-        let leaf = self.descend(slot, |_, _| {});
-        (self.add[leaf], self.max[leaf])
-    }
-
-    /// Start a fresh slot: its history begins now.
-    fn reset(&mut self, slot: usize) {
-        if slot < self.n {
-            let leaf = self.descend(slot, |_, _| {});
-            self.max[leaf] = self.add[leaf];
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 enum Index {
@@ -286,6 +113,8 @@ pub(crate) struct LruCore {
     direct: Vec<Counts>,
     /// Compile cost of every sampled request (a miss costs it).
     compile_all: f64,
+    /// Compile cost of the first requests of each key (cold misses).
+    pub(crate) cold_compile: f64,
     pub(crate) sampled: SampledTotals,
     live_bytes: u64,
     /// 1 / sampling rate, applied to distances.
@@ -296,6 +125,8 @@ pub(crate) struct LruCore {
     /// One bit per slot: is it some key's latest slot (compaction ranks
     /// them instead of sorting the keys).
     live_slots: Vec<u64>,
+    /// [`SizeOnHit::Keep`]: a hit keeps the stored size (one grid point).
+    keep: bool,
 }
 
 impl LruCore {
@@ -316,11 +147,13 @@ impl LruCore {
             next_slot: 0,
             slots,
             compile_all: 0.0,
+            cold_compile: 0.0,
             sampled: SampledTotals::default(),
             live_bytes: 0,
             scale: 1.0,
             thresholds: grid_copy,
             live_slots: vec![0; slots.div_ceil(64)],
+            keep: false,
         }
     }
 
@@ -357,7 +190,15 @@ impl LruCore {
     /// One request of a sampled key; `compile` its cost if it misses.
     /// Returns whether the key was new to the model.
     pub(crate) fn access(&mut self, key: u64, bytes: u64, compile: Option<f64>) -> bool {
-        let size = super::weight(bytes);
+        let mut size = super::weight(bytes);
+        if self.keep
+            && let Some(&o) = self.keys.get(&key)
+            && o.size != size
+            && self.resident(o)
+        {
+            // A hit keeps the size the object is stored with.
+            size = o.size;
+        }
         // Grid points this object exceeds get their own trees first.
         while self.shared_from < self.grid.len() && self.grid[self.shared_from] < size {
             let g = self.shared_from;
@@ -407,6 +248,9 @@ impl LruCore {
         self.sampled.bytes += size as f64;
         let cost = compile.unwrap_or(0.0);
         self.compile_all += cost;
+        if old.is_none() {
+            self.cold_compile += cost;
+        }
         self.live_bytes = self
             .live_bytes
             .wrapping_sub(old.map_or(0, |o| o.size))
@@ -426,7 +270,17 @@ impl LruCore {
                 let was = tree.weight(o.size);
                 let cap = tree.filter.map_or(u64::MAX, |f| f.0);
                 if was > 0 && o.size <= cap {
-                    let d = o.size.saturating_add(tree.above(o.slot as usize));
+                    // The bytes above are sampled: they stand for 1 / rate
+                    // times as many; the object's own size is known exactly.
+                    // So compare `own × rate + above` with `capacity × rate`
+                    // (scaling the whole distance, as SHARDS does for unit
+                    // sizes, would count a large object 1 / rate times).
+                    let own = if self.scale == 1.0 {
+                        o.size
+                    } else {
+                        (o.size as f64 / self.scale) as u64
+                    };
+                    let d = own.saturating_add(tree.above(o.slot as usize));
                     match tree.filter {
                         Some((_, g)) => {
                             if d <= self.thresholds[g] {
@@ -463,6 +317,29 @@ impl LruCore {
         old.is_none()
     }
 
+    /// Under [`SizeOnHit::Keep`] (one grid point): whether a key in state
+    /// `o` is resident now, so that this request hits.
+    fn resident(&mut self, o: KeyState) -> bool {
+        let cap = self.grid.first().copied().unwrap_or(0);
+        if o.size > cap {
+            return false; // never admitted
+        }
+        // The shared tree, or once an object exceeded the one grid point,
+        // that point's own tree.
+        let ti = if self.shared_from == 0 {
+            0
+        } else {
+            self.trees.len() - 1
+        };
+        let own = if self.scale == 1.0 {
+            o.size
+        } else {
+            (o.size as f64 / self.scale) as u64
+        };
+        let above = self.trees[ti].above(o.slot as usize);
+        own.saturating_add(above) <= self.thresholds[0]
+    }
+
     /// Stop modelling `key` (it left the sample).
     pub(crate) fn forget(&mut self, key: u64) {
         if let Some(o) = self.keys.remove(&key) {
@@ -484,6 +361,7 @@ impl LruCore {
             c.scale(factor);
         }
         self.compile_all *= factor;
+        self.cold_compile *= factor;
         self.sampled.scale(factor);
         self.set_scale(self.scale / factor);
     }
@@ -648,125 +526,158 @@ fn add_counts(acc: &mut Counts, c: &Counts) {
 /// ```
 #[derive(Debug, Clone)]
 pub struct LruModel {
-    core: LruCore,
-    sampler: Sampler,
-    totals: Totals,
-    costs: super::CompileCosts,
+    /// One core for the whole grid; one per grid point under
+    /// [`SizeOnHit::Keep`].
+    cores: Cores,
+    front: Front,
+    grid: Vec<u64>,
+}
+
+/// What a hit does to an object whose size differs from the stored one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SizeOnHit {
+    /// The object takes the size the request gives (it is stored again, as
+    /// a tier that saves what it serves would). The default: exact for
+    /// every grid point in one pass.
+    #[default]
+    Update,
+    /// The object keeps the size it was stored with at its last miss, as
+    /// libCacheSim's simulators do (`cachesim ... lru`). Since what is
+    /// stored then depends on the capacity, each grid point is its own
+    /// pass (grid-size times the work of [`Update`](Self::Update)).
+    Keep,
+}
+
+#[derive(Debug, Clone)]
+struct Cores(Vec<LruCore>);
+
+impl Modelled for Cores {
+    fn forget(&mut self, key: u64) {
+        for c in &mut self.0 {
+            c.forget(key);
+        }
+    }
+    fn rescale(&mut self, factor: f64, _rate: f64) {
+        for c in &mut self.0 {
+            c.rescale(factor);
+        }
+    }
 }
 
 impl LruModel {
     /// A model of an LRU at each capacity of `grid` (bytes; sorted and
     /// deduplicated, zeros dropped).
     pub fn new(grid: &[u64], sampling: Sampling) -> Self {
-        let sampler = Sampler::new(sampling);
+        let front = Front::new(sampling);
         let mut core = LruCore::new(grid);
-        core.set_scale(1.0 / sampler.rate());
+        core.set_scale(1.0 / front.rate());
         LruModel {
-            core,
-            sampler,
-            totals: Totals::default(),
-            costs: Default::default(),
+            grid: core.grid().to_vec(),
+            cores: Cores(vec![core]),
+            front,
         }
+    }
+
+    /// Model `rule` for objects whose size changes between requests
+    /// (default [`SizeOnHit::Update`]; traces whose sizes never change
+    /// give the same curve under both). Call before the first request.
+    pub fn size_on_hit(mut self, rule: SizeOnHit) -> Self {
+        let scale = 1.0 / self.front.rate();
+        self.cores = Cores(match rule {
+            SizeOnHit::Update => {
+                let mut core = LruCore::new(&self.grid);
+                core.set_scale(scale);
+                vec![core]
+            }
+            SizeOnHit::Keep => self
+                .grid
+                .iter()
+                .map(|&c| {
+                    let mut core = LruCore::new(&[c]);
+                    core.set_scale(scale);
+                    core.keep = true;
+                    core
+                })
+                .collect(),
+        });
+        self
     }
 
     /// The capacities modelled.
     pub fn grid(&self) -> &[u64] {
-        self.core.grid()
+        &self.grid
     }
 
     /// Feed one request.
+    #[inline]
     pub fn access(&mut self, req: &Request) {
-        self.totals.add(req);
-        // Every key is modelled without sampling: no hash to compute.
-        let exact = !self.sampler.bounded() && self.sampler.rate() == 1.0;
-        let h = if exact { 0 } else { key_hash(req.key) };
-        if !exact && !self.sampler.sampled(h) {
+        let Some(hash) = self.front.offer(req) else {
             return;
+        };
+        let cost = self.front.costs.cost(req);
+        let mut new = false;
+        for core in &mut self.cores.0 {
+            new = core.access(req.key, req.bytes, cost);
         }
-        let cost = self.costs.cost(req);
-        let new = self.core.access(req.key, req.bytes, cost) && self.sampler.bounded();
         // A new key may lower the rate (bounded sampling): keys of the
         // largest hashes leave the model, possibly this one, and what was
         // counted is rescaled (as SHARDS' fixed-size variant).
-        if new && let Some(lowered) = self.sampler.admit(req.key, h) {
-            for k in lowered.evicted {
-                self.core.forget(k);
-                self.costs.forget(k);
-            }
-            self.core.rescale(lowered.factor);
+        if new && self.front.tracks_keys() {
+            self.front.admitted(req.key, hash, &mut self.cores);
         }
     }
 
     /// The curve so far.
     pub fn curve(&self) -> Curve {
-        let rate = self.sampler.rate();
-        let counts = self.core.counts();
+        let rate = self.front.rate();
+        let totals = &self.front.totals;
+        let first = &self.cores.0[0];
+        let counts: Vec<Counts> = if self.cores.0.len() == 1 {
+            first.counts()
+        } else {
+            self.cores.0.iter().flat_map(LruCore::counts).collect()
+        };
         Curve {
             points: self
-                .core
-                .grid()
+                .grid
                 .iter()
                 .zip(&counts)
                 .map(|(&cap, c)| {
                     point(
                         cap,
                         c,
-                        &self.core.sampled,
-                        self.totals.requests,
+                        &first.sampled,
+                        totals.both(),
                         rate,
-                        self.costs.known(),
+                        self.front.costs.known(),
                     )
                 })
                 .collect(),
-            requests: self.totals.requests,
-            bytes: self.totals.bytes,
-            distinct_keys: (self.core.distinct() as f64 / rate).round() as u64,
-            working_set_bytes: (self.core.live_bytes() as f64 / rate).round() as u64,
+            requests: totals.requests,
+            bytes: totals.bytes,
+            distinct_keys: self.front.scaled(first.distinct() as f64),
+            working_set_bytes: self.front.scaled(first.live_bytes() as f64),
             sampling_rate: rate,
-            duration_seconds: self.totals.duration_seconds(),
+            duration_seconds: totals.duration_seconds(),
+            cold_compile_seconds: self.front.costs.known().then(|| first.cold_compile / rate),
         }
     }
 
     /// Approximate bytes of model state per modelled key (the key map, the
     /// slot trees, the sampler).
     pub fn bytes_per_key(&self) -> usize {
-        self.core.bytes_per_key() + super::sampling::Sampler::BYTES_PER_KEY
+        self.cores
+            .0
+            .iter()
+            .map(LruCore::bytes_per_key)
+            .sum::<usize>()
+            + Sampler::BYTES_PER_KEY
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fenwick_sums_above_a_slot() {
-        let mut f = Fenwick::from_weights(&[5, 0, 7, 1]);
-        assert_eq!(f.above(0), 8);
-        assert_eq!(f.above(3), 0);
-        f.add(1, 10);
-        f.add(2, (-7i64) as u64);
-        assert_eq!(f.above(0), 11);
-        assert_eq!(f.prefix(2), 15);
-    }
-
-    #[test]
-    fn hist_max_keeps_each_slots_maximum() {
-        // Slots 0..4 with nothing above.
-        let mut h = HistMax::from_values(&[0; 5], &[0; 5]);
-        h.add_below(3, 10); // slots 0, 1, 2 gain 10
-        h.add_below(2, -4); // slots 0, 1 lose 4
-        h.add_below(1, 1); // slot 0 gains 1
-        assert_eq!(h.get(0), (7, 10));
-        assert_eq!(h.get(1), (6, 10));
-        assert_eq!(h.get(2), (10, 10));
-        assert_eq!(h.get(3), (0, 0));
-        h.reset(1);
-        assert_eq!(h.get(1), (6, 6));
-        h.add_below(2, 3);
-        assert_eq!(h.get(1), (9, 9));
-        assert_eq!(h.get(0), (10, 10));
-        assert_eq!(h.get(99), (0, 0));
-    }
 
     #[test]
     fn model_memory_per_key_is_small() {
