@@ -4,6 +4,7 @@
 mod common;
 
 mod sizing_accuracy;
+mod sizing_cli;
 mod sizing_size_rule;
 mod sizing_trace;
 mod sizing_traces;
