@@ -75,8 +75,11 @@
 //! ```
 
 mod model;
+mod publish;
+mod report;
 pub(crate) mod ring;
 mod tier;
+mod window;
 
 use std::{
     fmt,
@@ -97,6 +100,7 @@ pub use tier::{Sizable, SizingExt, SizingTier};
 
 use self::{
     model::{Models, Reach},
+    publish::{Published, TierHandles},
     ring::{Event, Ring},
 };
 use crate::{
@@ -258,16 +262,6 @@ pub fn scale_label(scale: f64) -> String {
     format!("{scale}")
 }
 
-/// Metric handles of one sized tier.
-struct TierHandles {
-    hit_ratio: Vec<Gauge>,
-    byte_hit_ratio: Vec<Gauge>,
-    capacity: Vec<Gauge>,
-    working_set: Gauge,
-    sampling_rate: Gauge,
-    window_requests: Gauge,
-}
-
 /// What the worker and the tiers share.
 struct State {
     cache: String,
@@ -287,16 +281,6 @@ struct State {
     /// What was published so far (counters take deltas).
     published: Mutex<Published>,
     stop: AtomicBool,
-}
-
-#[derive(Default)]
-struct Published {
-    dropped: u64,
-    /// Per memory scale: requests reaching below the bounded tiers, as
-    /// last read; projected compiles so far; and what the counter has.
-    reach: Vec<f64>,
-    compiles: Vec<f64>,
-    counted: Vec<u64>,
 }
 
 impl State {
@@ -333,52 +317,6 @@ impl State {
         let (mut r, reach) = self.models.lock().report(Instant::now());
         r.dropped = self.dropped();
         (r, reach)
-    }
-
-    fn publish(&self) {
-        let (report, reach) = self.report();
-        let handles = self.handles.lock();
-        for (t, h) in report.tiers.iter().zip(handles.iter()) {
-            for (i, p) in t.points.iter().enumerate() {
-                if let (Some(a), Some(b), Some(c)) = (
-                    h.hit_ratio.get(i),
-                    h.byte_hit_ratio.get(i),
-                    h.capacity.get(i),
-                ) {
-                    a.set(p.hit_ratio);
-                    b.set(p.byte_hit_ratio);
-                    c.set(p.capacity as f64);
-                }
-            }
-            h.working_set.set(t.working_set_bytes as f64);
-            h.sampling_rate.set(t.sampling_rate);
-            h.window_requests.set(t.window_requests as f64);
-        }
-        drop(handles);
-        let mut published = self.published.lock();
-        if report.dropped > published.dropped {
-            self.dropped.increment(report.dropped - published.dropped);
-            published.dropped = report.dropped;
-        }
-        // Counters take increments: what reached below the bounded tiers
-        // since the last publish, times the share an unbounded tier below
-        // misses now.
-        let n = reach.cumulative.len();
-        published.reach.resize(n, 0.0);
-        published.compiles.resize(n, 0.0);
-        published.counted.resize(n, 0);
-        for (i, &c) in reach.cumulative.iter().enumerate() {
-            let delta = (c - published.reach[i]).max(0.0);
-            published.reach[i] = published.reach[i].max(c);
-            published.compiles[i] += delta * reach.below;
-            let whole = published.compiles[i].round() as u64;
-            if whole > published.counted[i]
-                && let Some(counter) = self.compiles.get(i)
-            {
-                counter.increment(whole - published.counted[i]);
-                published.counted[i] = whole;
-            }
-        }
     }
 
     /// Record `e` in this thread's ring (made the first time the thread
