@@ -261,7 +261,7 @@ impl MemoryModel {
 
     /// Feed one request.
     pub fn access(&mut self, req: &Request) {
-        let Some(hash) = self.front.offer(req) else {
+        let Some(offer) = self.front.offer(req) else {
             return;
         };
         let m = &mut self.shadows;
@@ -282,7 +282,7 @@ impl MemoryModel {
             }
         }
         if new && self.front.tracks_keys() {
-            self.front.admitted(req.key, hash, &mut self.shadows);
+            self.front.admitted(req.key, offer.hash, &mut self.shadows);
         }
     }
 

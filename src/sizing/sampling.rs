@@ -16,7 +16,7 @@
 use std::collections::BinaryHeap;
 
 use super::{
-    Request,
+    KeyMap, Request,
     estimate::{CompileCosts, Totals},
     mix64,
 };
@@ -167,6 +167,18 @@ pub(crate) struct Front {
     pub(crate) costs: CompileCosts,
     /// Every key modelled, for good: no hash needed.
     all: bool,
+    /// Keys modelled at every request while others are sampled.
+    exact: Option<KeyMap<()>>,
+}
+
+/// A request the model is to model.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Offer {
+    /// The key's sampling hash (0 when every key is modelled).
+    pub(crate) hash: u64,
+    /// A key modelled exactly among sampled ones: its requests count for
+    /// themselves alone, not 1 / rate.
+    pub(crate) exact: bool,
 }
 
 impl Front {
@@ -177,18 +189,40 @@ impl Front {
             sampler,
             totals: Totals::default(),
             costs: CompileCosts::default(),
+            exact: None,
         }
     }
 
-    /// Count `req` in the totals; `Some(hash)` if its key is modelled.
+    /// Model `keys` at every request (see [`LruModel::exact_keys`]).
+    ///
+    /// [`LruModel::exact_keys`]: super::lru::LruModel::exact_keys
+    pub(crate) fn set_exact(&mut self, keys: impl IntoIterator<Item = u64>) {
+        let set: KeyMap<()> = keys.into_iter().map(|k| (k, ())).collect();
+        self.exact = (!set.is_empty() && !self.all).then_some(set);
+    }
+
+    /// Count `req` in the totals; `Some` if its key is modelled.
     #[inline]
-    pub(crate) fn offer(&mut self, req: &Request) -> Option<u64> {
+    pub(crate) fn offer(&mut self, req: &Request) -> Option<Offer> {
         self.totals.add(req);
         if self.all {
-            return Some(0);
+            return Some(Offer {
+                hash: 0,
+                exact: false,
+            });
         }
-        let h = key_hash(req.key);
-        self.sampler.sampled(h).then_some(h)
+        if let Some(set) = &self.exact
+            && set.contains_key(&req.key)
+        {
+            return Some(Offer {
+                hash: 0,
+                exact: true,
+            });
+        }
+        let hash = key_hash(req.key);
+        self.sampler
+            .sampled(hash)
+            .then_some(Offer { hash, exact: false })
     }
 
     /// Whether the model must say when a key is new to it (bounded mode).
@@ -220,6 +254,52 @@ impl Front {
     /// `n` counted at the current rate, as an estimate of the whole.
     pub(crate) fn scaled(&self, n: f64) -> u64 {
         (n / self.rate()).round() as u64
+    }
+}
+
+/// The most requested keys of a stream, in bounded memory (Misra-Gries:
+/// `capacity` counters; every key requested more than 1 / (capacity + 1)
+/// of the time is kept, and the counts kept are lower bounds). A first
+/// pass over a trace with it finds the keys to model exactly
+/// ([`LruModel::exact_keys`](super::lru::LruModel::exact_keys)).
+#[derive(Debug, Clone)]
+pub struct FrequentKeys {
+    counts: KeyMap<u64>,
+    capacity: usize,
+}
+
+impl FrequentKeys {
+    /// At most `capacity` keys (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        FrequentKeys {
+            counts: KeyMap::default(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// One request of `key`.
+    #[inline]
+    pub fn observe(&mut self, key: u64) {
+        if let Some(c) = self.counts.get_mut(&key) {
+            *c += 1;
+        } else if self.counts.len() < self.capacity {
+            self.counts.insert(key, 1);
+        } else {
+            // Every counter loses one (this key's would-be one too); those
+            // at zero free their place. Each key costs at most the count it
+            // added, so this is constant time per request amortized.
+            self.counts.retain(|_, c| {
+                *c -= 1;
+                *c > 0
+            });
+        }
+    }
+
+    /// The keys kept, most requested first.
+    pub fn keys(&self) -> Vec<u64> {
+        let mut v: Vec<(u64, u64)> = self.counts.iter().map(|(&k, &c)| (c, k)).collect();
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        v.into_iter().map(|(_, k)| k).collect()
     }
 }
 

@@ -138,7 +138,7 @@ impl StackModel {
 
     /// Feed one request.
     pub fn access(&mut self, req: &Request) {
-        let Some(hash) = self.front.offer(req) else {
+        let Some(offer) = self.front.offer(req) else {
             return;
         };
         let m = &mut self.inner;
@@ -156,11 +156,11 @@ impl StackModel {
                 s.hits.hits += 1.0;
                 s.hits.hit_bytes += size as f64;
             } else {
-                s.disk.access(req.key, size, cost);
+                s.disk.access(req.key, size, cost, false);
             }
         }
         if new && self.front.tracks_keys() {
-            self.front.admitted(req.key, hash, &mut self.inner);
+            self.front.admitted(req.key, offer.hash, &mut self.inner);
         }
     }
 
@@ -249,8 +249,8 @@ impl StackModel {
                 .collect(),
             requests: lookups.round() as u64,
             bytes: bytes.round() as u64,
-            distinct_keys: self.front.scaled(disk.distinct() as f64),
-            working_set_bytes: self.front.scaled(disk.live_bytes() as f64),
+            distinct_keys: disk.distinct(),
+            working_set_bytes: disk.live_bytes(),
             sampling_rate: rate,
             duration_seconds: self.front.totals.duration_seconds(),
             cold_compile_seconds: self.cold_compile_seconds(),
@@ -280,11 +280,7 @@ impl StackModel {
             requests: totals.requests,
             bytes: totals.bytes,
             distinct_keys: self.front.scaled(self.inner.keys.len() as f64),
-            working_set_bytes: self
-                .inner
-                .memory
-                .first()
-                .map_or(0, |s| self.front.scaled(s.disk.live_bytes() as f64)),
+            working_set_bytes: self.inner.memory.first().map_or(0, |s| s.disk.live_bytes()),
             sampling_rate: rate,
             duration_seconds: totals.duration_seconds(),
             cold_compile_seconds: None,

@@ -25,11 +25,14 @@ struct Tree {
 }
 
 impl Tree {
+    /// What an object of `size` bytes, of stored weight `stored` (its size,
+    /// or for a key modelled exactly among sampled ones, its size × rate),
+    /// weighs in this tree.
     #[inline]
-    fn weight(&self, size: u64) -> u64 {
+    fn weight(&self, size: u64, stored: u64) -> u64 {
         match self.filter {
             Some((cap, _)) if size > cap => 0,
-            _ => size,
+            _ => stored,
         }
     }
 
@@ -55,7 +58,21 @@ impl Tree {
 #[derive(Debug, Clone, Copy)]
 struct KeyState {
     slot: u32,
+    /// Modelled exactly (every request) while others are sampled.
+    exact: bool,
     size: u64,
+}
+
+/// The weight in the trees of a key of `size` (see [`Tree::weight`]):
+/// sampled keys stand for 1 / rate keys each, so a key modelled exactly
+/// weighs its size × rate (as of the last rebuild, `exact_rate`).
+#[inline]
+fn stored(size: u64, exact: bool, exact_rate: f64) -> u64 {
+    if exact && exact_rate < 1.0 {
+        ((size as f64 * exact_rate).round() as u64).max(1)
+    } else {
+        size
+    }
 }
 
 /// The model without sampling decisions: shared by [`LruModel`] and the
@@ -90,6 +107,11 @@ pub(crate) struct LruCore {
     live_slots: Vec<u64>,
     /// [`SizeOnHit::Keep`]: a hit keeps the stored size (one grid point).
     pub(super) keep: bool,
+    /// The rate exact keys' tree weights were computed at (see [`stored`]).
+    exact_rate: f64,
+    /// Keys modelled exactly, and their bytes.
+    exact_keys: usize,
+    exact_bytes: u64,
 }
 
 impl LruCore {
@@ -117,12 +139,18 @@ impl LruCore {
             thresholds: grid_copy,
             live_slots: vec![0; slots.div_ceil(64)],
             keep: false,
+            exact_rate: 1.0,
+            exact_keys: 0,
+            exact_bytes: 0,
         }
     }
 
     /// Set 1 / sampling rate, the factor applied to distances.
     pub(crate) fn set_scale(&mut self, scale: f64) {
         self.scale = scale;
+        if self.exact_keys == 0 {
+            self.exact_rate = 1.0 / scale;
+        }
         self.thresholds = self
             .grid
             .iter()
@@ -142,17 +170,29 @@ impl LruCore {
         &self.grid
     }
 
-    pub(crate) fn distinct(&self) -> usize {
-        self.keys.len()
+    /// Distinct keys seen (estimated when sampled): sampled keys stand for
+    /// 1 / rate keys each, keys modelled exactly for themselves.
+    pub(crate) fn distinct(&self) -> u64 {
+        let sampled = (self.keys.len() - self.exact_keys) as f64 * self.scale;
+        (sampled + self.exact_keys as f64).round() as u64
     }
 
+    /// Bytes of the distinct keys at their last size (estimated likewise).
     pub(crate) fn live_bytes(&self) -> u64 {
-        self.live_bytes
+        (self.live_bytes as f64 * self.scale + self.exact_bytes as f64).round() as u64
     }
 
     /// One request of a sampled key; `compile` its cost if it misses.
     /// Returns whether the key was new to the model.
-    pub(crate) fn access(&mut self, key: u64, bytes: u64, compile: Option<f64>) -> bool {
+    /// `exact`: the key is modelled at every request while others are
+    /// sampled (its requests count 1, not 1 / rate).
+    pub(crate) fn access(
+        &mut self,
+        key: u64,
+        bytes: u64,
+        compile: Option<f64>,
+        exact: bool,
+    ) -> bool {
         let mut size = crate::sizing::weight(bytes);
         if self.keep
             && let Some(&o) = self.keys.get(&key)
@@ -178,6 +218,7 @@ impl LruCore {
         self.live_slots[slot / 64] |= 1 << (slot % 64);
         let new = KeyState {
             slot: slot as u32,
+            exact,
             size,
         };
         // One hash lookup: read the old state and write the new.
@@ -197,30 +238,46 @@ impl LruCore {
         // A shrinking weight: from now on "bytes above" is not monotone,
         // so that tree keeps historical maxima (built from the state
         // before this request).
+        let xr = self.exact_rate;
+        let now_stored = stored(size, exact, xr);
         if let Some(o) = old
             && o.size != size
         {
             for ti in 0..self.trees.len() {
                 let t = &self.trees[ti];
-                if t.weight(size) < t.weight(o.size) && matches!(t.index, Index::Fen(_)) {
+                if t.weight(size, now_stored) < t.weight(o.size, stored(o.size, o.exact, xr))
+                    && matches!(t.index, Index::Fen(_))
+                {
                     self.upgrade(ti, (key, o));
                 }
             }
         }
-        self.sampled.requests += 1.0;
-        self.sampled.bytes += size as f64;
-        let cost = compile.unwrap_or(0.0);
+        // Counts are "at the current rate": a sampled request counts 1, a
+        // request of a key modelled exactly counts the rate (it stands for
+        // itself alone), so that count / rate estimates the whole.
+        let unit = if exact { 1.0 / self.scale } else { 1.0 };
+        self.sampled.requests += unit;
+        self.sampled.bytes += size as f64 * unit;
+        let cost = compile.unwrap_or(0.0) * unit;
         self.compile_all += cost;
         if old.is_none() {
             self.cold_compile += cost;
         }
-        self.live_bytes = self
-            .live_bytes
-            .wrapping_sub(old.map_or(0, |o| o.size))
-            .wrapping_add(size);
+        if exact {
+            self.exact_keys += usize::from(old.is_none());
+            self.exact_bytes = self
+                .exact_bytes
+                .wrapping_sub(old.map_or(0, |o| o.size))
+                .wrapping_add(size);
+        } else {
+            self.live_bytes = self
+                .live_bytes
+                .wrapping_sub(old.map_or(0, |o| o.size))
+                .wrapping_add(size);
+        }
         let hit_counts = Counts {
-            hits: 1.0,
-            hit_bytes: size as f64,
+            hits: unit,
+            hit_bytes: size as f64 * unit,
             miss_compile: cost,
         };
         let all_shared = self.shared_from < self.grid.len();
@@ -230,7 +287,7 @@ impl LruCore {
                 continue; // no grid point left for the shared tree
             }
             if let Some(o) = old {
-                let was = tree.weight(o.size);
+                let was = tree.weight(o.size, stored(o.size, o.exact, xr));
                 let cap = tree.filter.map_or(u64::MAX, |f| f.0);
                 if was > 0 && o.size <= cap {
                     // The bytes above are sampled: they stand for 1 / rate
@@ -272,7 +329,7 @@ impl LruCore {
             if let Index::Hist(h) = &mut tree.index {
                 h.reset(slot);
             }
-            let now = tree.weight(size);
+            let now = tree.weight(size, now_stored);
             if now > 0 {
                 tree.add(slot, now as i64);
             }
@@ -308,9 +365,15 @@ impl LruCore {
         if let Some(o) = self.keys.remove(&key) {
             let s = o.slot as usize;
             self.live_slots[s / 64] &= !(1 << (s % 64));
-            self.live_bytes = self.live_bytes.wrapping_sub(o.size);
+            if o.exact {
+                self.exact_keys -= 1;
+                self.exact_bytes = self.exact_bytes.wrapping_sub(o.size);
+            } else {
+                self.live_bytes = self.live_bytes.wrapping_sub(o.size);
+            }
+            let xr = self.exact_rate;
             for tree in &mut self.trees {
-                let w = tree.weight(o.size);
+                let w = tree.weight(o.size, stored(o.size, o.exact, xr));
                 if w > 0 {
                     tree.add(o.slot as usize, -(w as i64));
                 }
@@ -327,6 +390,14 @@ impl LruCore {
         self.cold_compile *= factor;
         self.sampled.scale(factor);
         self.set_scale(self.scale / factor);
+        // Keys modelled exactly weigh size × rate in the trees: rebuilt
+        // when the rate has fallen by 2 % since (between rebuilds they
+        // weigh at most 2 % too much).
+        let rate = 1.0 / self.scale;
+        if self.exact_keys > 0 && rate < self.exact_rate * 0.98 {
+            self.exact_rate = rate;
+            self.compact();
+        }
     }
 
     /// The hit counts per grid point.
@@ -354,7 +425,8 @@ impl LruCore {
             *w = 0;
         }
         if let Some(w) = weights.get_mut(before.1.slot as usize) {
-            *w = self.trees[ti].weight(before.1.size);
+            let b = before.1;
+            *w = self.trees[ti].weight(b.size, stored(b.size, b.exact, self.exact_rate));
         }
         let mut values = vec![0i64; self.slots];
         let mut above = 0i64;
@@ -370,7 +442,7 @@ impl LruCore {
         let mut w = vec![0u64; len];
         for k in self.keys.values() {
             if let Some(x) = w.get_mut(k.slot as usize) {
-                *x = tree.weight(k.size);
+                *x = tree.weight(k.size, stored(k.size, k.exact, self.exact_rate));
             }
         }
         w

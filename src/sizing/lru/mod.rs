@@ -138,6 +138,18 @@ impl LruModel {
         self
     }
 
+    /// Model these keys at every request while the others are sampled
+    /// (no effect without sampling). Give it the most requested keys of
+    /// the trace ([`FrequentKeys`](super::sampling::FrequentKeys) finds them
+    /// in a first pass, in bounded memory): where a few keys carry much of
+    /// the traffic, whether they fall in the sample is what moves a sampled
+    /// curve most, and modelled exactly they no longer do. Call before the
+    /// first request; they add to the keys modelled.
+    pub fn exact_keys(mut self, keys: impl IntoIterator<Item = u64>) -> Self {
+        self.front.set_exact(keys);
+        self
+    }
+
     /// The capacities modelled.
     pub fn grid(&self) -> &[u64] {
         &self.grid
@@ -146,19 +158,19 @@ impl LruModel {
     /// Feed one request.
     #[inline]
     pub fn access(&mut self, req: &Request) {
-        let Some(hash) = self.front.offer(req) else {
+        let Some(offer) = self.front.offer(req) else {
             return;
         };
         let cost = self.front.costs.cost(req);
         let mut new = false;
         for core in &mut self.cores.0 {
-            new = core.access(req.key, req.bytes, cost);
+            new = core.access(req.key, req.bytes, cost, offer.exact);
         }
         // A new key may lower the rate (bounded sampling): keys of the
         // largest hashes leave the model, possibly this one, and what was
         // counted is rescaled (as SHARDS' fixed-size variant).
-        if new && self.front.tracks_keys() {
-            self.front.admitted(req.key, hash, &mut self.cores);
+        if new && !offer.exact && self.front.tracks_keys() {
+            self.front.admitted(req.key, offer.hash, &mut self.cores);
         }
     }
 
@@ -190,8 +202,8 @@ impl LruModel {
                 .collect(),
             requests: totals.requests,
             bytes: totals.bytes,
-            distinct_keys: self.front.scaled(first.distinct() as f64),
-            working_set_bytes: self.front.scaled(first.live_bytes() as f64),
+            distinct_keys: first.distinct(),
+            working_set_bytes: first.live_bytes(),
             sampling_rate: rate,
             duration_seconds: totals.duration_seconds(),
             cold_compile_seconds: self.front.costs.known().then(|| first.cold_compile / rate),

@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tierscope::sizing::{
     lru::SizeOnHit,
     memory::ShadowOptions,
-    sampling::Sampling,
+    sampling::{FrequentKeys, Sampling},
     trace::{CsvOptions, Format, TraceError, TraceReader},
 };
 
@@ -232,9 +232,50 @@ pub fn run(args: SizeArgs) -> Result<(), Failure> {
     let file_len = std::fs::metadata(&args.trace)
         .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", args.trace.display())))?
         .len();
+    let pb = if args.no_progress || args.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(file_len)
+    };
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {prefix} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}",
+        )
+        .expect("valid template"),
+    );
+    let started = Instant::now();
+    // The disk tier alone, sampled: a first pass finds the most requested
+    // objects, which the model then follows at every request (where a few
+    // objects carry much of the traffic, whether they fall in the sample
+    // is what moves a sampled curve most). A file only: a pipe is read
+    // once.
+    let sampled = !matches!(sampling, Sampling::Rate(r) if r >= 1.0);
+    let exact_keys = if args.memory.is_none()
+        && sampled
+        && std::fs::metadata(&args.trace).is_ok_and(|m| m.is_file())
+    {
+        pb.set_prefix("finding the most requested objects");
+        let mut frequent = FrequentKeys::new((args.max_keys as usize / 10).max(1_000));
+        let mut reader = TraceReader::open(&args.trace, format.clone())
+            .map_err(|e| unreadable(&args.trace, e))?;
+        let mut n = 0u64;
+        while let Some(r) = reader.next() {
+            frequent.observe(r.map_err(|e| unreadable(&args.trace, e))?.key);
+            n += 1;
+            if n.is_multiple_of(1 << 16) {
+                pb.set_position(reader.bytes_read());
+            }
+        }
+        pb.set_position(0);
+        frequent.keys()
+    } else {
+        Vec::new()
+    };
+    pb.set_prefix("modelling");
     let mut reader =
         TraceReader::open(&args.trace, format.clone()).map_err(|e| unreadable(&args.trace, e))?;
     let plan = models::Plan {
+        exact_keys,
         memory: args.memory.map(|m| grid(&args, m)),
         disk: args.disk.map(|d| grid(&args, d)),
         options,
@@ -249,18 +290,6 @@ pub fn run(args: SizeArgs) -> Result<(), Failure> {
         ),
     };
 
-    let pb = if args.no_progress || args.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(file_len)
-    };
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{spinner} modelling [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}",
-        )
-        .expect("valid template"),
-    );
-    let started = Instant::now();
     // The reader's position is what the models have been handed, at most
     // two batches ahead of the slowest: the bar moves with the modelling.
     let position = std::cell::Cell::new(0u64);

@@ -33,6 +33,9 @@ pub struct Plan {
     pub sampling: Sampling,
     pub size_on_hit: SizeOnHit,
     pub threads: usize,
+    /// Keys the disk model models at every request while sampling the
+    /// others (the most requested ones, from a first pass).
+    pub exact_keys: Vec<u64>,
 }
 
 /// One thread's share.
@@ -83,7 +86,9 @@ impl Plan {
                 .collect(),
             (None, Some(d)) => {
                 vec![Part::Disk(
-                    LruModel::new(d, self.sampling).size_on_hit(self.size_on_hit),
+                    LruModel::new(d, self.sampling)
+                        .size_on_hit(self.size_on_hit)
+                        .exact_keys(self.exact_keys.iter().copied()),
                 )]
             }
             (None, None) => Vec::new(),
