@@ -239,7 +239,7 @@ where
         if text && series.labels {
             let font = ("sans-serif", VALUES).into_font().color(&color);
             ctx.draw_series(pts.iter().map(|&(x, y)| {
-                EmptyElement::at((x, y)) + Text::new(format!("{y:.1}"), (-14, -24), font.clone())
+                EmptyElement::at((x, y)) + Text::new(format!("{y:.1}"), (7, -24), font.clone())
             }))
             .map_err(e)?;
         }

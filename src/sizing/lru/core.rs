@@ -105,7 +105,7 @@ pub(crate) struct LruCore {
     /// One bit per slot: is it some key's latest slot (compaction ranks
     /// them instead of sorting the keys).
     live_slots: Vec<u64>,
-    /// [`SizeOnHit::Keep`]: a hit keeps the stored size (one grid point).
+    /// [`SizeOnHit::Keep`](super::SizeOnHit::Keep): a hit keeps the stored size (one grid point).
     pub(super) keep: bool,
     /// The rate exact keys' tree weights were computed at (see [`stored`]).
     exact_rate: f64,
@@ -337,7 +337,7 @@ impl LruCore {
         old.is_none()
     }
 
-    /// Under [`SizeOnHit::Keep`] (one grid point): whether a key in state
+    /// Under [`SizeOnHit::Keep`](super::SizeOnHit::Keep) (one grid point): whether a key in state
     /// `o` is resident now, so that this request hits.
     fn resident(&mut self, o: KeyState) -> bool {
         let cap = self.grid.first().copied().unwrap_or(0);

@@ -100,7 +100,9 @@ pub struct SizeArgs {
     csv: Option<String>,
     /// Model at most this many distinct objects exactly; past it, model a
     /// random share of the objects (chosen by a hash of their ids) that
-    /// keeps this many, and estimate the rest from them (the rate is shown).
+    /// keeps this many, and estimate the rest from them (the rate is
+    /// shown). With the disk tier alone, a first pass also finds the most
+    /// requested objects (a tenth of this many), followed at every request.
     #[arg(long, default_value_t = 100_000, value_parser = value_parser!(u64).range(1..=100_000_000))]
     max_keys: u64,
     /// Model this fixed share of the objects instead, in (0, 1].
