@@ -9,7 +9,8 @@
 //!
 //! `cargo bench --all-features --bench sizing_accuracy` runs the whole
 //! matrix (Zipf 0.6, 0.9, 1.2 over 100 k, 1 M and 10 M objects; about
-//! 15 minutes); `TIERSCOPE_ACCURACY=quick` only the 1 M-object traces.
+//! 15 minutes on a quiet machine); `TIERSCOPE_ACCURACY=quick` only the
+//! 1 M-object traces, `TIERSCOPE_ACCURACY=100000,10000000` those counts.
 
 use std::time::Instant;
 
@@ -85,18 +86,24 @@ fn samplings() -> Vec<(String, Sampling)> {
 
 fn main() {
     // Criterion-style arguments (`--bench`, filters) are ignored.
-    let quick = std::env::var("TIERSCOPE_ACCURACY").is_ok_and(|v| v == "quick");
-    let mut specs = Vec::new();
-    let sizes: &[(u64, u64)] = if quick {
-        &[(1_000_000, 10_000_000)]
-    } else {
-        &[
-            (100_000, 10_000_000),
-            (1_000_000, 10_000_000),
-            (10_000_000, 20_000_000),
-        ]
+    // TIERSCOPE_ACCURACY=quick: the 1 M-object traces only; a list of
+    // object counts (e.g. 100000,10000000): those.
+    let only = std::env::var("TIERSCOPE_ACCURACY").unwrap_or_default();
+    let all = [
+        (100_000u64, 10_000_000u64),
+        (1_000_000, 10_000_000),
+        (10_000_000, 20_000_000),
+    ];
+    let sizes: Vec<(u64, u64)> = match only.as_str() {
+        "" => all.to_vec(),
+        "quick" => vec![all[1]],
+        list => all
+            .into_iter()
+            .filter(|(o, _)| list.split(',').any(|x| x.trim().parse() == Ok(*o)))
+            .collect(),
     };
-    for &(objects, requests) in sizes {
+    let mut specs = Vec::new();
+    for &(objects, requests) in &sizes {
         for alpha in [0.6, 0.9, 1.2] {
             specs.push(Spec::zipf(alpha, objects, requests, 24));
         }

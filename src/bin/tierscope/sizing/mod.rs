@@ -251,7 +251,19 @@ pub fn run(args: SizeArgs) -> Result<(), Failure> {
     // objects carry much of the traffic, whether they fall in the sample
     // is what moves a sampled curve most). A file only: a pipe is read
     // once.
-    let sampled = !matches!(sampling, Sampling::Rate(r) if r >= 1.0);
+    // No pass when the bound holds every request (`--max-keys` at least
+    // the requests the file can hold: all is exact anyway).
+    let most_requests = file_len
+        / if format == Format::OracleGeneral {
+            24
+        } else {
+            4
+        };
+    let sampled = match sampling {
+        Sampling::Rate(r) => r < 1.0,
+        Sampling::Bounded { max_keys } => (max_keys as u64) < most_requests,
+        Sampling::Off => false,
+    };
     let exact_keys = if args.memory.is_none()
         && sampled
         && std::fs::metadata(&args.trace).is_ok_and(|m| m.is_file())
