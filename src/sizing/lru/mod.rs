@@ -83,17 +83,29 @@ pub enum SizeOnHit {
     Keep,
 }
 
+/// The first core inline (the only one but under [`SizeOnHit::Keep`]).
 #[derive(Debug, Clone)]
-struct Cores(Vec<LruCore>);
+struct Cores {
+    first: LruCore,
+    rest: Vec<LruCore>,
+}
+
+impl Cores {
+    fn all(&self) -> impl Iterator<Item = &LruCore> {
+        std::iter::once(&self.first).chain(&self.rest)
+    }
+}
 
 impl Modelled for Cores {
     fn forget(&mut self, key: u64) {
-        for c in &mut self.0 {
+        self.first.forget(key);
+        for c in &mut self.rest {
             c.forget(key);
         }
     }
     fn rescale(&mut self, factor: f64, _rate: f64) {
-        for c in &mut self.0 {
+        self.first.rescale(factor);
+        for c in &mut self.rest {
             c.rescale(factor);
         }
     }
@@ -108,7 +120,10 @@ impl LruModel {
         core.set_scale(1.0 / front.rate());
         LruModel {
             grid: core.grid().to_vec(),
-            cores: Cores(vec![core]),
+            cores: Cores {
+                first: core,
+                rest: Vec::new(),
+            },
             front,
         }
     }
@@ -118,7 +133,7 @@ impl LruModel {
     /// give the same curve under both). Call before the first request.
     pub fn size_on_hit(mut self, rule: SizeOnHit) -> Self {
         let scale = 1.0 / self.front.rate();
-        self.cores = Cores(match rule {
+        let mut cores: Vec<LruCore> = match rule {
             SizeOnHit::Update => {
                 let mut core = LruCore::new(&self.grid);
                 core.set_scale(scale);
@@ -134,7 +149,11 @@ impl LruModel {
                     core
                 })
                 .collect(),
-        });
+        };
+        if !cores.is_empty() {
+            let first = cores.remove(0);
+            self.cores = Cores { first, rest: cores };
+        }
         self
     }
 
@@ -162,9 +181,12 @@ impl LruModel {
             return;
         };
         let cost = self.front.costs.cost(req);
-        let mut new = false;
-        for core in &mut self.cores.0 {
-            new = core.access(req.key, req.bytes, cost, offer.exact);
+        let new = self
+            .cores
+            .first
+            .access(req.key, req.bytes, cost, offer.exact);
+        for core in &mut self.cores.rest {
+            core.access(req.key, req.bytes, cost, offer.exact);
         }
         // A new key may lower the rate (bounded sampling): keys of the
         // largest hashes leave the model, possibly this one, and what was
@@ -178,11 +200,11 @@ impl LruModel {
     pub fn curve(&self) -> Curve {
         let rate = self.front.rate();
         let totals = &self.front.totals;
-        let first = &self.cores.0[0];
-        let counts: Vec<Counts> = if self.cores.0.len() == 1 {
+        let first = &self.cores.first;
+        let counts: Vec<Counts> = if self.cores.rest.is_empty() {
             first.counts()
         } else {
-            self.cores.0.iter().flat_map(LruCore::counts).collect()
+            self.cores.all().flat_map(LruCore::counts).collect()
         };
         Curve {
             points: self
@@ -213,12 +235,7 @@ impl LruModel {
     /// Approximate bytes of model state per modelled key (the key map, the
     /// slot trees, the sampler).
     pub fn bytes_per_key(&self) -> usize {
-        self.cores
-            .0
-            .iter()
-            .map(LruCore::bytes_per_key)
-            .sum::<usize>()
-            + Sampler::BYTES_PER_KEY
+        self.cores.all().map(LruCore::bytes_per_key).sum::<usize>() + Sampler::BYTES_PER_KEY
     }
 }
 

@@ -3,7 +3,8 @@
 //! each thread models every request for a share of them; the trace is
 //! read and decoded once, on the calling thread, and handed over in
 //! batches. A single LRU pass (`--disk` alone) is one model: it runs on
-//! one thread beside the reader.
+//! the reader's thread, request by request (a second thread would only
+//! copy the batches: decoding is a few percent of the pass).
 
 use std::{
     sync::{Arc, mpsc},
@@ -103,9 +104,27 @@ impl Plan {
         mut next: impl FnMut() -> Option<Result<Request, E>>,
         mut progress: impl FnMut(u64),
     ) -> Result<(Results, u64), E> {
-        let parts = self.parts();
+        let mut parts = self.parts();
         let mut n = 0u64;
         let mut failed = None;
+        if let [part] = parts.as_mut_slice() {
+            // One model (the disk tier alone): no thread and no batches to
+            // copy; the reader's position is the model's.
+            while let Some(item) = next() {
+                match item {
+                    Ok(r) => {
+                        part.access(std::slice::from_ref(&r));
+                        n += 1;
+                        if n.is_multiple_of(BATCH as u64) {
+                            progress(n);
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            progress(n);
+            return Ok((merge(parts, current_memory), n));
+        }
         let parts: Vec<Part> = thread::scope(|scope| {
             let mut senders = Vec::new();
             let mut handles = Vec::new();
