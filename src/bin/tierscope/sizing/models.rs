@@ -42,7 +42,7 @@ pub struct Plan {
 /// One thread's share.
 enum Part {
     Memory(MemoryModel),
-    Disk(LruModel),
+    Disk(Box<LruModel>),
     Stack(StackModel),
 }
 
@@ -86,11 +86,11 @@ impl Plan {
                 .map(|m| Part::Memory(MemoryModel::new(&m, self.options, self.sampling)))
                 .collect(),
             (None, Some(d)) => {
-                vec![Part::Disk(
+                vec![Part::Disk(Box::new(
                     LruModel::new(d, self.sampling)
                         .size_on_hit(self.size_on_hit)
                         .exact_keys(self.exact_keys.iter().copied()),
-                )]
+                ))]
             }
             (None, None) => Vec::new(),
         }
