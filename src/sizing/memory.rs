@@ -29,8 +29,10 @@
 use quick_cache::{OptionsBuilder, Weighter, unsync};
 
 use super::{
-    CompileCosts, Counts, Curve, Request, SampledTotals, Totals, normalize_grid, point,
-    sampling::{Sampler, Sampling, key_hash},
+    Curve, Request,
+    estimate::{Counts, SampledTotals, point},
+    normalize_grid,
+    sampling::{Front, Modelled, Sampling},
 };
 use crate::tier::memory_policy::{self, MemoryPolicy};
 
@@ -198,114 +200,127 @@ impl Shadow {
 /// ```
 #[derive(Debug)]
 pub struct MemoryModel {
+    front: Front,
+    shadows: Shadows,
+}
+
+/// The shadows and what they counted (at the current rate).
+#[derive(Debug)]
+struct Shadows {
     shadows: Vec<Shadow>,
     counts: Vec<Counts>,
     compile_all: f64,
+    /// Compile cost of the first requests of each key.
+    cold_compile: f64,
     sampled: SampledTotals,
-    sampler: Sampler,
+    /// Modelled keys and their last size.
     keys: super::KeyMap<u64>,
-    totals: Totals,
-    costs: CompileCosts,
+}
+
+impl Modelled for Shadows {
+    fn forget(&mut self, key: u64) {
+        self.keys.remove(&key);
+        for s in &mut self.shadows {
+            s.forget(key);
+        }
+    }
+    fn rescale(&mut self, factor: f64, rate: f64) {
+        for s in &mut self.shadows {
+            s.set_rate(rate);
+        }
+        for c in &mut self.counts {
+            c.scale(factor);
+        }
+        self.compile_all *= factor;
+        self.cold_compile *= factor;
+        self.sampled.scale(factor);
+    }
 }
 
 impl MemoryModel {
     /// Shadows of a memory tier at each capacity of `grid` (bytes; sorted
     /// and deduplicated, zeros dropped).
     pub fn new(grid: &[u64], options: ShadowOptions, sampling: Sampling) -> Self {
-        let sampler = Sampler::new(sampling);
+        let front = Front::new(sampling);
         let grid = normalize_grid(grid);
         MemoryModel {
-            shadows: grid
-                .iter()
-                .map(|&c| Shadow::new(c, &options, sampler.rate()))
-                .collect(),
-            counts: vec![Counts::default(); grid.len()],
-            compile_all: 0.0,
-            sampled: SampledTotals::default(),
-            sampler,
-            keys: Default::default(),
-            totals: Totals::default(),
-            costs: Default::default(),
+            shadows: Shadows {
+                shadows: grid
+                    .iter()
+                    .map(|&c| Shadow::new(c, &options, front.rate()))
+                    .collect(),
+                counts: vec![Counts::default(); grid.len()],
+                compile_all: 0.0,
+                cold_compile: 0.0,
+                sampled: SampledTotals::default(),
+                keys: Default::default(),
+            },
+            front,
         }
     }
 
     /// Feed one request.
     pub fn access(&mut self, req: &Request) {
-        self.totals.add(req);
-        let h = key_hash(req.key);
-        if !self.sampler.sampled(h) {
+        let Some(offer) = self.front.offer(req) else {
             return;
-        }
-        if !self.keys.contains_key(&req.key)
-            && let Some(lowered) = self.sampler.admit(req.key, h)
-        {
-            let rate = self.sampler.rate();
-            for k in &lowered.evicted {
-                self.keys.remove(k);
-                self.costs.forget(*k);
-                for s in &mut self.shadows {
-                    s.forget(*k);
-                }
-            }
-            for s in &mut self.shadows {
-                s.set_rate(rate);
-            }
-            for c in &mut self.counts {
-                c.scale(lowered.factor);
-            }
-            self.compile_all *= lowered.factor;
-            self.sampled.scale(lowered.factor);
-            if !self.sampler.sampled(h) {
-                return;
-            }
-        }
+        };
+        let m = &mut self.shadows;
         let size = super::weight(req.bytes);
-        self.keys.insert(req.key, size);
-        let cost = self.costs.cost(req).unwrap_or(0.0);
-        self.compile_all += cost;
-        self.sampled.requests += 1.0;
-        self.sampled.bytes += size as f64;
-        for (s, c) in self.shadows.iter_mut().zip(&mut self.counts) {
+        let new = m.keys.insert(req.key, size).is_none();
+        let cost = self.front.costs.cost(req).unwrap_or(0.0);
+        m.compile_all += cost;
+        if new {
+            m.cold_compile += cost;
+        }
+        m.sampled.requests += 1.0;
+        m.sampled.bytes += size as f64;
+        for (s, c) in m.shadows.iter_mut().zip(&mut m.counts) {
             if s.access(req.key, size) {
                 c.hits += 1.0;
                 c.hit_bytes += size as f64;
                 c.miss_compile += cost; // hits' cost, turned into misses' below
             }
         }
+        if new && self.front.tracks_keys() {
+            self.front.admitted(req.key, offer.hash, &mut self.shadows);
+        }
     }
 
     /// The curve so far.
     pub fn curve(&self) -> Curve {
-        let rate = self.sampler.rate();
+        let rate = self.front.rate();
+        let totals = &self.front.totals;
+        let m = &self.shadows;
         Curve {
-            points: self
+            points: m
                 .shadows
                 .iter()
-                .zip(&self.counts)
+                .zip(&m.counts)
                 .map(|(s, c)| {
                     let mut c = *c;
-                    c.miss_compile = (self.compile_all - c.miss_compile).max(0.0);
+                    c.miss_compile = (m.compile_all - c.miss_compile).max(0.0);
                     point(
                         s.capacity(),
                         &c,
-                        &self.sampled,
-                        self.totals.requests,
+                        &m.sampled,
+                        totals.both(),
                         rate,
-                        self.costs.known(),
+                        self.front.costs.known(),
                     )
                 })
                 .collect(),
-            requests: self.totals.requests,
-            bytes: self.totals.bytes,
-            distinct_keys: (self.keys.len() as f64 / rate).round() as u64,
-            working_set_bytes: (self.keys.values().sum::<u64>() as f64 / rate).round() as u64,
+            requests: totals.requests,
+            bytes: totals.bytes,
+            distinct_keys: self.front.scaled(m.keys.len() as f64),
+            working_set_bytes: self.front.scaled(m.keys.values().sum::<u64>() as f64),
             sampling_rate: rate,
-            duration_seconds: self.totals.duration_seconds(),
+            duration_seconds: totals.duration_seconds(),
+            cold_compile_seconds: self.front.costs.known().then(|| m.cold_compile / rate),
         }
     }
 
     /// Entries resident in each shadow now (sampled keys only).
     pub fn resident(&self) -> Vec<usize> {
-        self.shadows.iter().map(Shadow::len).collect()
+        self.shadows.shadows.iter().map(Shadow::len).collect()
     }
 }

@@ -41,6 +41,7 @@
 //! assert_eq!(curve.working_set_bytes, 3_000);
 //! ```
 
+mod estimate;
 pub mod live;
 pub mod lru;
 pub mod memory;
@@ -177,6 +178,10 @@ pub struct Curve {
     /// Time from the first to the last request, in seconds (`None` with
     /// fewer than two distinct times).
     pub duration_seconds: Option<f64>,
+    /// Seconds of compiling the first requests of each key cost (the cold
+    /// misses, `distinct_keys` of them: no capacity avoids them), when the
+    /// trace has compile times (estimated when sampled).
+    pub cold_compile_seconds: Option<f64>,
 }
 
 impl Curve {
@@ -204,6 +209,23 @@ impl Curve {
     pub fn compile_seconds_per_hour(&self, point: &Point) -> Option<f64> {
         let d = self.duration_seconds?;
         point.compile_seconds.map(|c| c * 3600.0 / d)
+    }
+
+    /// The misses at `point` that capacity could avoid: all its misses but
+    /// the first request of each key (the cold misses, at every size).
+    pub fn capacity_misses(&self, point: &Point) -> u64 {
+        point.misses.saturating_sub(self.distinct_keys)
+    }
+
+    /// Compile seconds per hour of trace at `point` from its capacity
+    /// misses only (the first requests' compiles are left out: they do not
+    /// recur, so an hourly rate would extrapolate a one-off), when the trace
+    /// has compile times and a duration.
+    pub fn capacity_compile_seconds_per_hour(&self, point: &Point) -> Option<f64> {
+        let d = self.duration_seconds?;
+        let all = point.compile_seconds?;
+        let cold = self.cold_compile_seconds.unwrap_or(0.0);
+        Some((all - cold).max(0.0) * 3600.0 / d)
     }
 }
 
@@ -268,132 +290,3 @@ impl Hasher for MixHasher {
 }
 
 pub(crate) type KeyMap<V> = HashMap<u64, V, MixState>;
-
-/// The compile cost of a miss: the request's own compile time, else the
-/// key's last known one, else the mean per byte so far times its bytes.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct CompileCosts {
-    by_key: Option<KeyMap<u64>>,
-    known_us: f64,
-    known_bytes: f64,
-}
-
-impl CompileCosts {
-    /// Learn from `req` and answer its compile cost in seconds if it missed.
-    pub(crate) fn cost(&mut self, req: &Request) -> Option<f64> {
-        if let Some(us) = req.compile_us {
-            self.by_key
-                .get_or_insert_with(Default::default)
-                .insert(req.key, us);
-            self.known_us += us as f64;
-            self.known_bytes += weight(req.bytes) as f64;
-            return Some(us as f64 / 1e6);
-        }
-        let by_key = self.by_key.as_ref()?;
-        if let Some(&us) = by_key.get(&req.key) {
-            return Some(us as f64 / 1e6);
-        }
-        (self.known_bytes > 0.0)
-            .then(|| self.known_us / self.known_bytes * weight(req.bytes) as f64 / 1e6)
-    }
-
-    /// Forget one key (it left the sample).
-    pub(crate) fn forget(&mut self, key: u64) {
-        if let Some(m) = self.by_key.as_mut() {
-            m.remove(&key);
-        }
-    }
-
-    /// Whether any compile time was seen.
-    pub(crate) fn known(&self) -> bool {
-        self.by_key.is_some()
-    }
-}
-
-/// Totals every model keeps exactly, sampled or not.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Totals {
-    pub(crate) requests: u64,
-    pub(crate) bytes: u64,
-    first_us: Option<u64>,
-    last_us: Option<u64>,
-}
-
-impl Totals {
-    pub(crate) fn add(&mut self, req: &Request) {
-        self.requests += 1;
-        self.bytes = self.bytes.saturating_add(weight(req.bytes));
-        let t = req.time_us;
-        self.first_us = Some(self.first_us.map_or(t, |f| f.min(t)));
-        self.last_us = Some(self.last_us.map_or(t, |l| l.max(t)));
-    }
-
-    pub(crate) fn duration_seconds(&self) -> Option<f64> {
-        match (self.first_us, self.last_us) {
-            (Some(f), Some(l)) if l > f => Some((l - f) as f64 / 1e6),
-            _ => None,
-        }
-    }
-}
-
-/// Hit counters of a sampled model, for one grid point, scaled as the
-/// sampling rate changes (all counts are "as sampled at the current rate").
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Counts {
-    pub(crate) hits: f64,
-    pub(crate) hit_bytes: f64,
-    pub(crate) miss_compile: f64,
-}
-
-impl Counts {
-    pub(crate) fn scale(&mut self, f: f64) {
-        self.hits *= f;
-        self.hit_bytes *= f;
-        self.miss_compile *= f;
-    }
-}
-
-/// Sampled request totals, scaled like [`Counts`].
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct SampledTotals {
-    pub(crate) requests: f64,
-    pub(crate) bytes: f64,
-}
-
-impl SampledTotals {
-    pub(crate) fn scale(&mut self, f: f64) {
-        self.requests *= f;
-        self.bytes *= f;
-    }
-}
-
-/// Build a point from sampled counts.
-pub(crate) fn point(
-    capacity: u64,
-    c: &Counts,
-    sampled: &SampledTotals,
-    total_requests: u64,
-    rate: f64,
-    compile_known: bool,
-) -> Point {
-    let ratio = |num: f64, den: f64| {
-        if den > 0.0 {
-            (num / den).clamp(0.0, 1.0)
-        } else {
-            0.0
-        }
-    };
-    let hit_ratio = ratio(c.hits, sampled.requests);
-    let misses = if rate >= 1.0 {
-        (sampled.requests - c.hits).round().max(0.0) as u64
-    } else {
-        ((1.0 - hit_ratio) * total_requests as f64).round() as u64
-    };
-    Point {
-        capacity,
-        hit_ratio,
-        byte_hit_ratio: ratio(c.hit_bytes, sampled.bytes),
-        misses,
-        compile_seconds: compile_known.then(|| c.miss_compile / rate.max(f64::MIN_POSITIVE)),
-    }
-}

@@ -13,11 +13,12 @@
 //! disk tier of a `memory.with_fallback(disk)` stack is asked.)
 
 use super::{
-    CompileCosts, Curve, Request, Totals,
+    Curve, Request,
+    estimate::{Counts, SampledTotals, point},
     lru::LruCore,
     memory::{Shadow, ShadowOptions},
-    normalize_grid, point,
-    sampling::{Sampler, Sampling, key_hash},
+    normalize_grid,
+    sampling::{Front, Modelled, Sampling},
 };
 
 /// One (memory, disk) pair of a [`StackModel`].
@@ -37,6 +38,12 @@ pub struct StackPoint {
     pub compile_seconds: Option<f64>,
     /// Compile seconds per hour of trace, when known.
     pub compile_seconds_per_hour: Option<f64>,
+    /// Of `compiles`, the first requests of each key: the same at every
+    /// size (estimated when sampled).
+    pub cold_compiles: u64,
+    /// Compile seconds per hour of trace from the compiles capacity could
+    /// avoid (all but the first requests'), when known.
+    pub capacity_compile_seconds_per_hour: Option<f64>,
 }
 
 /// Memory shadows feeding disk models: compile rate on a memory × disk grid.
@@ -53,13 +60,46 @@ pub struct StackPoint {
 /// ```
 #[derive(Debug)]
 pub struct StackModel {
-    memory: Vec<(Shadow, LruCore, super::Counts)>,
-    sampler: Sampler,
+    front: Front,
+    inner: Inner,
+}
+
+/// One memory shadow, the disk model behind it, and the shadow's hits.
+#[derive(Debug)]
+struct Scale {
+    shadow: Shadow,
+    disk: LruCore,
+    hits: Counts,
+}
+
+#[derive(Debug)]
+struct Inner {
+    memory: Vec<Scale>,
     keys: super::KeyMap<()>,
-    totals: Totals,
-    costs: CompileCosts,
-    sampled: super::SampledTotals,
+    sampled: SampledTotals,
     compile_all: f64,
+    /// Compile cost of the first requests of each key.
+    cold_compile: f64,
+}
+
+impl Modelled for Inner {
+    fn forget(&mut self, key: u64) {
+        self.keys.remove(&key);
+        for m in &mut self.memory {
+            m.shadow.forget(key);
+            m.disk.forget(key);
+        }
+    }
+    fn rescale(&mut self, factor: f64, rate: f64) {
+        for m in &mut self.memory {
+            m.shadow.set_rate(rate);
+            m.disk.rescale(factor);
+            m.hits.scale(factor);
+        }
+        self.sampled.scale(factor);
+        self.compile_all *= factor;
+        self.cold_compile *= factor;
+    }
 }
 
 impl StackModel {
@@ -71,101 +111,90 @@ impl StackModel {
         options: ShadowOptions,
         sampling: Sampling,
     ) -> Self {
-        let sampler = Sampler::new(sampling);
-        let rate = sampler.rate();
+        let front = Front::new(sampling);
+        let rate = front.rate();
         StackModel {
-            memory: normalize_grid(memory_grid)
-                .into_iter()
-                .map(|c| {
-                    let mut disk = LruCore::new(disk_grid);
-                    disk.set_scale(1.0 / rate);
-                    (
-                        Shadow::new(c, &options, rate),
-                        disk,
-                        super::Counts::default(),
-                    )
-                })
-                .collect(),
-            sampler,
-            keys: Default::default(),
-            totals: Totals::default(),
-            costs: Default::default(),
-            sampled: Default::default(),
-            compile_all: 0.0,
+            inner: Inner {
+                memory: normalize_grid(memory_grid)
+                    .into_iter()
+                    .map(|c| {
+                        let mut disk = LruCore::new(disk_grid);
+                        disk.set_scale(1.0 / rate);
+                        Scale {
+                            shadow: Shadow::new(c, &options, rate),
+                            disk,
+                            hits: Counts::default(),
+                        }
+                    })
+                    .collect(),
+                keys: Default::default(),
+                sampled: Default::default(),
+                compile_all: 0.0,
+                cold_compile: 0.0,
+            },
+            front,
         }
     }
 
     /// Feed one request.
     pub fn access(&mut self, req: &Request) {
-        self.totals.add(req);
-        let h = key_hash(req.key);
-        if !self.sampler.sampled(h) {
+        let Some(offer) = self.front.offer(req) else {
             return;
-        }
-        if !self.keys.contains_key(&req.key)
-            && let Some(lowered) = self.sampler.admit(req.key, h)
-        {
-            let rate = self.sampler.rate();
-            for k in &lowered.evicted {
-                self.keys.remove(k);
-                self.costs.forget(*k);
-                for (shadow, disk, _) in &mut self.memory {
-                    shadow.forget(*k);
-                    disk.forget(*k);
-                }
-            }
-            for (shadow, disk, counts) in &mut self.memory {
-                shadow.set_rate(rate);
-                disk.rescale(lowered.factor);
-                counts.scale(lowered.factor);
-            }
-            self.sampled.scale(lowered.factor);
-            self.compile_all *= lowered.factor;
-            if !self.sampler.sampled(h) {
-                return;
-            }
-        }
-        self.keys.insert(req.key, ());
+        };
+        let m = &mut self.inner;
+        let new = m.keys.insert(req.key, ()).is_none();
         let size = super::weight(req.bytes);
-        let cost = self.costs.cost(req);
-        self.sampled.requests += 1.0;
-        self.sampled.bytes += size as f64;
-        self.compile_all += cost.unwrap_or(0.0);
-        for (shadow, disk, counts) in &mut self.memory {
-            if shadow.access(req.key, size) {
-                counts.hits += 1.0;
-                counts.hit_bytes += size as f64;
+        let cost = self.front.costs.cost(req);
+        m.sampled.requests += 1.0;
+        m.sampled.bytes += size as f64;
+        m.compile_all += cost.unwrap_or(0.0);
+        if new {
+            m.cold_compile += cost.unwrap_or(0.0);
+        }
+        for s in &mut m.memory {
+            if s.shadow.access(req.key, size) {
+                s.hits.hits += 1.0;
+                s.hits.hit_bytes += size as f64;
             } else {
-                disk.access(req.key, size, cost);
+                s.disk.access(req.key, size, cost, false);
             }
+        }
+        if new && self.front.tracks_keys() {
+            self.front.admitted(req.key, offer.hash, &mut self.inner);
         }
     }
 
     /// Every (memory, disk) pair, memory-major, in increasing capacities.
     pub fn grid(&self) -> Vec<StackPoint> {
-        let rate = self.sampler.rate();
-        let duration = self.totals.duration_seconds();
+        let rate = self.front.rate();
+        let totals = &self.front.totals;
+        let duration = totals.duration_seconds();
+        let known = self.front.costs.known();
+        let cold_compiles = self.cold_compiles();
+        let cold_seconds = self.cold_compile_seconds().unwrap_or(0.0);
         let mut out = Vec::new();
-        for (shadow, disk, mem) in &self.memory {
-            let memory_hit_ratio = if self.sampled.requests > 0.0 {
-                (mem.hits / self.sampled.requests).clamp(0.0, 1.0)
-            } else {
-                0.0
-            };
+        for Scale {
+            shadow,
+            disk,
+            hits: mem,
+        } in &self.inner.memory
+        {
+            let memory_hit_ratio = point(
+                shadow.capacity(),
+                mem,
+                &self.inner.sampled,
+                totals.both(),
+                rate,
+                false,
+            )
+            .hit_ratio;
             for (&cap, c) in disk.grid().iter().zip(disk.counts()) {
                 // Disk counts are relative to the requests disk saw; the
                 // compile cost of a stack miss is that of a disk miss.
                 let mut both = c;
                 both.hits += mem.hits;
                 both.hit_bytes += mem.hit_bytes;
-                let p = point(
-                    cap,
-                    &both,
-                    &self.sampled,
-                    self.totals.requests,
-                    rate,
-                    self.costs.known(),
-                );
+                let p = point(cap, &both, &self.inner.sampled, totals.both(), rate, known);
                 out.push(StackPoint {
                     memory: shadow.capacity(),
                     disk: cap,
@@ -175,6 +204,11 @@ impl StackModel {
                     compile_seconds: p.compile_seconds,
                     compile_seconds_per_hour: match (p.compile_seconds, duration) {
                         (Some(c), Some(d)) => Some(c * 3600.0 / d),
+                        _ => None,
+                    },
+                    cold_compiles,
+                    capacity_compile_seconds_per_hour: match (p.compile_seconds, duration) {
+                        (Some(c), Some(d)) => Some((c - cold_seconds).max(0.0) * 3600.0 / d),
                         _ => None,
                     },
                 });
@@ -187,59 +221,84 @@ impl StackModel {
     /// the memory grid): hit ratios among the requests that reached disk
     /// (`requests` counts those), misses are compiles.
     pub fn disk_curve(&self, memory: u64) -> Option<Curve> {
-        let rate = self.sampler.rate();
-        let (_, disk, _) = self
+        let rate = self.front.rate();
+        let Scale { disk, .. } = self
+            .inner
             .memory
             .iter()
-            .find(|(s, _, _)| s.capacity() == memory)?;
-        let lookups = (disk.sampled.requests / rate).round() as u64;
+            .find(|s| s.shadow.capacity() == memory)?;
+        // The requests that reach disk are the memory tier's misses, an
+        // estimate when sampled: the disk's misses are read against it.
+        let lookups = disk.sampled.requests / rate;
+        let bytes = disk.sampled.bytes / rate;
         Some(Curve {
             points: disk
                 .grid()
                 .iter()
                 .zip(disk.counts())
-                .map(|(&cap, c)| point(cap, &c, &disk.sampled, lookups, rate, self.costs.known()))
+                .map(|(&cap, c)| {
+                    point(
+                        cap,
+                        &c,
+                        &disk.sampled,
+                        (lookups, bytes),
+                        rate,
+                        self.front.costs.known(),
+                    )
+                })
                 .collect(),
-            requests: lookups,
-            bytes: (disk.sampled.bytes / rate).round() as u64,
-            distinct_keys: (disk.distinct() as f64 / rate).round() as u64,
-            working_set_bytes: (disk.live_bytes() as f64 / rate).round() as u64,
+            requests: lookups.round() as u64,
+            bytes: bytes.round() as u64,
+            distinct_keys: disk.distinct(),
+            working_set_bytes: disk.live_bytes(),
             sampling_rate: rate,
-            duration_seconds: self.totals.duration_seconds(),
+            duration_seconds: self.front.totals.duration_seconds(),
+            cold_compile_seconds: self.cold_compile_seconds(),
         })
     }
 
     /// The memory tier's own curve (its shadows' hits).
     pub fn memory_curve(&self) -> Curve {
-        let rate = self.sampler.rate();
+        let rate = self.front.rate();
+        let totals = &self.front.totals;
         Curve {
             points: self
+                .inner
                 .memory
                 .iter()
-                .map(|(shadow, _, c)| {
-                    let mut c = *c;
-                    c.miss_compile = 0.0;
-                    let mut p = point(
-                        shadow.capacity(),
-                        &c,
-                        &self.sampled,
-                        self.totals.requests,
+                .map(|s| {
+                    point(
+                        s.shadow.capacity(),
+                        &s.hits,
+                        &self.inner.sampled,
+                        totals.both(),
                         rate,
                         false,
-                    );
-                    p.compile_seconds = None;
-                    p
+                    )
                 })
                 .collect(),
-            requests: self.totals.requests,
-            bytes: self.totals.bytes,
-            distinct_keys: (self.keys.len() as f64 / rate).round() as u64,
-            working_set_bytes: self
-                .memory
-                .first()
-                .map_or(0, |(_, d, _)| (d.live_bytes() as f64 / rate).round() as u64),
+            requests: totals.requests,
+            bytes: totals.bytes,
+            distinct_keys: self.front.scaled(self.inner.keys.len() as f64),
+            working_set_bytes: self.inner.memory.first().map_or(0, |s| s.disk.live_bytes()),
             sampling_rate: rate,
-            duration_seconds: self.totals.duration_seconds(),
+            duration_seconds: totals.duration_seconds(),
+            cold_compile_seconds: None,
         }
+    }
+
+    /// Compile seconds of the first requests of each key (estimated when
+    /// sampled), when the trace has compile times.
+    fn cold_compile_seconds(&self) -> Option<f64> {
+        self.front
+            .costs
+            .known()
+            .then(|| self.inner.cold_compile / self.front.rate())
+    }
+
+    /// First requests of each key: the compiles no size avoids (estimated
+    /// when sampled).
+    fn cold_compiles(&self) -> u64 {
+        self.front.scaled(self.inner.keys.len() as f64)
     }
 }

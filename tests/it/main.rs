@@ -43,6 +43,13 @@ mod redis_oversized;
 #[cfg(all(feature = "cli", feature = "wasix"))]
 mod run_cli;
 mod sizing;
+mod sizing_accuracy;
+#[cfg(feature = "cli")]
+mod sizing_cli;
 mod sizing_live;
+mod sizing_size_rule;
+mod sizing_trace;
+mod sizing_traces;
+mod sizing_window;
 #[cfg(feature = "wasix")]
 mod wasix;

@@ -26,7 +26,9 @@ pub fn parse(text: &str) -> Result<u64, String> {
     };
     let bytes = num * mult as f64;
     if !(1.0..=u64::MAX as f64).contains(&bytes) {
-        return Err(format!("size `{text}` is out of range"));
+        return Err(format!(
+            "size `{text}` is out of range: give 1 byte to 16 EiB (e.g. 64MiB or 2GiB)"
+        ));
     }
     Ok(bytes as u64)
 }
@@ -58,7 +60,7 @@ mod tests {
         assert_eq!(parse("16mib"), Ok(16 << 20));
         assert_eq!(parse("1.5GiB"), Ok(3 << 29));
         assert_eq!(parse("500MB"), Ok(500_000_000));
-        assert!(parse("0").is_err());
+        assert!(parse("0").unwrap_err().contains("1 byte to 16 EiB"));
         assert!(parse("ten").is_err());
         assert!(parse("5 parsecs").is_err());
         assert_eq!(human(1536.0), "1.5 KiB");

@@ -33,7 +33,13 @@
 //! is warm, as the tier is), but what they count is read over a recent
 //! window ([`Window`]): the last `requests` lookups of each tier, or the
 //! last `max_age`, whichever is shorter, so a change in traffic shows
-//! within one window.
+//! within one window. `max_age` holds with or without new lookups: a tier
+//! that goes idle has an empty window once `max_age` has passed
+//! (`tierscope_sizing_window_requests` 0, no working set), and its
+//! what-if ratios are then NaN, in the report and in the gauges, so that
+//! neither a dashboard nor an alert reads the last busy window's number
+//! as current (a rule comparing NaN is false; guard recorded series with
+//! `tierscope_sizing_window_requests > 0` to get no sample instead).
 //!
 //! **Memory.** Past [`SizingOptions::sampling`]'s key count (default 16,384
 //! keys per tier) the models sample keys spatially (SHARDS), so their
@@ -69,8 +75,11 @@
 //! ```
 
 mod model;
+mod publish;
+mod report;
 pub(crate) mod ring;
 mod tier;
+mod window;
 
 use std::{
     fmt,
@@ -91,6 +100,7 @@ pub use tier::{Sizable, SizingExt, SizingTier};
 
 use self::{
     model::{Models, Reach},
+    publish::{Published, TierHandles},
     ring::{Event, Ring},
 };
 use crate::{
@@ -252,16 +262,6 @@ pub fn scale_label(scale: f64) -> String {
     format!("{scale}")
 }
 
-/// Metric handles of one sized tier.
-struct TierHandles {
-    hit_ratio: Vec<Gauge>,
-    byte_hit_ratio: Vec<Gauge>,
-    capacity: Vec<Gauge>,
-    working_set: Gauge,
-    sampling_rate: Gauge,
-    window_requests: Gauge,
-}
-
 /// What the worker and the tiers share.
 struct State {
     cache: String,
@@ -281,16 +281,6 @@ struct State {
     /// What was published so far (counters take deltas).
     published: Mutex<Published>,
     stop: AtomicBool,
-}
-
-#[derive(Default)]
-struct Published {
-    dropped: u64,
-    /// Per memory scale: requests reaching below the bounded tiers, as
-    /// last read; projected compiles so far; and what the counter has.
-    reach: Vec<f64>,
-    compiles: Vec<f64>,
-    counted: Vec<u64>,
 }
 
 impl State {
@@ -327,52 +317,6 @@ impl State {
         let (mut r, reach) = self.models.lock().report(Instant::now());
         r.dropped = self.dropped();
         (r, reach)
-    }
-
-    fn publish(&self) {
-        let (report, reach) = self.report();
-        let handles = self.handles.lock();
-        for (t, h) in report.tiers.iter().zip(handles.iter()) {
-            for (i, p) in t.points.iter().enumerate() {
-                if let (Some(a), Some(b), Some(c)) = (
-                    h.hit_ratio.get(i),
-                    h.byte_hit_ratio.get(i),
-                    h.capacity.get(i),
-                ) {
-                    a.set(p.hit_ratio);
-                    b.set(p.byte_hit_ratio);
-                    c.set(p.capacity as f64);
-                }
-            }
-            h.working_set.set(t.working_set_bytes as f64);
-            h.sampling_rate.set(t.sampling_rate);
-            h.window_requests.set(t.window_requests as f64);
-        }
-        drop(handles);
-        let mut published = self.published.lock();
-        if report.dropped > published.dropped {
-            self.dropped.increment(report.dropped - published.dropped);
-            published.dropped = report.dropped;
-        }
-        // Counters take increments: what reached below the bounded tiers
-        // since the last publish, times the share an unbounded tier below
-        // misses now.
-        let n = reach.cumulative.len();
-        published.reach.resize(n, 0.0);
-        published.compiles.resize(n, 0.0);
-        published.counted.resize(n, 0);
-        for (i, &c) in reach.cumulative.iter().enumerate() {
-            let delta = (c - published.reach[i]).max(0.0);
-            published.reach[i] = published.reach[i].max(c);
-            published.compiles[i] += delta * reach.below;
-            let whole = published.compiles[i].round() as u64;
-            if whole > published.counted[i]
-                && let Some(counter) = self.compiles.get(i)
-            {
-                counter.increment(whole - published.counted[i]);
-                published.counted[i] = whole;
-            }
-        }
     }
 
     /// Record `e` in this thread's ring (made the first time the thread

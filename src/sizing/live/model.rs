@@ -10,12 +10,14 @@
 
 use std::{collections::VecDeque, time::Instant};
 
+pub use super::report::{CompilePoint, ScalePoint, SizingReport, TierReport};
 use super::{
     TierPolicy, Window,
     ring::{Event, Kind},
+    window::{WorkingSet, threshold},
 };
 use crate::sizing::{
-    Curve, KeyMap, Request,
+    Curve, Request,
     lru::LruModel,
     memory::MemoryModel,
     mix64,
@@ -31,89 +33,6 @@ pub(crate) const EPOCHS: usize = 10;
 /// in bytes yet: the size comes with the save that follows). Beyond this,
 /// the oldest is modelled at the tier's mean size.
 const PENDING_MAX: usize = 4096;
-
-/// One point of a tier's what-if curve over the window.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ScalePoint {
-    /// The scale of the tier's current capacity (1 = as configured).
-    pub scale: f64,
-    /// The capacity modelled: scale × current capacity, in bytes.
-    pub capacity: u64,
-    /// Hit ratio the tier would have had over the window at this capacity.
-    pub hit_ratio: f64,
-    /// Byte hit ratio likewise.
-    pub byte_hit_ratio: f64,
-}
-
-/// What one sized tier would have hit over the window.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TierReport {
-    /// The tier's name (`tier` label).
-    pub tier: String,
-    /// Its current capacity; `None` for an unbounded tier (no curve then).
-    pub capacity: Option<u64>,
-    /// One point per scale of the grid, in increasing scale.
-    pub points: Vec<ScalePoint>,
-    /// The hit ratio the tier really had over the same requests (the
-    /// model's error is `point at scale 1 - this`).
-    pub measured_hit_ratio: f64,
-    /// Bytes of the distinct keys requested from this tier over the window
-    /// (estimated when sampled).
-    pub working_set_bytes: u64,
-    /// Share of keys modelled (1: exact).
-    pub sampling_rate: f64,
-    /// Requests in the window.
-    pub window_requests: u64,
-    /// Whether the window has filled (a whole window of requests, or its
-    /// age, has passed since the model started).
-    pub window_full: bool,
-}
-
-impl TierReport {
-    /// The point at `scale`, if the grid has it.
-    pub fn at(&self, scale: f64) -> Option<&ScalePoint> {
-        self.points.iter().find(|p| p.scale == scale)
-    }
-}
-
-/// The stack's compiles at one scale of the memory tier (the other tiers
-/// at their current capacity).
-#[derive(Debug, Clone, PartialEq)]
-pub struct CompilePoint {
-    /// Scale of the memory tier.
-    pub scale: f64,
-    /// Memory capacity modelled, bytes.
-    pub memory_capacity: u64,
-    /// Requests that would have missed the memory tier and the first
-    /// bounded tier below it over the window, times the measured miss ratio
-    /// of the unbounded tiers sized below (a remote tier): the compiles
-    /// (estimated when sampled).
-    pub compiles: f64,
-    /// The same per second of the window, once it spans some time.
-    pub per_second: Option<f64>,
-}
-
-/// Everything the live models answer now.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct SizingReport {
-    /// One report per sized tier, in the order they were sized.
-    pub tiers: Vec<TierReport>,
-    /// The stack's projected compiles at each memory scale (empty without
-    /// a sized memory tier).
-    pub compiles: Vec<CompilePoint>,
-    /// Events the hit path dropped because its buffer was full.
-    pub dropped: u64,
-    /// Lookups modelled since the start (a miss waiting for its size
-    /// included).
-    pub modelled: u64,
-}
-
-impl SizingReport {
-    /// The report of the tier named `tier`.
-    pub fn tier(&self, tier: &str) -> Option<&TierReport> {
-        self.tiers.iter().find(|t| t.tier == tier)
-    }
-}
 
 /// Requests that miss the memory tier at each scale and the bounded tier
 /// below it, since the start, and the share of those an unbounded tier
@@ -176,78 +95,6 @@ impl Model {
             Model::Lru(m) => Some(m.curve()),
             Model::Unbounded => None,
         }
-    }
-}
-
-/// Bytes of the distinct keys requested in each epoch of the window.
-#[derive(Debug, Default)]
-struct WorkingSet {
-    /// Key -> (epoch of its last request, its bytes).
-    keys: KeyMap<(u64, u64)>,
-    /// Bytes per epoch, oldest first; the last is the current epoch.
-    buckets: VecDeque<u64>,
-    /// Epoch number of `buckets[0]`.
-    first: u64,
-}
-
-impl WorkingSet {
-    fn new() -> Self {
-        WorkingSet {
-            buckets: VecDeque::from([0]),
-            ..Default::default()
-        }
-    }
-
-    fn touch(&mut self, key: u64, bytes: u64) {
-        let current = self.first + self.buckets.len() as u64 - 1;
-        let last = self.buckets.len() - 1;
-        match self.keys.get_mut(&key) {
-            Some((epoch, old)) => {
-                if *epoch >= self.first {
-                    let b = &mut self.buckets[(*epoch - self.first) as usize];
-                    *b = b.saturating_sub(*old);
-                }
-                *epoch = current;
-                *old = bytes;
-            }
-            None => {
-                self.keys.insert(key, (current, bytes));
-            }
-        }
-        self.buckets[last] += bytes;
-    }
-
-    /// A new epoch; keys not requested within the window, or no longer
-    /// sampled (`threshold`), are forgotten.
-    fn close_epoch(&mut self, threshold: u64) {
-        self.buckets.push_back(0);
-        if self.buckets.len() > EPOCHS {
-            self.buckets.pop_front();
-            self.first += 1;
-        }
-        let first = self.first;
-        self.keys
-            .retain(|k, (e, _)| *e >= first && key_hash(*k) <= threshold);
-        for b in &mut self.buckets {
-            *b = 0;
-        }
-        for (e, bytes) in self.keys.values() {
-            self.buckets[(*e - first) as usize] += bytes;
-        }
-    }
-
-    fn bytes(&self) -> u64 {
-        self.buckets.iter().sum()
-    }
-}
-
-/// The hash threshold of a sampling rate (keys whose [`key_hash`] is at
-/// most this are modelled).
-fn threshold(rate: f64) -> u64 {
-    if rate >= 1.0 {
-        u64::MAX
-    } else {
-        (rate * 18_446_744_073_709_551_616.0) as u64
     }
 }
 
@@ -435,11 +282,17 @@ impl Models {
         let epoch_us = (age.as_micros() as u64 / EPOCHS as u64).max(1);
         let scales = &self.scales;
         for t in &mut self.tiers {
-            if t.model.is_some()
-                && t.epoch_requests > 0
-                && now_us.saturating_sub(t.epoch_started_us) >= epoch_us
-            {
+            if t.model.is_none() {
+                continue;
+            }
+            // Every epoch that has lasted its share closes, with or without
+            // requests: an idle tier's window empties after `max_age`.
+            let elapsed = now_us.saturating_sub(t.epoch_started_us) / epoch_us;
+            for _ in 0..elapsed.min(EPOCHS as u64) {
                 t.close_epoch(now_us, scales);
+            }
+            if elapsed > 0 {
+                t.epoch_started_us = now_us - (now_us - t.epoch_started_us) % epoch_us;
             }
         }
     }
@@ -458,11 +311,13 @@ impl Models {
             let base = t.snapshots.front().cloned().unwrap_or_default();
             let requests = (cur.requests - base.requests).max(0.0);
             let bytes = (cur.bytes - base.bytes).max(0.0);
+            // An empty window has no ratio: NaN, not a stale or a zero
+            // one (see `ScalePoint::hit_ratio`).
             let ratio = |num: f64, den: f64| {
                 if den > 0.0 {
                     (num / den).clamp(0.0, 1.0)
                 } else {
-                    0.0
+                    f64::NAN
                 }
             };
             let points = t

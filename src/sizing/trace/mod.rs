@@ -31,21 +31,33 @@
 //!   (its times then count microseconds).
 //!
 //! Readers stream (constant memory) and never panic: a truncated or
-//! malformed file is a [`TraceError`] naming the byte offset or line.
+//! malformed file is a [`TraceError`] naming the byte offset or line. A
+//! text line longer than [`MAX_LINE_BYTES`] is an error too (a binary file
+//! or an endless stream read as text is not buffered whole).
 
 use std::{
     fs::File,
-    io::{self, BufRead, BufReader, Read, Write},
+    io::{self, BufRead, BufReader, Read},
     path::Path,
 };
 
-use super::{KeyMap, Request, Served};
+mod write;
+
+pub use self::write::{
+    TierscopeWriter, next_access, write_csv, write_oracle_general, write_oracle_record,
+};
+use super::{Request, Served};
 
 /// The header line of a tierscope trace.
 pub const TIERSCOPE_HEADER: &str = "time_us,obj_id,obj_size,compile_us,served";
 
 /// Bytes of one `oracleGeneral` record.
 pub const ORACLE_RECORD: usize = 24;
+
+/// The longest text line a reader accepts, in bytes (its line ending
+/// excluded): 64 KiB, far above any trace line, so that a reader's memory
+/// stays bounded whatever it is given.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
 
 /// A trace that could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -223,7 +235,7 @@ enum Inner<R> {
     Text {
         r: R,
         line: u64,
-        buf: String,
+        buf: Vec<u8>,
         csv: CsvOptions,
         tierscope: bool,
         offset: u64,
@@ -260,7 +272,7 @@ impl<R: BufRead> TraceReader<R> {
             Format::Csv(csv) => Inner::Text {
                 r,
                 line: 0,
-                buf: String::new(),
+                buf: Vec::new(),
                 csv,
                 tierscope: false,
                 offset: 0,
@@ -268,7 +280,7 @@ impl<R: BufRead> TraceReader<R> {
             Format::Tierscope => Inner::Text {
                 r,
                 line: 0,
-                buf: String::new(),
+                buf: Vec::new(),
                 csv: CsvOptions::default(),
                 tierscope: true,
                 offset: 0,
@@ -451,27 +463,35 @@ impl<R: BufRead> Iterator for TraceReader<R> {
                 offset,
             } => loop {
                 buf.clear();
-                match r.read_line(buf) {
-                    Ok(0) => break None,
-                    Ok(n) => {
+                match read_bounded_line(r, buf, MAX_LINE_BYTES) {
+                    Ok(Line::End) => break None,
+                    Ok(Line::Read(n)) => {
                         *offset += n as u64;
                         *line += 1;
                     }
+                    Ok(Line::TooLong) => {
+                        break Some(Err(TraceError::BadLine {
+                            line: *line + 1,
+                            message: format!(
+                                "longer than {MAX_LINE_BYTES} bytes, the limit of a trace line \
+                                 (a binary file? try --format oracle)"
+                            ),
+                        }));
+                    }
                     Err(source) => {
-                        break Some(Err(match source.kind() {
-                            io::ErrorKind::InvalidData => TraceError::BadLine {
-                                line: *line + 1,
-                                message: "not UTF-8 text (a binary trace? try --format oracle)"
-                                    .into(),
-                            },
-                            _ => TraceError::Io {
-                                offset: *offset,
-                                source,
-                            },
+                        break Some(Err(TraceError::Io {
+                            offset: *offset,
+                            source,
                         }));
                     }
                 }
-                let text = buf.trim_end_matches(['\n', '\r']);
+                let Ok(text) = std::str::from_utf8(buf) else {
+                    break Some(Err(TraceError::BadLine {
+                        line: *line,
+                        message: "not UTF-8 text (a binary trace? try --format oracle)".into(),
+                    }));
+                };
+                let text = text.trim_end_matches(['\n', '\r']);
                 if *line == 1 && *tierscope {
                     if text != TIERSCOPE_HEADER {
                         break Some(Err(TraceError::BadLine {
@@ -504,103 +524,47 @@ impl<R: BufRead> Iterator for TraceReader<R> {
     }
 }
 
-/// Writes a tierscope trace, one request at a time.
-#[derive(Debug)]
-pub struct TierscopeWriter<W: Write> {
-    w: W,
+/// What [`read_bounded_line`] found.
+enum Line {
+    /// A line of this many bytes (its newline included).
+    Read(usize),
+    /// The end of the input.
+    End,
+    /// A line longer than the limit (what was read of it is discarded).
+    TooLong,
 }
 
-impl<W: Write> TierscopeWriter<W> {
-    /// Start a trace (writes the header line).
-    pub fn new(mut w: W) -> io::Result<Self> {
-        writeln!(w, "{TIERSCOPE_HEADER}")?;
-        Ok(TierscopeWriter { w })
-    }
-
-    /// Append one request.
-    pub fn write(&mut self, r: &Request) -> io::Result<()> {
-        write!(self.w, "{},{},{},", r.time_us, r.key, r.bytes)?;
-        if let Some(c) = r.compile_us {
-            write!(self.w, "{c}")?;
+/// Read one line (up to and including `\n`, or to the end of the input)
+/// into `buf`, holding at most `max` bytes of it plus the newline.
+fn read_bounded_line<R: BufRead>(r: &mut R, buf: &mut Vec<u8>, max: usize) -> io::Result<Line> {
+    let mut total = 0usize;
+    loop {
+        let chunk = match r.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            return Ok(if total == 0 {
+                Line::End
+            } else {
+                Line::Read(total)
+            });
         }
-        writeln!(self.w, ",{}", r.served.map_or("", Served::as_str))
-    }
-
-    /// Flush and hand back the writer.
-    pub fn finish(mut self) -> io::Result<W> {
-        self.w.flush()?;
-        Ok(self.w)
-    }
-}
-
-/// Write requests as CSV: `time,obj_id,obj_size` in the columns and time
-/// unit of `csv` (numeric keys only; a header line if `csv.has_header`).
-pub fn write_csv<W: Write>(mut w: W, csv: &CsvOptions, requests: &[Request]) -> io::Result<()> {
-    let d = csv.delimiter as char;
-    let cols = [csv.time_col, Some(csv.key_col), csv.size_col];
-    let width = cols.iter().flatten().copied().max().unwrap_or(1);
-    if csv.has_header {
-        let mut names = vec![String::new(); width];
-        for (c, name) in cols.iter().zip(["time", "obj_id", "obj_size"]) {
-            if let Some(c) = c {
-                names[c - 1] = name.into();
-            }
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        // The line so far, without its newline, must fit in `max`.
+        let content = buf.len() + take - usize::from(done);
+        if content > max {
+            return Ok(Line::TooLong);
         }
-        writeln!(w, "{}", names.join(&d.to_string()))?;
-    }
-    let unit = csv.time_unit_us.max(1);
-    let mut fields = vec![String::new(); width];
-    for r in requests {
-        for f in fields.iter_mut() {
-            f.clear();
-        }
-        let values = [r.time_us / unit, r.key, r.bytes];
-        for (c, v) in cols.iter().zip(values) {
-            if let Some(c) = c {
-                fields[c - 1] = v.to_string();
-            }
-        }
-        writeln!(w, "{}", fields.join(&d.to_string()))?;
-    }
-    w.flush()
-}
-
-/// Write one raw `oracleGeneral` record.
-pub fn write_oracle_record<W: Write>(
-    w: &mut W,
-    time_s: u32,
-    obj_id: u64,
-    size: u32,
-    next_access: i64,
-) -> io::Result<()> {
-    let mut rec = [0u8; ORACLE_RECORD];
-    rec[0..4].copy_from_slice(&time_s.to_le_bytes());
-    rec[4..12].copy_from_slice(&obj_id.to_le_bytes());
-    rec[12..16].copy_from_slice(&size.to_le_bytes());
-    rec[16..24].copy_from_slice(&next_access.to_le_bytes());
-    w.write_all(&rec)
-}
-
-/// The 0-based index of the next request to the same object, -1 for none.
-pub fn next_access(requests: &[Request]) -> Vec<i64> {
-    let mut next = vec![-1i64; requests.len()];
-    let mut seen: KeyMap<usize> = KeyMap::default();
-    for (i, r) in requests.iter().enumerate().rev() {
-        if let Some(j) = seen.insert(r.key, i) {
-            next[i] = j as i64;
+        buf.extend_from_slice(&chunk[..take]);
+        r.consume(take);
+        total += take;
+        if done {
+            return Ok(Line::Read(total));
         }
     }
-    next
-}
-
-/// Write requests as `oracleGeneral` (times truncated to seconds, sizes
-/// saturated at `u32::MAX`), computing each next-access field.
-pub fn write_oracle_general<W: Write>(mut w: W, requests: &[Request]) -> io::Result<()> {
-    let next = next_access(requests);
-    for (r, n) in requests.iter().zip(next) {
-        let time = u32::try_from(r.time_us / 1_000_000).unwrap_or(u32::MAX);
-        let size = u32::try_from(r.bytes).unwrap_or(u32::MAX);
-        write_oracle_record(&mut w, time, r.key, size, n)?;
-    }
-    w.flush()
 }
