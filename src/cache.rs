@@ -244,6 +244,11 @@ pub enum Control<'a> {
     /// engine (it is being retired: see [`crate::EngineGenerations`]), and
     /// append the keys dropped. Tiers that hold bytes, not code, ignore it.
     ForgetEngine(&'a Engine, &'a mut Vec<ModuleHash>),
+    /// An engine switch put these modules, loaded into this (new) engine,
+    /// into the in-process tiers in this order, fresh, in place of the old
+    /// engine's copies: models of those tiers (live sizing) do the same to
+    /// what they shadow.
+    Reinserted(&'a Engine, &'a [ModuleHash]),
 }
 
 /// The names of the named (instrumented) tiers in `cache`, fastest first.

@@ -13,7 +13,7 @@ use wasmer::Module;
 use wasmer_types::ModuleHash;
 
 use super::{generations::SwitchGuard, *};
-use crate::cache::{Lookup, Origin, TierName, engine_entries, forget_engine};
+use crate::cache::{Control, Lookup, Origin, TierName, engine_entries, forget_engine};
 
 /// How many modules an engine switch loads into the next engine at once.
 const RELOAD_CONCURRENCY: usize = 2;
@@ -103,7 +103,7 @@ impl<C: ModuleCache + Send + Sync + 'static> Inner<C> {
         };
         forget_engine(&inner.cache, retired.engine());
         let engine = next.engine();
-        let mut reloaded = 0usize;
+        let mut reloaded = Vec::with_capacity(staged.len());
         for key in held.iter().rev() {
             let Some((module, from)) = staged.remove(key) else {
                 continue;
@@ -113,7 +113,7 @@ impl<C: ModuleCache + Send + Sync + 'static> Inner<C> {
                 lookup: Lookup::reload(),
             };
             match inner.cache.store(*key, engine, &module, origin).await {
-                Ok(()) => reloaded += 1,
+                Ok(()) => reloaded.push(*key),
                 Err(e) => tracing::debug!(
                     %key,
                     error = &e as &dyn std::error::Error,
@@ -121,9 +121,12 @@ impl<C: ModuleCache + Send + Sync + 'static> Inner<C> {
                 ),
             }
         }
+        inner
+            .cache
+            .control(&mut Control::Reinserted(engine, &reloaded));
         tracing::debug!(
             generation = next.number(),
-            reloaded,
+            reloaded = reloaded.len(),
             held = held.len(),
             "engine switch done"
         );

@@ -81,6 +81,25 @@ pub(crate) struct Shadow {
     policy: MemoryPolicy,
     /// Per-shard weight capacity at rate 1.
     shard_weight: u64,
+    /// Per-shard item estimate and weight capacity in use (at the rate).
+    scaled: (usize, u64),
+}
+
+/// One shard of a shadow, as quick_cache's concurrent cache makes each of
+/// its shards: `items` sizes the ghost list.
+fn shadow_shard(items: usize, weight: u64, hot_allocation: f64) -> ShadowShard {
+    let options = OptionsBuilder::new()
+        .weight_capacity(weight)
+        .estimated_items_capacity(items)
+        .hot_allocation(hot_allocation)
+        .build()
+        .ok();
+    match options {
+        Some(o) => ShadowShard::with_options(o, ByWeight, super::MixState, Default::default()),
+        // Unreachable (both required fields are set); a plain cache of the
+        // same bound keeps the model going.
+        None => ShadowShard::with(items, weight, ByWeight, super::MixState, Default::default()),
+    }
 }
 
 impl std::fmt::Debug for Shadow {
@@ -105,32 +124,13 @@ impl Shadow {
         let rate = rate.clamp(f64::MIN_POSITIVE, 1.0);
         let scaled_items = ((items as f64 * rate).ceil() as usize).max(1);
         let scaled_weight = ((weight as f64 * rate).round() as u64).max(1);
-        let shard = || {
-            let options = OptionsBuilder::new()
-                .weight_capacity(scaled_weight)
-                .estimated_items_capacity(scaled_items)
-                .hot_allocation(policy.hot_allocation)
-                .build()
-                .ok();
-            match options {
-                Some(o) => {
-                    ShadowShard::with_options(o, ByWeight, super::MixState, Default::default())
-                }
-                // Unreachable (both required fields are set); a plain cache
-                // of the same bound keeps the model going.
-                None => ShadowShard::with(
-                    scaled_items,
-                    scaled_weight,
-                    ByWeight,
-                    super::MixState,
-                    Default::default(),
-                ),
-            }
-        };
         Shadow {
-            shards: (0..shards).map(|_| shard()).collect(),
+            shards: (0..shards)
+                .map(|_| shadow_shard(scaled_items, scaled_weight, policy.hot_allocation))
+                .collect(),
             policy,
             shard_weight: weight,
+            scaled: (scaled_items, scaled_weight),
         }
     }
 
@@ -170,8 +170,47 @@ impl Shadow {
     /// The sampling rate is now `rate`: shrink every shard to match.
     pub(crate) fn set_rate(&mut self, rate: f64) {
         let w = ((self.shard_weight as f64 * rate).round() as u64).max(1);
+        self.scaled.1 = w;
         for s in &mut self.shards {
             s.set_capacity(w);
+        }
+    }
+
+    /// The tier's entries were all inserted again, fresh, in the order of
+    /// `order` ((key, weight); an engine switch: the new engine's copies
+    /// take the place of the old engine's, without the policy's history):
+    /// do the same to what this shadow holds. A shadow of the tier's own
+    /// capacity (`exact`) then holds exactly `order`, as the tier does; any
+    /// other keeps its own keys (a larger one holds what the tier had
+    /// evicted: those go first, as the coldest) and takes from `order`
+    /// only those it held.
+    pub(crate) fn reinsert(&mut self, order: &[(u64, u64)], exact: bool) {
+        let (items, weight) = self.scaled;
+        let hot = self.policy.hot_allocation;
+        let mut held: super::KeyMap<u64> = Default::default();
+        for shard in &mut self.shards {
+            held.extend(shard.iter().map(|(k, w)| (*k, *w)));
+            *shard = shadow_shard(items, weight, hot);
+        }
+        let mut again: Vec<(u64, u64)> = Vec::new();
+        if !exact {
+            let listed: super::KeyMap<()> = order.iter().map(|(k, _)| (*k, ())).collect();
+            let mut rest: Vec<(u64, u64)> = held
+                .iter()
+                .filter(|(k, _)| !listed.contains_key(*k))
+                .map(|(k, w)| (*k, *w))
+                .collect();
+            rest.sort_unstable();
+            again = rest;
+        }
+        again.extend(
+            order
+                .iter()
+                .filter(|(k, _)| exact || held.contains_key(k))
+                .copied(),
+        );
+        for (key, w) in again {
+            self.shard(key).insert(key, w);
         }
     }
 
@@ -215,6 +254,15 @@ struct Shadows {
     sampled: SampledTotals,
     /// Modelled keys and their last size.
     keys: super::KeyMap<u64>,
+}
+
+impl Shadows {
+    /// `keys` that are modelled, with their last size.
+    fn weighed(&self, keys: &[u64]) -> Vec<(u64, u64)> {
+        keys.iter()
+            .filter_map(|k| self.keys.get(k).map(|w| (*k, *w)))
+            .collect()
+    }
 }
 
 impl Modelled for Shadows {
@@ -322,5 +370,16 @@ impl MemoryModel {
     /// Entries resident in each shadow now (sampled keys only).
     pub fn resident(&self) -> Vec<usize> {
         self.shadows.shadows.iter().map(Shadow::len).collect()
+    }
+
+    /// The tier, of `capacity` bytes, had its entries inserted again,
+    /// fresh, in `order` (model keys): see `Shadow::reinsert` (keys not
+    /// modelled, outside the sample, are left out).
+    pub(crate) fn reinsert(&mut self, order: &[u64], capacity: u64) {
+        let order = self.shadows.weighed(order);
+        for s in &mut self.shadows.shadows {
+            let exact = s.capacity() == capacity;
+            s.reinsert(&order, exact);
+        }
     }
 }

@@ -75,7 +75,8 @@ struct Scale {
 #[derive(Debug)]
 struct Inner {
     memory: Vec<Scale>,
-    keys: super::KeyMap<()>,
+    /// Modelled keys and their last size.
+    keys: super::KeyMap<u64>,
     sampled: SampledTotals,
     compile_all: f64,
     /// Compile cost of the first requests of each key.
@@ -103,6 +104,20 @@ impl Modelled for Inner {
 }
 
 impl StackModel {
+    /// The memory tier's entries were inserted again, fresh, in `order`
+    /// (model keys; an engine switch): every memory shadow does the same
+    /// (the disk models are untouched).
+    pub(crate) fn reinsert(&mut self, order: &[u64], capacity: u64) {
+        let order: Vec<(u64, u64)> = order
+            .iter()
+            .filter_map(|k| self.inner.keys.get(k).map(|w| (*k, *w)))
+            .collect();
+        for m in &mut self.inner.memory {
+            let exact = m.shadow.capacity() == capacity;
+            m.shadow.reinsert(&order, exact);
+        }
+    }
+
     /// A model of a memory tier at each of `memory_grid` in front of a disk
     /// tier at each of `disk_grid` (bytes).
     pub fn new(
@@ -142,7 +157,7 @@ impl StackModel {
             return;
         };
         let m = &mut self.inner;
-        let new = m.keys.insert(req.key, ()).is_none();
+        let new = m.keys.insert(req.key, super::weight(req.bytes)).is_none();
         let size = super::weight(req.bytes);
         let cost = self.front.costs.cost(req);
         m.sampled.requests += 1.0;

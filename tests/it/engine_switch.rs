@@ -147,6 +147,9 @@ async fn callers_hit_ratios_are_exact_and_modelled_across_forced_switches() {
     let measured = hits as f64 / REQUESTS as f64;
     assert!((memory.measured_hit_ratio - measured).abs() < 1e-9);
     let projected = memory.at(1.0).unwrap().hit_ratio;
+    println!(
+        "memory tier: measured {measured:.4}, projected at 1x {projected:.4}, over {switches} switches and {reloads} reloads"
+    );
     assert!(
         (projected - measured).abs() <= 0.02,
         "projection {projected} vs measured {measured} over {switches} switches"

@@ -307,6 +307,13 @@ impl State {
         n
     }
 
+    /// Tier `tier`'s entries were inserted again in `keys`' order (see
+    /// `Models::reinsert`): what was recorded before is modelled first.
+    fn reinsert(&self, tier: u8, keys: &[u64]) {
+        self.drain();
+        self.models.lock().reinsert(usize::from(tier), keys);
+    }
+
     fn dropped(&self) -> u64 {
         let mut n = self.lost_with_spies.load(Ordering::Relaxed);
         self.for_each_ring(|ring| n += ring.dropped());

@@ -88,6 +88,16 @@ impl Model {
         }
     }
 
+    /// The tier's entries were inserted again, fresh, in `order` (mixed
+    /// model keys): memory shadows do the same; other models ignore it.
+    fn reinsert(&mut self, order: &[u64], capacity: u64) {
+        match self {
+            Model::Stack(m, _) => m.reinsert(order, capacity),
+            Model::Memory(m) => m.reinsert(order, capacity),
+            Model::Lru(_) | Model::Unbounded => {}
+        }
+    }
+
     fn curve(&self) -> Option<Curve> {
         match self {
             Model::Stack(m, _) => Some(m.memory_curve()),
@@ -225,6 +235,20 @@ impl Models {
         t.snapshots.clear();
         let zero = t.cum(now_us, &self.scales);
         t.snapshots.push_back(zero);
+    }
+
+    /// Tier `tier`'s entries were all inserted again, fresh, in the order
+    /// of `keys` (the hit path's unmixed model keys): an engine switch's
+    /// copies took the old engine's place. The tier's model does the same,
+    /// so that it goes on shadowing what the tier holds.
+    pub(crate) fn reinsert(&mut self, tier: usize, keys: &[u64]) {
+        let order: Vec<u64> = keys.iter().map(|&k| mix64(k)).collect();
+        let Some(t) = self.tiers.get_mut(tier) else {
+            return;
+        };
+        if let (Some(model), Some(capacity)) = (t.model.as_mut(), t.policy.capacity()) {
+            model.reinsert(&order, capacity);
+        }
     }
 
     /// Apply one event recorded at about `now`.

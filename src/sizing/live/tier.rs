@@ -128,6 +128,8 @@ pub struct SizingTier<C> {
     /// spy records them itself, or because the stack has too many sized
     /// tiers.
     records_as: Option<u8>,
+    /// Index of this tier in the models (`None`: too many sized tiers).
+    index: Option<u8>,
 }
 
 impl<C: std::fmt::Debug> std::fmt::Debug for SizingTier<C> {
@@ -143,8 +145,10 @@ impl<C: std::fmt::Debug> std::fmt::Debug for SizingTier<C> {
 impl<C> SizingTier<C> {
     /// Model `inner`, named `tier`, under `policy`, in `sizing`.
     pub fn new(inner: C, sizing: &LiveSizing, tier: &str, policy: TierPolicy) -> Self {
+        let index = sizing.register(tier, policy);
         SizingTier {
-            records_as: sizing.register(tier, policy),
+            records_as: index,
+            index,
             state: Arc::clone(&sizing.inner.state),
             sizing: sizing.clone(),
             inner,
@@ -281,6 +285,10 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for SizingTier<C> {
     }
 
     fn control(&self, message: &mut Control<'_>) {
+        if let (Control::Reinserted(engine, keys), Some(tier)) = (&*message, self.index) {
+            let ids: Vec<u64> = keys.iter().map(|k| key_id(k, engine)).collect();
+            self.state.reinsert(tier, &ids);
+        }
         self.inner.control(message);
     }
 }
