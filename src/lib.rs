@@ -11,7 +11,7 @@
 //!   (feature `redis`) and on object stores such as S3 (feature `objects`).
 //! - [`FallbackCache`]: chains tiers and promotes hits upward.
 //! - [`Instrumented`]: the spy decorator recording per-tier metrics through
-//!   the `metrics` facade (names in [`observe::names`]).
+//!   the `metrics` facade (names in [`names`]).
 //! - [`sizing`]: what-if models of each tier, offline from traces and live
 //!   inside a running stack ([`sizing::live`]: `tier.with_sizing(&sizing)`,
 //!   hit ratios at other sizes exported as metrics).
@@ -67,6 +67,8 @@
 mod aligned;
 mod cache;
 mod error;
+pub mod names;
+mod recording;
 mod tier_name;
 // Test data (feature `test-util`).
 #[cfg(feature = "test-util")]

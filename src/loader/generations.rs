@@ -62,7 +62,7 @@ use wasmer::Engine;
 
 use crate::{
     engine::{CodeLedger, track_code},
-    observe::names::{self, label},
+    names::{self, label},
 };
 
 /// Default for [`EngineGenerations::code_budget`]: 256 MiB of evicted code.

@@ -23,7 +23,7 @@ pub use loaded::{LoadedModule, Served};
 
 use crate::{
     cache::ModuleCache,
-    observe::names::{self, label},
+    names::{self, label},
 };
 use generations::Generations;
 

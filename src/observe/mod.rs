@@ -1,6 +1,7 @@
 //! Observability: the spy decorator, the metric names, exporters.
 //!
-//! Instrumented tiers count memory hits per thread ([`hot`]); those counts
+//! Instrumented tiers count memory hits per thread (in a leaf module both
+//! the spy and live sizing use); those counts
 //! reach the installed recorder when [`flush`] runs. Exporters call it on
 //! scrape and on the timer of a [`Publisher`] they own; a program with a
 //! recorder of its own keeps a [`Publisher`] alive beside it.
@@ -11,9 +12,7 @@ use std::{
     time::Duration,
 };
 
-pub mod hot;
 pub mod instrumented;
-pub mod names;
 #[cfg(feature = "opentelemetry")]
 pub mod otel;
 #[cfg(feature = "prometheus")]
@@ -27,7 +26,7 @@ pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
 /// the recorder each registered its handles with, now and synchronously.
 /// Call it before reading exact values.
 pub fn flush() {
-    hot::publish_all();
+    crate::recording::counters::publish_all();
 }
 
 /// A background thread that runs [`flush`] (and the owner's own upkeep)

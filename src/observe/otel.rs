@@ -46,7 +46,10 @@ use opentelemetry::{
 };
 use parking_lot::Mutex;
 
-use crate::observe::{PUBLISH_INTERVAL, Publisher, names};
+use crate::{
+    names,
+    observe::{PUBLISH_INTERVAL, Publisher},
+};
 
 /// The OTel name and unit of a tierscope metric (the Prometheus name).
 /// Names outside the contract keep their name with `_` turned into `.`.

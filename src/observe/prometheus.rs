@@ -34,7 +34,10 @@ use std::{net::SocketAddr, time::Duration};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 pub use metrics_exporter_prometheus::{PrometheusHandle, PrometheusRecorder};
 
-use crate::observe::{PUBLISH_INTERVAL, Publisher, flush, names};
+use crate::{
+    names,
+    observe::{PUBLISH_INTERVAL, Publisher, flush},
+};
 
 /// How often buffered histogram samples are folded into buckets. The
 /// exporter buffers every sample (about 16.5 bytes) until then, so this

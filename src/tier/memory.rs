@@ -162,7 +162,7 @@ struct Shared {
     shard_capacity: u64,
     observers: Observers,
     /// The options live sizing's shadows are built with.
-    shadow: crate::sizing::memory::ShadowOptions,
+    shadow: super::memory_policy::ShadowOptions,
 }
 
 /// Builder for [`MemoryCache`].
@@ -219,7 +219,7 @@ impl MemoryCacheBuilder {
                 capacity,
                 shard_capacity,
                 observers: Observers::default(),
-                shadow: crate::sizing::memory::ShadowOptions {
+                shadow: super::memory_policy::ShadowOptions {
                     shards: self.shards,
                     hot_allocation: self.hot_allocation,
                     parallelism: super::memory_policy::parallelism(),
@@ -250,7 +250,7 @@ impl MemoryCache {
     }
 
     /// The options a shadow of this tier is built with (live sizing).
-    pub(crate) fn shadow_options(&self) -> crate::sizing::memory::ShadowOptions {
+    pub(crate) fn shadow_options(&self) -> super::memory_policy::ShadowOptions {
         self.shared.shadow
     }
 

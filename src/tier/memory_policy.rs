@@ -112,3 +112,30 @@ mod tests {
         }
     }
 }
+
+/// How the shadows derive their options (as a [`MemoryCacheBuilder`]
+/// would be given them).
+///
+/// [`MemoryCacheBuilder`]: crate::MemoryCacheBuilder
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ShadowOptions {
+    /// `MemoryCacheBuilder::shards` (`None`: the tier's default, which
+    /// depends on `parallelism`).
+    pub shards: Option<usize>,
+    /// `MemoryCacheBuilder::hot_allocation` (default 0.9).
+    pub hot_allocation: f64,
+    /// Cores of the machine the tier runs on (the default shard count is
+    /// four per core, but each shard at least 32 MiB).
+    pub parallelism: usize,
+}
+
+impl Default for ShadowOptions {
+    /// The tier's defaults on this machine.
+    fn default() -> Self {
+        ShadowOptions {
+            shards: None,
+            hot_allocation: 0.9,
+            parallelism: parallelism(),
+        }
+    }
+}

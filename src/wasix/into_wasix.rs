@@ -13,7 +13,7 @@ use wasmer_wasix::runtime::module_cache::{
 
 use crate::{
     ErrorKind, Lookup, ModuleCache, TierName,
-    observe::names::{self, label},
+    names::{self, label},
     wasix::to_wasix_error,
 };
 

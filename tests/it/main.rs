@@ -30,6 +30,7 @@ mod loader;
 mod memory;
 mod metrics;
 mod metrics_doc;
+mod module_graph;
 #[cfg(feature = "objects")]
 mod objects;
 #[cfg(feature = "opentelemetry")]

@@ -1,8 +1,8 @@
-//! `docs/metrics.md` and `src/observe/names.rs` name the same metrics.
+//! `docs/metrics.md` and `src/names.rs` name the same metrics.
 
 use std::collections::BTreeSet;
 
-use tierscope::observe::names;
+use tierscope::names;
 
 #[test]
 fn the_metric_reference_and_the_code_agree() {

@@ -11,7 +11,7 @@ use parking_lot::RwLock;
 use super::InstrumentOptions;
 use crate::{
     cache::{CacheError, ErrorKind, TierName, Verified},
-    observe::names::{self, label},
+    names::{self, label},
     tier_events::{
         Eviction, EvictionCause, RemoteRequest, RequestOp, RequestResult, Residency, TierObserver,
     },

@@ -9,11 +9,11 @@ use wasmer_types::ModuleHash;
 use crate::{
     cache::{CacheError, Control, Hit, Lookup, ModuleCache, Origin, TierName, Verified},
     engine::engine_key,
-    observe::{
-        hot::HitCounters,
-        names::{self},
+    names,
+    recording::{
+        counters::HitCounters,
+        ring::{Kind, key_id, miss_event},
     },
-    sizing::live::ring::{Kind, key_id, miss_event},
     tier_events::TierObserver,
     weights,
 };
@@ -25,7 +25,7 @@ use crate::{
 /// Metric handles are registered **once, at construction**, with whatever
 /// recorder is installed then (install it first); the hot path touches only
 /// handles. Hits are counted in the tier's per-thread counters (a plain
-/// load and store; see [`crate::observe::hot`]), which reach the recorder
+/// load and store, kept per thread), which reach the recorder
 /// as increments on [`crate::observe::flush`] (exporters run it on scrape
 /// and on a timer) and when the tier is dropped. One in
 /// `latency_sample_every` memory-tier hits (served through
@@ -501,6 +501,19 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
             }
             _ => self.inner.control(message),
         }
+    }
+}
+
+/// A spy is modelled as the tier it wraps; live sizing records its
+/// events in rings beside the spy's own per-thread counts (see
+/// [`SizingExt::with_sizing`](crate::sizing::live::SizingExt::with_sizing)).
+impl<C: crate::sizing::live::Sizable> crate::sizing::live::Sizable for Instrumented<C> {
+    fn sizing_policy(&self) -> crate::sizing::live::TierPolicy {
+        self.get_ref().sizing_policy()
+    }
+
+    fn spy_hits(&self) -> Option<&Arc<crate::recording::counters::HitCounters>> {
+        Some(self.hit_counters())
     }
 }
 

@@ -77,7 +77,6 @@
 mod model;
 mod publish;
 mod report;
-pub(crate) mod ring;
 mod tier;
 mod window;
 
@@ -101,12 +100,12 @@ pub use tier::{Sizable, SizingExt, SizingTier};
 use self::{
     model::{Models, Reach},
     publish::{Published, TierHandles},
-    ring::{Event, Ring},
 };
 use crate::{
-    observe::{
-        hot::{HitCounters, SpySizing},
-        names::{self, label},
+    names::{self, label},
+    recording::{
+        counters::{HitCounters, SpySizing},
+        ring::{self, Event, Ring},
     },
     sizing::{memory::ShadowOptions, sampling::Sampling},
 };

@@ -13,9 +13,9 @@ use std::{collections::VecDeque, time::Instant};
 pub use super::report::{CompilePoint, ScalePoint, SizingReport, TierReport};
 use super::{
     TierPolicy, Window,
-    ring::{Event, Kind},
     window::{WorkingSet, threshold},
 };
+use crate::recording::ring::{Event, Kind};
 use crate::sizing::{
     Curve, Request,
     lru::LruModel,

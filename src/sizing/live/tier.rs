@@ -6,15 +6,15 @@ use std::sync::Arc;
 use wasmer::{Engine, Module};
 use wasmer_types::ModuleHash;
 
-use super::{
-    LiveSizing, TierPolicy,
-    ring::{Event, Kind, key_id, miss_event},
-};
+use super::{LiveSizing, TierPolicy};
 use crate::{
-    FileSystemCache, Instrumented, MemoryCache,
+    FileSystemCache, MemoryCache,
     cache::{CacheError, Control, Hit, Lookup, ModuleCache, Origin, tier_names},
     engine::engine_key,
-    observe::hot::HitCounters,
+    recording::{
+        counters::HitCounters,
+        ring::{Event, Kind, key_id, miss_event},
+    },
     weights,
 };
 
@@ -57,16 +57,6 @@ impl Sizable for crate::RedisCache {
     }
 }
 
-impl<C: Sizable> Sizable for Instrumented<C> {
-    fn sizing_policy(&self) -> TierPolicy {
-        self.get_ref().sizing_policy()
-    }
-
-    fn spy_hits(&self) -> Option<&Arc<HitCounters>> {
-        Some(self.hit_counters())
-    }
-}
-
 impl<C: Sizable + ?Sized> Sizable for Arc<C> {
     fn sizing_policy(&self) -> TierPolicy {
         (**self).sizing_policy()
@@ -82,7 +72,7 @@ pub trait SizingExt: ModuleCache + Sizable + Sized {
     /// Model this tier live (see [`SizingTier`]), under the name its spy
     /// gives it ([`tier_names`]), or `memory` / `lru` for an unnamed tier.
     ///
-    /// When the tier is a spy ([`Instrumented`]), the spy itself records
+    /// When the tier is a spy ([`Instrumented`](crate::Instrumented)), the spy itself records
     /// the events, in a ring per thread kept beside its per-thread hit
     /// counts: a hit then finds both with one thread-local lookup, and the
     /// returned decorator only holds the sizing. The spy goes on recording

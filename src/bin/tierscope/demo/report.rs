@@ -1,10 +1,10 @@
 //! The demo's progress line and final table, read from the exporter's own
 //! text (what a Prometheus server would scrape), with metric names from
-//! `tierscope::observe::names`.
+//! `tierscope::names`.
 
 use std::time::Duration;
 
-use tierscope::{observe::names, sizing::live::SizingReport};
+use tierscope::{names, sizing::live::SizingReport};
 
 use crate::{expo::Scrape, size};
 

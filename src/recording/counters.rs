@@ -55,7 +55,7 @@ use metrics::Counter;
 use parking_lot::Mutex;
 use thread_local::ThreadLocal;
 
-use crate::sizing::live::ring::{Kind, Ring};
+use super::ring::{Kind, Ring};
 
 /// One thread's counts for one tier, and (once the tier is sized, see
 /// [`HitCounters::attach_sizing`]) its ring of sizing events, beside the
