@@ -337,9 +337,8 @@ where
 /// the name of the tier that held it and the size of its artifact.
 ///
 /// Two words: the module and one word that packs the rest, so that a hit
-/// travels up a stack of decorators in registers (a wider hit was copied
-/// through the stack at each layer, and each copy stalled on store
-/// forwarding: about 4 ns a layer).
+/// travels up a stack of decorators in registers rather than through the
+/// stack at each layer.
 #[derive(Clone)]
 pub struct Hit {
     /// The module that was found.

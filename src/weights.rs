@@ -13,8 +13,8 @@
 //! Only a memory-only stack saving a module it has never seen in bytes
 //! serializes once to learn the size.
 //!
-//! The table is process-wide and bounded (a few thousand entries of 48
-//! bytes), so it cannot grow without limit.
+//! The table is process-wide and bounded: 8,192 entries, beyond which
+//! quick_cache's policy drops entries (those not asked for again first).
 
 use std::sync::OnceLock;
 

@@ -1,10 +1,10 @@
 //! Per-thread hit counters: how an instrumented tier counts its hits and
 //! read bytes without an atomic read-modify-write.
 //!
-//! A memory hit costs about 20-30 ns (BENCHMARKS.md); one atomic
+//! A memory hit costs tens of nanoseconds (BENCHMARKS.md), and one atomic
 //! read-modify-write (what a `metrics` counter handle does, twice with the
-//! Prometheus exporter's generational storage) costs 5-10 ns, and more when
-//! two threads fight over its cache line. So each instrumented tier owns a
+//! Prometheus exporter's generational storage) would be a large share of
+//! it, more when two threads fight over its cache line. So each instrumented tier owns a
 //! [`HitCounters`]: one pair of counters (hits, read bytes) per thread, in
 //! a [`thread_local::ThreadLocal`], padded off the other threads' cache
 //! lines. Only the thread that owns a pair writes it, with a plain load
@@ -267,8 +267,7 @@ impl LocalHits<'_> {
     /// If the tier is sized, hand one sizing event (`key` is called only
     /// then) to this thread's ring: a full ring drops and counts it.
     // Always inlined (its rare branch is out of line): on the memory-hit
-    // path, left to itself, the compiler sometimes made this a call that
-    // every hit paid, sized or not (+4 ns).
+    // path a call here would be paid by every hit, sized or not.
     #[inline(always)]
     pub(crate) fn record(&self, kind: Kind, key: impl FnOnce() -> u64, bytes: u64) {
         if let Some(ring) = &self.counts.ring {

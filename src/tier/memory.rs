@@ -79,7 +79,7 @@ impl Dropped {
 
 type Inner = Cache<Key, Entry, ByArtifactBytes, KeyHasher, CollectEvictions>;
 
-/// Hashes a `(ModuleHash, EngineKey)` key in a few instructions.
+/// Hashes a `(ModuleHash, EngineId)` key in a few instructions.
 ///
 /// A module hash is already SHA-256 output, uniformly distributed: its first
 /// eight bytes, mixed with the engine key and a per-process random seed by
@@ -177,7 +177,9 @@ impl MemoryCacheBuilder {
     /// Number of independently locked shards (rounded up to a power of
     /// two). Each shard holds `capacity / shards` bytes and an entry larger
     /// than about 90 % of that is not admitted. The default is the number of
-    /// cores times four, reduced so each shard holds at least 32 MiB.
+    /// cores times four, at most one shard per 32 MiB of capacity, rounded
+    /// up to a power of two (so a shard holds 16 MiB or more), and halved
+    /// until each shard expects at least 32 entries.
     pub fn shards(mut self, shards: usize) -> Self {
         self.shards = Some(shards.max(1));
         self

@@ -125,7 +125,8 @@ pub struct ShadowOptions {
     /// `MemoryCacheBuilder::hot_allocation` (default 0.9).
     pub hot_allocation: f64,
     /// Cores of the machine the tier runs on (the default shard count is
-    /// four per core, but each shard at least 32 MiB).
+    /// four per core, at most one per 32 MiB of capacity, rounded up to a
+    /// power of two).
     pub parallelism: usize,
 }
 

@@ -484,7 +484,7 @@ impl LiveSizing {
         if models.tiers.len() > usize::from(u8::MAX) - 1 {
             tracing::warn!(
                 tier,
-                "more than 256 sized tiers in one stack; not sizing this one"
+                "more than 255 sized tiers in one stack; not sizing this one"
             );
             return None;
         }

@@ -75,9 +75,8 @@
 //! (device, inode, length, modification and change times), for up to 256
 //! entries and 256 MiB. The next hit on that entry `lstat`s the path and, if the
 //! identity is unchanged, hands wasmer the same verified pages again: no
-//! open, no mapping, no page faults, no second checksum pass (on
-//! tree-sitter-cpp, 7 MB of artifact, the checksum alone is 10-20 % of a
-//! hit; BENCHMARKS.md, section 8). This rests on what mapping already rests
+//! open, no mapping, no page faults, no second checksum pass (what that
+//! saves: BENCHMARKS.md). This rests on what mapping already rests
 //! on: a mapped entry is never changed in place. A change made anyway, by
 //! this user or root, moves the file's change time; a change within the
 //! same clock tick as the previous one would not, so only files whose
