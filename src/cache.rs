@@ -93,10 +93,12 @@ pub trait ModuleCache: Debug {
     /// answer here so that decorators and combinators above them add no
     /// future (and no allocation) to a memory hit.
     ///
-    /// `None` is a miss of this cache when it [answers now](Self::answers_now)
-    /// (a spy counts it as the caller's miss), and otherwise means "ask
-    /// [`lookup`](Self::lookup)" (the default: a tier that cannot answer
-    /// synchronously).
+    /// `None` is a miss of this cache when it [answers now](Self::answers_now),
+    /// and otherwise means "ask [`lookup`](Self::lookup)" (the default: a
+    /// tier that cannot answer synchronously). Either way nothing counts
+    /// it as a miss yet: a caller asks `lookup` next (which counts the
+    /// miss of a tier that answers now), or, if it does not, says so with
+    /// [`Control::Missed`]. So `load_now` then `load` is one lookup.
     fn load_now(&self, key: ModuleHash, engine: &Engine) -> Option<Hit> {
         let _ = (key, engine);
         None
@@ -157,16 +159,12 @@ pub trait ModuleCache: Debug {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Lookup {
     reload: bool,
-    after_now: bool,
 }
 
 impl Lookup {
     /// A caller's request (the default).
     pub const fn request() -> Self {
-        Lookup {
-            reload: false,
-            after_now: false,
-        }
+        Lookup { reload: false }
     }
 
     /// The loader loading what the memory tier held into the next engine
@@ -174,30 +172,12 @@ impl Lookup {
     /// request, and its hit is not copied into faster tiers (the loader
     /// stores it in the in-process tiers when the next engine takes over).
     pub const fn reload() -> Self {
-        Lookup {
-            reload: true,
-            after_now: false,
-        }
-    }
-
-    /// This lookup follows a [`ModuleCache::load_now`] of the same caller
-    /// on the same cache that returned `None`: a tier that
-    /// [answers now](ModuleCache::answers_now) has counted that miss
-    /// already, and is asked again without counting.
-    pub const fn after_load_now(mut self) -> Self {
-        self.after_now = true;
-        self
+        Lookup { reload: true }
     }
 
     /// Whether this is an engine switch's reload.
     pub const fn is_reload(self) -> bool {
         self.reload
-    }
-
-    /// Whether the synchronous tiers' answer was counted already (see
-    /// [`Lookup::after_load_now`]).
-    pub const fn is_after_load_now(self) -> bool {
-        self.after_now
     }
 }
 
@@ -244,6 +224,12 @@ pub enum Control<'a> {
     /// engine (it is being retired: see [`crate::EngineGenerations`]), and
     /// append the keys dropped. Tiers that hold bytes, not code, ignore it.
     ForgetEngine(&'a Engine, &'a mut Vec<ModuleHash>),
+    /// A caller's [`ModuleCache::load_now`] on this cache returned `None`
+    /// and it will not [`lookup`](ModuleCache::lookup) (it waits for
+    /// another caller's load of the same module): tiers that
+    /// [answer now](ModuleCache::answers_now) count the miss it was.
+    /// Combinators pass it to their primary only.
+    Missed(&'a Engine, ModuleHash),
     /// An engine switch put these modules, loaded into this (new) engine,
     /// into the in-process tiers in this order, fresh, in place of the old
     /// engine's copies: models of those tiers (live sizing) do the same to

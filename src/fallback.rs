@@ -103,13 +103,7 @@ where
             Ok(hit) => return Ok(hit),
             Err(e) => e,
         };
-        // The fallback's tiers were not asked synchronously: whatever
-        // `load_now` counted was the primary's.
-        let below = if how.is_reload() {
-            Lookup::reload()
-        } else {
-            Lookup::request()
-        };
+        let below = how;
         let fallback_error = match self.fallback.lookup(key, engine, below).await {
             Ok(hit) if how.is_reload() => return Ok(hit),
             Ok(hit) => {
@@ -209,8 +203,9 @@ where
 
     fn control(&self, message: &mut Control<'_>) {
         match message {
-            // Evictions and residency are the primary's own to report.
-            Control::AttachObserver(_) => self.primary.control(message),
+            // Evictions and residency are the primary's own to report; a
+            // caller's `load_now` asked the primary only.
+            Control::AttachObserver(_) | Control::Missed(..) => self.primary.control(message),
             // Names and engines concern every tier; a hit from below this
             // chain is promoted into both of its tiers.
             _ => {

@@ -180,7 +180,7 @@ pub const DESCRIPTIONS: [(&str, Kind, Unit, &str); 34] = [
         OPERATION_DURATION,
         Kind::Histogram,
         Unit::Seconds,
-        "latency of one tier operation by op (load, save, contains, reload) and result; memory-tier lookups are sampled (see the tier's latency_sample_every)",
+        "latency of one tier operation by op (load, save, contains, reload) and result; memory-tier hits may be sampled (see the tier's latency_sample_every)",
     ),
     (
         PROMOTIONS,

@@ -11,7 +11,7 @@ use wasmer_types::ModuleHash;
 
 use super::*;
 use crate::{
-    cache::Lookup,
+    cache::{Control, Lookup},
     engine::{engine_key, note_code_loaded},
     weights,
 };
@@ -49,6 +49,9 @@ where
         };
         let (flight, work) = match joined {
             Ok(flight) => {
+                // This caller's memory miss, which no lookup of its own
+                // will count.
+                self.inner.cache.control(&mut Control::Missed(engine, key));
                 self.inner.coalesced.increment(1);
                 return flight.await.map(|(module, _)| (module, Served::Coalesced));
             }
@@ -153,10 +156,9 @@ impl<C: ModuleCache + Send + Sync + 'static> Inner<C> {
         engine: &Engine,
         wasm: Box<dyn FnOnce() -> bytes::Bytes + Send>,
     ) -> (Result<(Module, Served), LoadError>, Option<(Module, u64)>) {
-        // The caller's `load_now` missed (and was counted): the tiers that
-        // answer at once are asked again without counting.
-        let lookup = Lookup::request().after_load_now();
-        match self.cache.lookup(key, engine, lookup).await {
+        // The caller's `load_now` missed; this lookup asks again and counts
+        // that miss once.
+        match self.cache.lookup(key, engine, Lookup::request()).await {
             Ok(hit) => {
                 let served = Served::Tier(hit.tier());
                 return (Ok((hit.module, served)), None);

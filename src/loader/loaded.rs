@@ -15,8 +15,10 @@ pub enum Served {
     /// At once, by a tier that answers synchronously (the memory tier):
     /// the caller's lookup was a memory hit.
     Memory,
-    /// By a tier's lookup after the memory tier missed: the tier that held
-    /// the module, when it is named (instrumented).
+    /// By a tier's lookup after the memory tier's synchronous answer
+    /// missed: the tier that held the module, when it is named
+    /// (instrumented). That lookup asks the memory tier again, so this is
+    /// the memory tier when an engine switch completed in between.
     Tier(Option<TierName>),
     /// By waiting for another caller's load of the same module (the memory
     /// tier missed; `tierscope_coalesced_total` counts these).
@@ -50,8 +52,9 @@ impl LoadedModule {
 
     /// How this load was answered: a memory hit, a lower tier, another
     /// caller's load, or a compile. The tiers' metrics count the same
-    /// events (a memory hit here is a `hit` of the memory tier's
-    /// `tierscope_lookups_total`, anything else one of its misses).
+    /// events: `Memory`, or `Tier` naming the memory tier, is a `hit` of
+    /// the memory tier's `tierscope_lookups_total`, anything else one of
+    /// its misses.
     pub fn served(&self) -> Served {
         self.served
     }

@@ -150,12 +150,8 @@ impl<C: ModuleCache + Send + Sync> WasixCache<C> {
             self.tell(key, || LoadEvent::Hit { tier: hit.tier() });
             return Ok(hit.module);
         }
-        // The memory tier's miss was counted by `load_now`.
-        match self
-            .inner
-            .lookup(key, engine, Lookup::request().after_load_now())
-            .await
-        {
+        // `lookup` counts the memory tier's miss (`load_now` does not).
+        match self.inner.lookup(key, engine, Lookup::request()).await {
             Ok(hit) => {
                 self.tell(key, || LoadEvent::Hit { tier: hit.tier() });
                 Ok(hit.module)

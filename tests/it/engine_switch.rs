@@ -95,20 +95,20 @@ async fn callers_hit_ratios_are_exact_and_modelled_across_forced_switches() {
     let dsk = |r| [("cache", CACHE), ("tier", "disk"), ("result", r)];
     let reloads = counter(&s, "tierscope_reloads_total", &dsk("hit"));
     assert!(reloads > 0, "the switches' reloads are counted");
-    // The memory tier counted each caller's request once, and its hits are
-    // exactly the loads answered from memory.
+    // The memory tier counted each caller's request once: its hits are
+    // the loads answered from memory, at once or (a switch between the
+    // caller's synchronous miss and its lookup: the next engine's copy)
+    // on the lookup that followed, which is the one that counted.
     let lookups = "tierscope_lookups_total";
     let (hits, misses) = (
         counter(&s, lookups, &mem("hit")),
         counter(&s, lookups, &mem("miss")),
     );
     assert_eq!(hits + misses, REQUESTS, "{reloads} reloads");
-    assert_eq!(hits, from_memory);
+    assert_eq!(hits, from_memory + memory_on_second_ask);
     // The disk tier saw exactly the memory tier's misses (every module is
-    // on disk: all hits) that the memory tier did not serve on the second
-    // ask, and the reloads on their own.
-    let reached_disk = misses - memory_on_second_ask;
-    assert_eq!(counter(&s, lookups, &dsk("hit")), reached_disk);
+    // on disk: all hits), and the reloads on their own.
+    assert_eq!(counter(&s, lookups, &dsk("hit")), misses);
     assert_eq!(counter(&s, lookups, &dsk("miss")), 0);
     assert_eq!(
         counter(
@@ -139,7 +139,7 @@ async fn callers_hit_ratios_are_exact_and_modelled_across_forced_switches() {
             ("result", "error"),
         ],
     );
-    assert_eq!((promoted, failed), (reached_disk, 0));
+    assert_eq!((promoted, failed), (misses, 0));
     // Live sizing saw the callers' stream: its projection at 1x is the
     // measured ratio, within two points.
     let memory = report.tier("memory").unwrap();

@@ -83,10 +83,7 @@ async fn request(
     if stack.load_now(key, engine).is_some() {
         return true;
     }
-    match stack
-        .lookup(key, engine, Lookup::request().after_load_now())
-        .await
-    {
+    match stack.lookup(key, engine, Lookup::request()).await {
         Ok(_) => false,
         Err(e) => {
             assert!(e.is_not_found(), "{e}");

@@ -53,7 +53,7 @@ async fn an_idle_tiers_window_empties_after_max_age() {
         let key = keys[i % keys.len()];
         if stack.load_now(key, &engine).is_none() {
             let miss = stack
-                .lookup(key, &engine, Lookup::request().after_load_now())
+                .lookup(key, &engine, Lookup::request())
                 .await
                 .unwrap_err();
             assert!(miss.is_not_found(), "{miss}");

@@ -353,9 +353,9 @@ impl<C: ModuleCache + Send + Sync> Instrumented<C> {
 
 impl<C: ModuleCache> Instrumented<C> {
     /// A caller's miss of a tier that answers synchronously (its
-    /// `load_now` said `None`): counted as the lookup it was, timed when
-    /// the hit tick samples it (`start`). Out of line: misses are rare
-    /// beside hits, and the hit path stays small.
+    /// `load_now` said `None`): counted as the lookup it was, timed since
+    /// `start` when the lookup was (a caller that only said
+    /// [`Control::Missed`] was not). Out of line: the hit path stays small.
     #[cold]
     #[inline(never)]
     fn missed_now(&self, key: ModuleHash, engine: &Engine, start: Option<quanta::Instant>) {
@@ -396,12 +396,9 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
         // a new `Some`, which keeps it in registers (borrowing it inside the
         // answer left the answer on the stack, and the copy out then
         // stalled on store forwarding).
-        let Some(hit) = self.inner.load_now(key, engine) else {
-            if self.inner.answers_now() {
-                self.missed_now(key, engine, start);
-            }
-            return None;
-        };
+        // A miss is not counted here: the caller asks `lookup` next, which
+        // counts it, or says `Control::Missed`.
+        let hit = self.inner.load_now(key, engine)?;
         let bytes = hit.bytes().unwrap_or(0);
         local.hit(bytes);
         local.record(Kind::Hit, move || key_id(&key, engine), bytes);
@@ -429,19 +426,17 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
             return self.reload(key, engine).await;
         }
         if self.inner.answers_now() {
-            // The synchronous answer is the whole answer. After the same
-            // caller's `load_now`, that answer was counted already.
-            let hit = if how.is_after_load_now() {
-                self.inner.load_now(key, engine)
-            } else {
-                self.load_now(key, engine)
-            };
-            return match hit {
+            // The synchronous answer is the whole answer.
+            let start = quanta::Instant::now();
+            return match self.load_now(key, engine) {
                 Some(mut hit) => {
                     hit.name_tier_if_unnamed(self.metrics.tier);
                     Ok(hit)
                 }
-                None => Err(CacheError::NotFound),
+                None => {
+                    self.missed_now(key, engine, Some(start));
+                    Err(CacheError::NotFound)
+                }
             };
         }
         self.load_slow(key, engine, how).await
@@ -496,6 +491,12 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for Instrumented<C> {
             Control::ExpectPromotionsFrom(lower) => {
                 for from in lower.iter() {
                     let _ = self.metrics.promotion_counters(from);
+                }
+                self.inner.control(message);
+            }
+            Control::Missed(engine, key) => {
+                if self.inner.answers_now() {
+                    self.missed_now(*key, engine, None);
                 }
                 self.inner.control(message);
             }

@@ -202,12 +202,9 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for SizingTier<C> {
     // leaves nothing to do here.
     #[inline(always)]
     fn load_now(&self, key: ModuleHash, engine: &Engine) -> Option<Hit> {
-        let Some(hit) = self.inner.load_now(key, engine) else {
-            if self.records_as.is_some() && self.inner.answers_now() {
-                self.record_miss(&key, engine);
-            }
-            return None;
-        };
+        // A miss is recorded by the `lookup` that follows, or by
+        // `Control::Missed` (as the spy counts it).
+        let hit = self.inner.load_now(key, engine)?;
         self.record(Kind::Hit, &key, engine, hit.bytes().unwrap_or(0));
         Some(hit)
     }
@@ -222,17 +219,18 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for SizingTier<C> {
         engine: &Engine,
         how: Lookup,
     ) -> Result<Hit, CacheError> {
-        // The models follow callers' requests: an engine switch's reload,
-        // or the second ask after a `load_now` that was recorded, is not
-        // one more request.
-        let recorded_now = how.is_after_load_now() && self.inner.answers_now();
-        if self.records_as.is_none() || how.is_reload() || recorded_now {
+        // The models follow callers' requests: an engine switch's reload
+        // is not one.
+        if self.records_as.is_none() || how.is_reload() {
             return self.inner.lookup(key, engine, how).await;
         }
-        if self.inner.answers_now() {
+        if self.inner.answers_now()
+            && let Some(hit) = self.load_now(key, engine)
+        {
             // A hit needs no second future (each `async_trait` call
-            // allocates one); `load_now` records either answer.
-            return self.load_now(key, engine).ok_or(CacheError::NotFound);
+            // allocates one); `load_now` recorded it. A miss goes on to
+            // the inner tier's lookup, which counts (and times) it there.
+            return Ok(hit);
         }
         let result = self.inner.lookup(key, engine, how).await;
         match &result {
@@ -275,9 +273,17 @@ impl<C: ModuleCache + Send + Sync> ModuleCache for SizingTier<C> {
     }
 
     fn control(&self, message: &mut Control<'_>) {
-        if let (Control::Reinserted(engine, keys), Some(tier)) = (&*message, self.index) {
-            let ids: Vec<u64> = keys.iter().map(|k| key_id(k, engine)).collect();
-            self.state.reinsert(tier, &ids);
+        match (&*message, self.index) {
+            (Control::Reinserted(engine, keys), Some(tier)) => {
+                let ids: Vec<u64> = keys.iter().map(|k| key_id(k, engine)).collect();
+                self.state.reinsert(tier, &ids);
+            }
+            (Control::Missed(engine, key), _)
+                if self.records_as.is_some() && self.inner.answers_now() =>
+            {
+                self.record_miss(key, engine);
+            }
+            _ => {}
         }
         self.inner.control(message);
     }

@@ -348,7 +348,14 @@ struct ServedCounts {
 
 impl ServedCounts {
     fn count(&self, served: Served) {
-        let counter = if served == Served::Memory {
+        // The memory tier's hits: at once, or on the lookup after an
+        // engine switch (which asked it again).
+        let from_memory = match served {
+            Served::Memory => true,
+            Served::Tier(tier) => tier.is_some_and(|t| t.as_str() == "memory"),
+            _ => false,
+        };
+        let counter = if from_memory {
             &self.memory
         } else {
             &self.other
