@@ -39,6 +39,12 @@ use report::{print_table, progress_line};
 /// The `cache` label of every metric the demo records.
 const CACHE: &str = "modules";
 
+pub const EXAMPLES: &str = "\
+Examples:
+  tierscope demo
+  tierscope demo --duration 60 --memory-bytes 4MiB --metrics-addr 127.0.0.1:0
+  tierscope demo --modules ./wasm --cache-dir /tmp/tierscope-demo --linger 5m";
+
 /// How the demo failed: bad input (exit code 2) or at run time (1).
 pub enum Failure {
     Usage(String),
@@ -48,7 +54,7 @@ pub enum Failure {
 /// Check `dir` can hold the disk tier now, rather than finding out from
 /// every save failing later: it is (or can be made) a directory, private
 /// to this user, that this process can write in.
-fn usable_cache_dir(dir: &std::path::Path) -> Result<(), Failure> {
+pub(crate) fn usable_cache_dir(dir: &std::path::Path) -> Result<(), Failure> {
     let bad = |why: String| Failure::Usage(format!("--cache-dir {}: {why}", dir.display()));
     if dir.exists() && !dir.is_dir() {
         return Err(bad("exists and is not a directory".into()));
