@@ -148,3 +148,13 @@ pub fn run(command: CacheCommand) -> Result<u8, Failure> {
 pub fn count(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
+
+/// A line above the progress bar, or on stdout when the bar is hidden
+/// (indicatif drops lines printed through a hidden bar).
+pub fn say(pb: &indicatif::ProgressBar, line: String) {
+    if pb.is_hidden() {
+        println!("{line}");
+    } else {
+        pb.println(line);
+    }
+}

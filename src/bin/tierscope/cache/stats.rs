@@ -45,12 +45,16 @@ pub struct StatsArgs {
     sources: Vec<PathBuf>,
 }
 
-/// Last-use buckets: (label, upper bound).
-const RECENCY: [(&str, Duration); 4] = [
-    ("1 h", Duration::from_secs(3600)),
-    ("1 day", Duration::from_secs(86_400)),
-    ("7 days", Duration::from_secs(7 * 86_400)),
-    ("30 days", Duration::from_secs(30 * 86_400)),
+/// Last-use buckets: (label, JSON key, upper bound).
+const RECENCY: [(&str, &str, Duration); 4] = [
+    ("under 1 h", "under_1h", Duration::from_secs(3600)),
+    ("1 h to 1 day", "1h_to_1d", Duration::from_secs(86_400)),
+    ("1 to 7 days", "1d_to_7d", Duration::from_secs(7 * 86_400)),
+    (
+        "7 to 30 days",
+        "7d_to_30d",
+        Duration::from_secs(30 * 86_400),
+    ),
 ];
 
 pub fn run(args: StatsArgs) -> Result<u8, Failure> {
@@ -115,22 +119,23 @@ fn ago(now: SystemTime, t: Option<SystemTime>) -> Option<Duration> {
     t.map(|t| now.duration_since(t).unwrap_or_default())
 }
 
-fn recency(now: SystemTime, entries: &[&CacheFile]) -> Vec<(String, u64)> {
+/// Entries by time since last use: (label, JSON key, count).
+fn recency(now: SystemTime, entries: &[&CacheFile]) -> Vec<(String, &'static str, u64)> {
     let mut counts = vec![0u64; RECENCY.len() + 1];
     for e in entries {
         let idle = ago(now, e.modified).unwrap_or(Duration::MAX);
         let i = RECENCY
             .iter()
-            .position(|(_, bound)| idle < *bound)
+            .position(|(_, _, bound)| idle < *bound)
             .unwrap_or(RECENCY.len());
         counts[i] += 1;
     }
-    let mut out: Vec<(String, u64)> = RECENCY
+    let mut out: Vec<(String, &'static str, u64)> = RECENCY
         .iter()
         .zip(&counts)
-        .map(|((label, _), n)| (format!("within {label}"), *n))
+        .map(|((label, key, _), n)| (label.to_string(), *key, *n))
         .collect();
-    out.push(("older".into(), counts[RECENCY.len()]));
+    out.push(("over 30 days".into(), "over_30d", counts[RECENCY.len()]));
     out
 }
 
@@ -224,9 +229,10 @@ fn print_text(
         if !s.entries.is_empty() {
             let r: Vec<String> = recency(now, &s.entries)
                 .into_iter()
-                .map(|(label, n)| format!("{label} {n}"))
+                .filter(|(_, _, n)| *n > 0)
+                .map(|(label, _, n)| format!("{label} ago: {n}"))
                 .collect();
-            println!("  last used       {}", r.join(", "));
+            println!("  last used       {}", r.join("; "));
         }
         if list {
             let mut entries = s.entries.clone();
@@ -339,7 +345,7 @@ fn as_json(
                 "entries": s.entries.len(),
                 "bytes": s.bytes,
                 "age_seconds": ages.map(|(a, b, c)| json!({"newest": a.as_secs(), "median": b.as_secs(), "oldest": c.as_secs()})),
-                "last_used": recency(now, &s.entries).into_iter().map(|(label, n)| json!({"label": label, "entries": n})).collect::<Vec<_>>(),
+                "last_used": recency(now, &s.entries).into_iter().map(|(_, key, n)| (key.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
                 "entry_list": entries,
             })
         })

@@ -76,10 +76,10 @@ pub fn run(args: VerifyArgs) -> Result<u8, Failure> {
             pb.inc(file.bytes);
             match verdict {
                 EntryVerdict::Bad(e) => {
-                    pb.println(format!("bad: {e} ({action})"));
+                    super::say(&pb, format!("bad: {e} ({action})"));
                 }
                 EntryVerdict::Unreadable(e) => {
-                    pb.println(format!("unreadable: {e}"));
+                    super::say(&pb, format!("unreadable: {e}"));
                 }
                 _ => {}
             }

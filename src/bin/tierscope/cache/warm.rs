@@ -188,7 +188,7 @@ pub fn run(args: WarmArgs) -> Result<u8, Failure> {
         .progress_chars("=> "),
     );
     for (file, why) in &failed {
-        pb.println(format!("failed    {}: {why}", file.display()));
+        super::say(&pb, format!("failed    {}: {why}", file.display()));
     }
     let started = Instant::now();
     let shared = Arc::new(shared);
@@ -203,7 +203,7 @@ pub fn run(args: WarmArgs) -> Result<u8, Failure> {
                     let done = warm_one(&disk, &shared, &m).await;
                     pb.inc(m.wasm.len() as u64);
                     if let Some(line) = describe(&m, &done, verbose) {
-                        pb.println(line);
+                        super::say(&pb, line);
                     }
                     (m, done)
                 }
@@ -310,11 +310,17 @@ async fn warm_one(disk: &FileSystemCache, shared: &Shared, m: &Source) -> Done {
 }
 
 fn names(m: &Source) -> String {
-    let mut s = m.files[0].display().to_string();
-    if m.files.len() > 1 {
-        s.push_str(&format!(" (and {} identical)", m.files.len() - 1));
+    const SHOWN: usize = 3;
+    let mut s: Vec<String> = m
+        .files
+        .iter()
+        .take(SHOWN)
+        .map(|f| f.display().to_string())
+        .collect();
+    if m.files.len() > SHOWN {
+        s.push(format!("{} more", m.files.len() - SHOWN));
     }
-    s
+    s.join(", ")
 }
 
 fn describe(m: &Source, done: &Done, verbose: bool) -> Option<String> {

@@ -56,8 +56,11 @@ pub struct Signature {
 /// What the sections say.
 #[derive(Debug, Default)]
 pub struct Shape {
-    /// Imported functions by module namespace, the first name of each.
+    /// Imports WASI does not provide, by module namespace: how many, and
+    /// the first name.
     foreign_imports: BTreeMap<String, (usize, String)>,
+    /// Whether all of them are functions.
+    foreign_all_functions: bool,
     /// Exported functions: name to signature (`None`: a type `--invoke`
     /// cannot pass, such as a reference).
     functions: BTreeMap<String, Option<Signature>>,
@@ -128,7 +131,10 @@ impl Shape {
         }
         // A `dylink.0` section: a dynamically linked module, whose `env`
         // imports wasix's linker resolves.
-        let mut shape = Shape::default();
+        let mut shape = Shape {
+            foreign_all_functions: true,
+            ..Shape::default()
+        };
         for (module, name, is_func) in imports {
             let provided = WASI_MODULES.contains(&module.as_str())
                 || (module == "env" && (name == "memory" || dynamic))
@@ -136,6 +142,7 @@ impl Shape {
             if !provided && (is_func || module != "env") {
                 let e = shape.foreign_imports.entry(module).or_insert((0, name));
                 e.0 += 1;
+                shape.foreign_all_functions &= is_func;
             }
         }
         for (name, index) in exports {
@@ -158,14 +165,19 @@ impl Shape {
             let (module, (_, first)) = self.foreign_imports.iter().next().expect("not empty");
             let others = self.foreign_imports.len() - 1;
             problems.push(format!(
-                "it imports {total} item{} that WASI does not provide, from `{module}`{} (e.g. `{module}.{first}`): it needs a host that implements {}",
-                plural(total),
+                "it imports {total} {} that WASI does not provide, from `{module}`{} (e.g. `{first}`): it needs a host that implements {}",
+                match (self.foreign_all_functions, total) {
+                    (true, 1) => "function",
+                    (true, _) => "functions",
+                    (false, 1) => "item",
+                    (false, _) => "items",
+                },
                 if others > 0 {
                     format!(" and {others} other module{}", plural(others))
                 } else {
                     String::new()
                 },
-                if others > 0 { "them" } else { "that module" },
+                if others > 0 { "those modules" } else { "that module" },
             ));
         }
         match invoke {
@@ -281,7 +293,7 @@ mod tests {
         );
         let why = s.refusal(None, 0).unwrap();
         assert!(
-            why.contains("imports 2 items that WASI does not provide, from `rb-js-abi-host`"),
+            why.contains("imports 2 functions that WASI does not provide, from `rb-js-abi-host`"),
             "{why}"
         );
         assert!(!why.contains("env"), "{why}");

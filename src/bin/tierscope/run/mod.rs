@@ -14,6 +14,7 @@ mod check;
 mod dirs;
 mod invoke;
 mod stdio;
+mod taint;
 
 use std::{
     net::SocketAddr,
@@ -325,11 +326,12 @@ fn run_in(
         })
     };
     let engine = Engine::default();
-    let runtime: Arc<dyn Runtime + Send + Sync> = Arc::new(runtime_with_engine(
+    let watched = Arc::new(taint::Watched::new(Arc::new(runtime_with_engine(
         tokio.handle().clone(),
         engine.clone(),
         cache,
-    ));
+    ))));
+    let runtime: Arc<dyn Runtime + Send + Sync> = watched.clone();
 
     let data = HashedModuleData::new(wasm);
     let hash = *data.hash();
@@ -413,9 +415,18 @@ fn run_in(
                 .task_manager()
                 .spawn_and_block_on(async move { handle.wait_finished().await })
                 .map_err(|e| Failure::Runtime(format!("{} failed: {e}", args.file.display())))?;
-            match finished {
-                Ok(code) => exit_code(code.raw()),
-                Err(error) => match error.as_exit_code() {
+            match (finished, watched.trap()) {
+                // wasix printed the trap with its backtrace already, and
+                // made it exit code 45 (ENOEXEC).
+                (_, Some(trap)) => {
+                    eprintln!(
+                        "error: {} trapped: {trap} (exit code {TRAPPED})",
+                        args.file.display()
+                    );
+                    TRAPPED
+                }
+                (Ok(code), None) => exit_code(code.raw()),
+                (Err(error), None) => match error.as_exit_code() {
                     Some(code) => exit_code(code.raw()),
                     None => failed(&args.file, &error),
                 },
