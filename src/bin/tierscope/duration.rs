@@ -3,10 +3,33 @@
 
 use std::time::Duration;
 
-/// Parse a duration such as `30s`, `5m`, `7d` or `1h30m`.
+/// Parse a duration such as `30s`, `5m`, `7d` or `1h30m`; a bare number
+/// is seconds.
 pub fn parse(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
+    let t = text.trim();
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(t)
         .map_err(|e| format!("`{text}` is not a duration ({e}); try 30s, 5m, 12h or 7d"))
+}
+
+/// [`parse`], within `range` (said in the error as the user would write it).
+pub fn parse_within(
+    text: &str,
+    range: std::ops::RangeInclusive<Duration>,
+) -> Result<Duration, String> {
+    let d = parse(text)?;
+    if range.contains(&d) {
+        Ok(d)
+    } else {
+        Err(format!(
+            "{} is outside {} to {}",
+            humantime::format_duration(d),
+            humantime::format_duration(*range.start()),
+            humantime::format_duration(*range.end())
+        ))
+    }
 }
 
 /// A duration in one short unit: `850 us`, `12.3 ms`, `4.21 s`, `3.5 min`,
@@ -35,6 +58,13 @@ mod tests {
     #[test]
     fn parses_and_shows() {
         assert_eq!(parse("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse("20"), Ok(Duration::from_secs(20)));
+        let day = Duration::from_secs(86_400);
+        assert!(
+            parse_within("2d", Duration::ZERO..=day)
+                .unwrap_err()
+                .contains("outside 0s to 1day")
+        );
         assert_eq!(parse("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert!(parse("soon").unwrap_err().contains("try 30s"));
         assert_eq!(short(Duration::from_millis(1500)), "1.50 s");
