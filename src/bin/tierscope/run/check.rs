@@ -77,10 +77,8 @@ impl Shape {
         let mut dynamic = false;
         for payload in Parser::new(0).parse_all(wasm) {
             match payload.map_err(|e| e.to_string())? {
-                Payload::Version { encoding, .. } => {
-                    if encoding != wasmparser::Encoding::Module {
-                        return Err("it is a WebAssembly component, not a core module: tierscope runs WASI core modules (`wasm32-wasip1`)".into());
-                    }
+                Payload::Version { encoding, .. } if encoding != wasmparser::Encoding::Module => {
+                    return Err("it is a WebAssembly component, not a core module: tierscope runs WASI core modules (`wasm32-wasip1`)".into());
                 }
                 Payload::TypeSection(reader) => {
                     for group in reader {
