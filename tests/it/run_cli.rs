@@ -102,6 +102,8 @@ fn the_program_gets_its_arguments_and_its_exit_code_is_passed_through() {
     // is the program's, flags included.
     let out = tierscope(&["run", argc, "a", "--dir", "-v"], tmp.path());
     assert_eq!(out.status.code(), Some(8), "{}", text(&out.stderr));
+    let out = tierscope(&["run", argc, "-h"], tmp.path());
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out.stdout));
     let out = tierscope(&["run", argc], tmp.path());
     assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
 }

@@ -256,7 +256,7 @@ fn modules_that_cannot_run_are_refused_before_compiling() {
         ),
         (
             &host,
-            "it imports 2 functions that WASI does not provide, from `rb-js-abi-host`",
+            "it imports 2 functions that WASI does not provide (2 from `rb-js-abi-host`; e.g. `rb-js-abi-host.eval-js`)",
         ),
         (&no_start, "it has no `_start` (not a WASI command)"),
     ] {

@@ -160,22 +160,28 @@ impl Shape {
         let mut problems = Vec::new();
         if !self.foreign_imports.is_empty() {
             let total: usize = self.foreign_imports.values().map(|(n, _)| n).sum();
-            let (module, (_, first)) = self.foreign_imports.iter().next().expect("not empty");
-            let others = self.foreign_imports.len() - 1;
+            let mut modules: Vec<(&String, &(usize, String))> =
+                self.foreign_imports.iter().collect();
+            modules.sort_by_key(|(name, (n, _))| (std::cmp::Reverse(*n), *name));
+            let (module, (_, first)) = modules[0];
+            let mut from: Vec<String> = modules
+                .iter()
+                .take(3)
+                .map(|(m, (n, _))| format!("{n} from `{m}`"))
+                .collect();
+            if modules.len() > 3 {
+                from.push(format!("{} more modules", modules.len() - 3));
+            }
             problems.push(format!(
-                "it imports {total} {} that WASI does not provide, from `{module}`{} (e.g. `{first}`): it needs a host that implements {}",
+                "it imports {total} {} that WASI does not provide ({}; e.g. `{module}.{first}`): it needs a host that implements {}",
                 match (self.foreign_all_functions, total) {
                     (true, 1) => "function",
                     (true, _) => "functions",
                     (false, 1) => "item",
                     (false, _) => "items",
                 },
-                if others > 0 {
-                    format!(" and {others} other module{}", plural(others))
-                } else {
-                    String::new()
-                },
-                if others > 0 { "those modules" } else { "that module" },
+                from.join(", "),
+                if modules.len() > 1 { "them" } else { "that module" },
             ));
         }
         match invoke {
@@ -218,7 +224,7 @@ impl Shape {
     }
 
     fn listed_functions(&self) -> String {
-        const SHOWN: usize = 8;
+        const SHOWN: usize = 5;
         let names: Vec<&str> = self
             .functions
             .keys()
@@ -291,7 +297,7 @@ mod tests {
         );
         let why = s.refusal(None, 0).unwrap();
         assert!(
-            why.contains("imports 2 functions that WASI does not provide, from `rb-js-abi-host`"),
+            why.contains("imports 2 functions that WASI does not provide (2 from `rb-js-abi-host`; e.g. `rb-js-abi-host.eval-js`)"),
             "{why}"
         );
         assert!(!why.contains("env"), "{why}");

@@ -57,12 +57,17 @@ Examples:
 #[derive(Debug, Args)]
 #[command(after_help = EXAMPLES)]
 pub struct RunArgs {
-    /// The WASI program: a `.wasm` binary (or WebAssembly text). tierscope's
-    /// options go before it; everything after it is the program's.
-    file: PathBuf,
-    /// Arguments for the program (a `--` before them is optional).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    args: Vec<String>,
+    /// The WASI program (a `.wasm` binary, or WebAssembly text), then its
+    /// arguments. tierscope's options go before FILE; everything after it
+    /// is the program's, `-h` included (a `--` before it is optional).
+    #[arg(
+        value_names = ["FILE", "ARGS"],
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    program: Vec<String>,
     /// Give the program a host directory. Its root (/) stands for the
     /// current directory: `--dir .` makes the current directory its root
     /// (files it writes land there), `--dir data` puts ./data at /data,
@@ -120,6 +125,13 @@ pub struct RunArgs {
     verbose: bool,
 }
 
+impl RunArgs {
+    /// The program's file.
+    fn file(&self) -> PathBuf {
+        PathBuf::from(&self.program[0])
+    }
+}
+
 fn read_program(path: &Path) -> Result<Vec<u8>, Failure> {
     let bytes = std::fs::read(path)
         .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
@@ -160,21 +172,22 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
             "--objects: this tierscope was built without object-store support".into(),
         ));
     }
-    let wasm = read_program(&args.file)?;
+    let wasm = read_program(&args.file())?;
     let shape = check::Shape::read(&wasm).map_err(|e| {
         Failure::Usage(format!(
             "{} is not a valid WebAssembly module: {e}",
-            args.file.display()
+            args.file().display()
         ))
     })?;
-    let program_args: Vec<String> = match args.args.first() {
-        Some(first) if first == "--" => args.args[1..].to_vec(),
-        _ => args.args.clone(),
+    let rest = &args.program[1..];
+    let program_args: Vec<String> = match rest.first() {
+        Some(first) if first == "--" => rest[1..].to_vec(),
+        _ => rest.to_vec(),
     };
     if let Some(why) = shape.refusal(args.invoke.as_deref(), program_args.len()) {
         return Err(Failure::Usage(format!(
             "{} cannot run: {why}",
-            args.file.display()
+            args.file().display()
         )));
     }
     let invoke_args = match &args.invoke {
@@ -294,7 +307,7 @@ fn run_in(
 
     let told = Arc::new(Mutex::new(Told::default()));
     let spinner = Arc::new(Mutex::new(None::<indicatif::ProgressBar>));
-    let file_name = args.file.display().to_string();
+    let file_name = args.file().display().to_string();
     let wasm_len = wasm.len();
     let cache = {
         let told = told.clone();
@@ -343,14 +356,14 @@ fn run_in(
     let module = loaded.map_err(|e| {
         Failure::Usage(format!(
             "{} is not a valid WebAssembly module: {e}",
-            args.file.display()
+            args.file().display()
         ))
     })?;
     report_load(args, &told.lock(), started.elapsed(), &hash);
 
     // The program's world: arguments, environment, directories, stdio.
     let name = args
-        .file
+        .file()
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "program".into());
@@ -397,7 +410,7 @@ fn run_in(
                 invoke::Outcome::Failed(message) => {
                     eprintln!(
                         "error: {} trapped in `{function}`: {message}",
-                        args.file.display()
+                        args.file().display()
                     );
                     TRAPPED
                 }
@@ -405,30 +418,30 @@ fn run_in(
         }
         _ => {
             let env = builder.build().map_err(|e| {
-                Failure::Runtime(format!("cannot start {}: {e}", args.file.display()))
+                Failure::Runtime(format!("cannot start {}: {e}", args.file().display()))
             })?;
             broken.attach(env.process.clone());
             let mut handle = spawn_exec_module(module, env, &runtime).map_err(|e| {
-                Failure::Runtime(format!("cannot start {}: {e}", args.file.display()))
+                Failure::Runtime(format!("cannot start {}: {e}", args.file().display()))
             })?;
             let finished = runtime
                 .task_manager()
                 .spawn_and_block_on(async move { handle.wait_finished().await })
-                .map_err(|e| Failure::Runtime(format!("{} failed: {e}", args.file.display())))?;
+                .map_err(|e| Failure::Runtime(format!("{} failed: {e}", args.file().display())))?;
             match (finished, watched.trap()) {
                 // wasix printed the trap with its backtrace already, and
                 // made it exit code 45 (ENOEXEC).
                 (_, Some(trap)) => {
                     eprintln!(
                         "error: {} trapped: {trap} (exit code {TRAPPED})",
-                        args.file.display()
+                        args.file().display()
                     );
                     TRAPPED
                 }
                 (Ok(code), None) => exit_code(code.raw()),
                 (Err(error), None) => match error.as_exit_code() {
                     Some(code) => exit_code(code.raw()),
-                    None => failed(&args.file, &error),
+                    None => failed(&args.file(), &error),
                 },
             }
         }
@@ -488,7 +501,8 @@ fn compiling_spinner(file: &str, wasm_len: usize) -> Option<indicatif::ProgressB
 /// What the cache did, in one line with `--verbose`; a save that failed
 /// is said in any case (the next run would compile again).
 fn report_load(args: &RunArgs, told: &Told, took: Duration, hash: &wasmer_types::ModuleHash) {
-    let file = args.file.display();
+    let file = args.file();
+    let file = file.display();
     if args.verbose {
         let took = crate::duration::short(took);
         if let Some(tier) = &told.served_by {
