@@ -213,3 +213,48 @@ fn metrics_are_served_while_the_program_runs() {
         "no scrape while the program ran showed {miss}: {last:?}"
     );
 }
+
+#[test]
+fn linger_keeps_metrics_up_after_a_short_program_at_the_printed_address() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let hello = write_wasm(tmp.path(), "hello.wasm", HELLO);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tierscope"))
+        .args([
+            "run",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--linger",
+            "3s",
+            hello.to_str().unwrap(),
+        ])
+        .env("XDG_CACHE_HOME", tmp.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("tierscope: metrics at http://")
+        .and_then(|l| l.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .parse()
+        .unwrap();
+    assert_ne!(addr.port(), 0, "{line}");
+    // The program has ended: run says how long /metrics stays up.
+    line.clear();
+    err.read_line(&mut line).unwrap();
+    assert!(
+        line.contains(&format!("serving http://{addr}/metrics for 3s more")),
+        "{line}"
+    );
+    let body = scrape(addr).expect("/metrics is served after the program ended");
+    assert!(
+        body.contains(r#"tierscope_lookups_total{cache="run",tier="disk",result="miss"} 1"#),
+        "{body}"
+    );
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

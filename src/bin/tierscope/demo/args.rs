@@ -34,13 +34,13 @@ pub struct DemoArgs {
     /// Concurrent tasks asking for modules.
     #[arg(long, default_value_t = 4, value_parser = value_parser!(u64).range(1..=1024))]
     pub(super) concurrency: u64,
-    /// Add a shared Redis tier below the disk tier (needs the `redis`
-    /// feature). The MAC key is read from the environment variable
-    /// TIERSCOPE_REDIS_KEY (64 hex characters), never from the command line.
+    /// Add a shared Redis tier below the disk tier. The MAC key is read
+    /// from the environment variable TIERSCOPE_REDIS_KEY (64 hex
+    /// characters), never from the command line.
     #[arg(long, value_name = "URL")]
     pub(super) redis: Option<String>,
-    /// Add a shared object-store tier at the bottom of the stack (needs
-    /// the `objects` feature), e.g. s3://bucket/prefix, gs://bucket/prefix,
+    /// Add a shared object-store tier at the bottom of the stack, e.g.
+    /// s3://bucket/prefix, gs://bucket/prefix,
     /// az://container/prefix or file:///dir. Credentials come from the
     /// environment as the object_store crate reads them (AWS_ACCESS_KEY_ID,
     /// AWS_ENDPOINT, ...); the MAC key from TIERSCOPE_OBJECTS_KEY.

@@ -85,13 +85,13 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
     #[cfg(not(feature = "redis"))]
     if args.redis.is_some() {
         return Err(Failure::Usage(
-            "--redis needs a build with the `redis` feature: cargo run --release --features cli,redis -- demo --redis URL".into(),
+            "--redis: this tierscope was built without Redis support (cargo build --features cli,redis)".into(),
         ));
     }
     #[cfg(not(feature = "objects"))]
     if args.objects.is_some() {
         return Err(Failure::Usage(
-            "--objects needs a build with the `objects` feature: cargo run --release --features cli,objects -- demo --objects URL".into(),
+            "--objects: this tierscope was built without object-store support (cargo build --features cli,objects)".into(),
         ));
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
