@@ -252,3 +252,76 @@ fn corrupt(entry: &Path) {
     std::fs::write(entry, bytes).unwrap();
     std::fs::set_permissions(entry, std::fs::Permissions::from_mode(0o400)).unwrap();
 }
+
+/// What a fleet does before a deploy: one machine warms the shared Redis
+/// tier, and a node with an empty disk gets its first request from Redis,
+/// not from a compile (and keeps a copy on its disk).
+#[cfg(feature = "redis")]
+#[test]
+fn warm_fills_the_shared_tier_and_a_fresh_node_does_not_compile() {
+    use crate::support::redis_server::RedisServer;
+    let server = RedisServer::start();
+    let key = "ab".repeat(32);
+    let tmp = tempfile::tempdir().unwrap();
+    let cat = tmp.path().join("cat.wasm");
+    std::fs::write(&cat, wat::parse_str(CAT).unwrap()).unwrap();
+    let with_key = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tierscope"))
+            .args(args)
+            .env("TIERSCOPE_REDIS_KEY", &key)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let builder = tmp.path().join("builder-cache");
+    let out = with_key(&[
+        "cache",
+        "warm",
+        "--cache-dir",
+        builder.to_str().unwrap(),
+        "--redis",
+        &server.url(),
+        cat.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("compiled 1"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // A fresh node: an empty disk, the same Redis.
+    let node = tmp.path().join("node-cache");
+    let out = with_key(&[
+        "run",
+        "-v",
+        "--cache-dir",
+        node.to_str().unwrap(),
+        "--redis",
+        &server.url(),
+        cat.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("served by the redis tier"), "{err}");
+    assert!(!err.contains("compil"), "{err}");
+
+    // Warming that node again finds the module on its disk already (the
+    // Redis hit was promoted there).
+    let out = with_key(&[
+        "cache",
+        "warm",
+        "--cache-dir",
+        node.to_str().unwrap(),
+        "--redis",
+        &server.url(),
+        cat.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("compiled 0, already cached 1"),
+        "{}",
+        text(&out.stdout)
+    );
+}
