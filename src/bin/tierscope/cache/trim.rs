@@ -121,8 +121,8 @@ fn say(
     }
     if left_now > 0 {
         line.push_str(&format!(
-            "; {} younger than 10 s left (their writers may still be starting)",
-            count(left_now, "temporary file", "temporary files")
+            "; {} not removed (younger than 10 s, as a writer may not have locked it yet, or not removable)",
+            count(left_now, "unlocked temporary file", "unlocked temporary files")
         ));
     }
     println!("{line}");

@@ -192,7 +192,9 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
     }
     let invoke_args = match &args.invoke {
         Some(name) => {
-            let sig = shape.signature(name).expect("checked by refusal");
+            let sig = shape
+                .signature(name)
+                .ok_or_else(|| Failure::Usage(format!("--invoke {name}: no such function")))?;
             Some(invoke::parse_args(name, sig, &program_args).map_err(Failure::Usage)?)
         }
         None => None,
@@ -324,7 +326,7 @@ fn run_in(
                         t.tier_errors.push(format!("{message} ({kind})"));
                         if verbose {
                             eprintln!(
-                                "tierscope: a cache tier failed: {message} ({kind}); compiling"
+                                "tierscope: {file_name}: the cache could not serve it ({kind}); compiling"
                             );
                         }
                     } else if verbose {
@@ -521,6 +523,11 @@ fn report_load(args: &RunArgs, told: &Told, took: Duration, hash: &wasmer_types:
                 hash.short_hash()
             );
         }
+    }
+    for error in &told.tier_errors {
+        eprintln!(
+            "tierscope: warning: the cache could not serve {file}: {error}; compiled it again"
+        );
     }
     for failure in &told.save_failures {
         eprintln!(
