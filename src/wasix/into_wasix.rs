@@ -43,8 +43,18 @@ pub enum LoadEvent {
         /// Its message.
         message: String,
     },
-    /// The runtime saved a module it compiled after a miss or an error.
+    /// The runtime compiled a module after a miss or an error, and asks
+    /// the cache to save it (told before the save: see `SaveFailed`).
     Compiled,
+    /// A save the runtime asked for failed (a full disk, an entry above a
+    /// tier's bound, an unwritable directory): the module runs, but is not
+    /// cached in the tier that failed. The runtime itself only logs it.
+    SaveFailed {
+        /// The class of the error.
+        kind: ErrorKind,
+        /// Its message (naming the tier, path or bound).
+        message: String,
+    },
 }
 
 type Listener = Arc<dyn Fn(ModuleHash, &LoadEvent) + Send + Sync>;
@@ -241,9 +251,13 @@ where
             self.compile_duration.record(since.elapsed());
             self.tell(key, || LoadEvent::Compiled);
         }
-        self.inner
-            .save(key, engine, module)
-            .await
-            .map_err(to_wasix_error)
+        let saved = self.inner.save(key, engine, module).await;
+        if let Err(error) = &saved {
+            self.tell(key, || LoadEvent::SaveFailed {
+                kind: error.kind(),
+                message: error.to_string(),
+            });
+        }
+        saved.map_err(to_wasix_error)
     }
 }

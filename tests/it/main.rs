@@ -10,6 +10,8 @@
 mod common;
 mod support;
 
+#[cfg(all(feature = "cli", feature = "wasix"))]
+mod cache_cli;
 mod config_extremes;
 #[cfg(feature = "cli")]
 mod demo_cli;
@@ -42,7 +44,11 @@ mod redis;
 #[cfg(feature = "redis")]
 mod redis_oversized;
 #[cfg(all(feature = "cli", feature = "wasix"))]
+mod run_bounded;
+#[cfg(all(feature = "cli", feature = "wasix"))]
 mod run_cli;
+#[cfg(all(feature = "cli", feature = "wasix"))]
+mod run_io;
 mod sizing;
 mod sizing_accuracy;
 #[cfg(feature = "cli")]

@@ -6,8 +6,14 @@
 //!   per-tier table.
 //! - `tierscope size TRACE`: hit ratio against capacity per tier, offline,
 //!   from a trace (tables, charts, a recommendation).
+//! - `tierscope run FILE.wasm [ARGS]`: a WASI program, as `wasmer run` runs
+//!   it, its compiled module cached.
+//! - `tierscope cache stats|verify|trim|clear|warm`: an operator's view of
+//!   a cache directory.
 
+mod cache;
 mod demo;
+mod duration;
 mod expo;
 mod plot;
 mod record;
@@ -35,14 +41,19 @@ struct Cli {
 enum Command {
     /// Run a workload through an instrumented memory -> disk (-> Redis)
     /// stack and serve its metrics.
+    #[command(after_help = demo::EXAMPLES)]
     Demo(demo::DemoArgs),
     /// Model each tier at other sizes from a trace: hit ratio against
     /// capacity, charts, and a recommendation.
     Size(sizing::SizeArgs),
-    /// Run a WASI program through a wasmer-wasix runtime cached by an
-    /// instrumented memory -> disk (-> Redis) stack (feature `wasix`).
+    /// Run a WASI program (as `wasmer run` does), its compiled module
+    /// cached in memory and on disk: the second run loads it, no compile.
     #[cfg(feature = "wasix")]
     Run(run::RunArgs),
+    /// Look inside a cache directory: statistics, verification, trimming,
+    /// and warming it before a deploy.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
 }
 
 /// Exit code for bad input (flags, unreadable files), as clap uses.
@@ -53,6 +64,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Size(args) => sizing::run(args),
+        Command::Cache(command) => match cache::run(command) {
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
+        },
         #[cfg(feature = "wasix")]
         Command::Run(args) => match run::run(args) {
             Ok(code) => return ExitCode::from(code),

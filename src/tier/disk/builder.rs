@@ -154,6 +154,22 @@ impl FileSystemCacheBuilder {
     /// scan it to rebuild the LRU index, remove temporary files left by
     /// crashed writers, and evict down to the bound.
     pub fn open(self) -> Result<FileSystemCache, CacheError> {
+        let cache = self.build_unscanned();
+        cache.ensure_trusted(None)?;
+        if cache.shared.shared_directory && cache.shared.mac.is_none() {
+            tracing::warn!(
+                dir = %cache.shared.root.display(),
+                "shared cache directory without a MAC key: whoever can write to it can run code \
+                 in this process (set FileSystemCacheBuilder::mac_key)"
+            );
+        }
+        cache.rescan()?;
+        Ok(cache)
+    }
+
+    /// The tier with these settings, before any check or scan of the
+    /// directory (`open` does both; `open_for_maintenance` neither).
+    pub(super) fn build_unscanned(self) -> FileSystemCache {
         let default_max = self
             .capacity
             .unwrap_or(DEFAULT_MAX_ENTRY_BYTES)
@@ -162,7 +178,7 @@ impl FileSystemCacheBuilder {
             .max_entry_bytes
             .unwrap_or(default_max)
             .min(self.capacity.unwrap_or(u64::MAX));
-        let cache = FileSystemCache {
+        FileSystemCache {
             shared: Arc::new(Shared {
                 root: self.root,
                 capacity: self.capacity,
@@ -181,16 +197,6 @@ impl FileSystemCacheBuilder {
                 verified: Mutex::new(VerifiedMaps::default()),
                 observers: Observers::default(),
             }),
-        };
-        cache.ensure_trusted(None)?;
-        if cache.shared.shared_directory && cache.shared.mac.is_none() {
-            tracing::warn!(
-                dir = %cache.shared.root.display(),
-                "shared cache directory without a MAC key: whoever can write to it can run code \
-                 in this process (set FileSystemCacheBuilder::mac_key)"
-            );
         }
-        cache.rescan()?;
-        Ok(cache)
     }
 }

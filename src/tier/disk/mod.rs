@@ -139,6 +139,7 @@
 //!   writing entry files, and the names they go by;
 //! - `remembered`: verified mappings kept for later hits;
 //! - `index`: the LRU index, the directory scan, eviction;
+//! - `inspect`: an operator's view: inventory, verify, trim, clear;
 //! - `dir_lock`: the advisory lock several processes share;
 //! - `trust`: who may write the directory and the files it maps.
 
@@ -146,6 +147,7 @@ mod builder;
 mod dir_lock;
 mod entry_file;
 mod index;
+mod inspect;
 mod load;
 mod remembered;
 mod save;
@@ -163,6 +165,9 @@ use wasmer::{Engine, Module};
 use wasmer_types::ModuleHash;
 
 pub use builder::{DEFAULT_MAX_ENTRY_BYTES, FileSystemCacheBuilder};
+pub use inspect::{
+    CacheFile, EntryVerdict, FileKind, Inventory, Namespace, TrimReport, VerifySummary,
+};
 pub use trust::UnsafeDirectory;
 
 use crate::{

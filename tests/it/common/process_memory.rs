@@ -23,3 +23,11 @@ pub fn reset_peak_rss_bytes() -> u64 {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     peak_rss_bytes()
 }
+
+/// Resident set size of another process (a child), in bytes; `None` once
+/// it is gone.
+pub fn rss_bytes_of(pid: u32) -> Option<u64> {
+    use procfs::WithCurrentSystemInfo as _;
+    let stat = procfs::process::Process::new(pid as i32).and_then(|p| p.stat());
+    stat.ok().map(|s| s.rss_bytes().get())
+}

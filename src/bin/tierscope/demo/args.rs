@@ -1,6 +1,6 @@
 //! The demo's command line.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, value_parser};
 
@@ -8,9 +8,9 @@ use crate::size;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// How long the workload runs, in seconds.
-    #[arg(long, default_value_t = 20, value_parser = value_parser!(u64).range(1..=86_400))]
-    pub(super) duration: u64,
+    /// How long the workload runs (e.g. 20s, 5m; a bare number is seconds).
+    #[arg(long, default_value = "20s", value_parser = parse_run_length)]
+    pub(super) duration: Duration,
     /// Where to serve Prometheus metrics (`/metrics`).
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub(super) metrics_addr: SocketAddr,
@@ -34,13 +34,13 @@ pub struct DemoArgs {
     /// Concurrent tasks asking for modules.
     #[arg(long, default_value_t = 4, value_parser = value_parser!(u64).range(1..=1024))]
     pub(super) concurrency: u64,
-    /// Add a shared Redis tier below the disk tier (needs the `redis`
-    /// feature). The MAC key is read from the environment variable
-    /// TIERSCOPE_REDIS_KEY (64 hex characters), never from the command line.
+    /// Add a shared Redis tier below the disk tier. The MAC key is read
+    /// from the environment variable TIERSCOPE_REDIS_KEY (64 hex
+    /// characters), never from the command line.
     #[arg(long, value_name = "URL")]
     pub(super) redis: Option<String>,
-    /// Add a shared object-store tier at the bottom of the stack (needs
-    /// the `objects` feature), e.g. s3://bucket/prefix, gs://bucket/prefix,
+    /// Add a shared object-store tier at the bottom of the stack, e.g.
+    /// s3://bucket/prefix, gs://bucket/prefix,
     /// az://container/prefix or file:///dir. Credentials come from the
     /// environment as the object_store crate reads them (AWS_ACCESS_KEY_ID,
     /// AWS_ENDPOINT, ...); the MAC key from TIERSCOPE_OBJECTS_KEY.
@@ -59,9 +59,10 @@ pub struct DemoArgs {
     /// Seed for the corpus and the workload.
     #[arg(long, default_value_t = 1)]
     pub(super) seed: u64,
-    /// Keep serving /metrics this many seconds after the workload ends.
-    #[arg(long, default_value_t = 0, value_parser = value_parser!(u64).range(0..=86_400))]
-    pub(super) linger: u64,
+    /// Keep serving /metrics this long after the workload ends (e.g. 30s,
+    /// 5m; a bare number is seconds).
+    #[arg(long, default_value = "0s", value_parser = parse_linger)]
+    pub(super) linger: Duration,
     /// No live progress line (it is also hidden when stderr is not a terminal).
     #[arg(long)]
     pub(super) no_progress: bool,
@@ -76,6 +77,16 @@ pub struct DemoArgs {
     /// at most the last 5 minutes).
     #[arg(long, default_value_t = 100_000, value_parser = value_parser!(u64).range(10..=100_000_000))]
     pub(super) sizing_window: u64,
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn parse_run_length(s: &str) -> Result<Duration, String> {
+    crate::duration::parse_within(s, Duration::from_secs(1)..=DAY)
+}
+
+fn parse_linger(s: &str) -> Result<Duration, String> {
+    crate::duration::parse_within(s, Duration::ZERO..=DAY)
 }
 
 /// Largest generated module the demo accepts: each is built in memory

@@ -39,6 +39,12 @@ use report::{print_table, progress_line};
 /// The `cache` label of every metric the demo records.
 const CACHE: &str = "modules";
 
+pub const EXAMPLES: &str = "\
+Examples:
+  tierscope demo
+  tierscope demo --duration 60 --memory-bytes 4MiB --metrics-addr 127.0.0.1:0
+  tierscope demo --modules ./wasm --cache-dir /tmp/tierscope-demo --linger 5m";
+
 /// How the demo failed: bad input (exit code 2) or at run time (1).
 pub enum Failure {
     Usage(String),
@@ -48,7 +54,7 @@ pub enum Failure {
 /// Check `dir` can hold the disk tier now, rather than finding out from
 /// every save failing later: it is (or can be made) a directory, private
 /// to this user, that this process can write in.
-fn usable_cache_dir(dir: &std::path::Path) -> Result<(), Failure> {
+pub(crate) fn usable_cache_dir(dir: &std::path::Path) -> Result<(), Failure> {
     let bad = |why: String| Failure::Usage(format!("--cache-dir {}: {why}", dir.display()));
     if dir.exists() && !dir.is_dir() {
         return Err(bad("exists and is not a directory".into()));
@@ -79,13 +85,13 @@ pub fn run(args: DemoArgs) -> Result<(), Failure> {
     #[cfg(not(feature = "redis"))]
     if args.redis.is_some() {
         return Err(Failure::Usage(
-            "--redis needs a build with the `redis` feature: cargo run --release --features cli,redis -- demo --redis URL".into(),
+            "--redis: this tierscope was built without Redis support (cargo build --features cli,redis)".into(),
         ));
     }
     #[cfg(not(feature = "objects"))]
     if args.objects.is_some() {
         return Err(Failure::Usage(
-            "--objects needs a build with the `objects` feature: cargo run --release --features cli,objects -- demo --objects URL".into(),
+            "--objects: this tierscope was built without object-store support (cargo build --features cli,objects)".into(),
         ));
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -201,7 +207,7 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
     let loader = ModuleLoader::with_engines(CACHE, memory.with_fallback(lower.clone()), engines);
 
     eprintln!(
-        "tierscope demo: {} modules ({}), memory {} -> disk {} at {}{}, code budget {}, {} tasks for {} s",
+        "tierscope demo: {} modules ({}), memory {} -> disk {} at {}{}, code budget {}, {} tasks for {}",
         modules.len(),
         size::human(total_wasm as f64),
         size::human(args.memory_bytes as f64),
@@ -215,7 +221,7 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
         },
         size::human(args.code_budget as f64),
         args.concurrency,
-        args.duration,
+        humantime::format_duration(args.duration),
     );
     let metrics_addr = metrics.local_addr().unwrap_or(args.metrics_addr);
     eprintln!("metrics: http://{metrics_addr}/metrics");
@@ -261,9 +267,18 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
         }));
     }
 
-    let pb = bar(args.duration);
-    pb.set_prefix("workload");
-    let deadline = started + Duration::from_secs(args.duration);
+    // The workload's bar: time, since the run's length is fixed.
+    let pb = if show {
+        ProgressBar::new(args.duration.as_millis() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    pb.set_style(
+        ProgressStyle::with_template("[{bar:20}] {prefix} {wide_msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let deadline = started + args.duration;
     let mut interrupted = false;
     let mut history = report::History::default();
     let mut failing_saves = report::FailingSaves::default();
@@ -284,12 +299,19 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
         for warning in failing_saves.check(&scrape) {
             pb.suspend(|| eprintln!("{warning}"));
         }
+        let elapsed = started.elapsed().min(args.duration);
+        pb.set_position(elapsed.as_millis() as u64);
+        pb.set_prefix(format!(
+            "{:.0} s of {:.0} s, {:.0} s left",
+            elapsed.as_secs_f64(),
+            args.duration.as_secs_f64(),
+            (args.duration - elapsed).as_secs_f64()
+        ));
         pb.set_message(progress_line(
             &scrape,
             requests.load(Ordering::Relaxed),
             started.elapsed(),
         ));
-        pb.tick();
     }
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
@@ -326,13 +348,14 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
             size::human(args.disk_bytes as f64).replace(' ', ""),
         );
     }
-    if args.linger > 0 && !interrupted {
+    if !args.linger.is_zero() && !interrupted {
         eprintln!(
-            "serving http://{}/metrics for {} more seconds (Ctrl-C to stop)",
-            metrics_addr, args.linger
+            "serving http://{}/metrics for {} more (Ctrl-C to stop)",
+            metrics_addr,
+            humantime::format_duration(args.linger)
         );
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(args.linger)) => {}
+            _ = tokio::time::sleep(args.linger) => {}
             _ = tokio::signal::ctrl_c() => {}
         }
     }

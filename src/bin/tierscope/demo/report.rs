@@ -64,6 +64,57 @@ pub(super) fn duration(secs: Option<f64>) -> String {
     }
 }
 
+/// One row of the final table, before formatting.
+struct Row {
+    tier: &'static str,
+    lookups: f64,
+    hit_ratio: Option<f64>,
+    at_half: Option<f64>,
+    at_double: Option<f64>,
+    p50: Option<f64>,
+    p99: Option<f64>,
+    promoted: f64,
+    evicted: f64,
+    errors: f64,
+    resident: f64,
+    served: f64,
+    saved: Option<f64>,
+}
+
+/// A percentage with two decimals, or `-`.
+fn percent(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{:.2}", 100.0 * v))
+}
+
+/// The unit for a column of durations in seconds: the one that suits its
+/// largest value, so that a column reads in one unit.
+fn duration_unit(values: impl Iterator<Item = f64>) -> (&'static str, f64) {
+    let max = values.fold(0.0f64, f64::max);
+    if max < 1e-3 {
+        ("us", 1e6)
+    } else if max < 1.0 {
+        ("ms", 1e3)
+    } else if max < 600.0 {
+        ("s", 1.0)
+    } else if max < 36_000.0 {
+        ("min", 1.0 / 60.0)
+    } else {
+        ("h", 1.0 / 3600.0)
+    }
+}
+
+/// The unit for a column of bytes.
+fn bytes_unit(values: impl Iterator<Item = f64>) -> (&'static str, f64) {
+    let max = values.fold(0.0f64, f64::max);
+    if max < (1u64 << 20) as f64 {
+        ("KiB", 1024.0)
+    } else if max < (1u64 << 30) as f64 {
+        ("MiB", (1u64 << 20) as f64)
+    } else {
+        ("GiB", (1u64 << 30) as f64)
+    }
+}
+
 pub(super) fn print_table(
     s: &Scrape,
     requests: u64,
@@ -83,37 +134,19 @@ pub(super) fn print_table(
 
     // What each tier would have hit at half and at double its size (live
     // sizing, over its window).
-    let what_if = |tier: &str, scale: f64| -> String {
+    let what_if = |tier: &str, scale: f64| -> Option<f64> {
         sizing
             .and_then(|r| r.tier(tier))
             .and_then(|t| t.at(scale))
-            .map_or("-".into(), |p| format!("{:.2}%", 100.0 * p.hit_ratio))
+            .map(|p| p.hit_ratio)
     };
-    println!();
-    println!(
-        "{:<7} {:>11} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9} {:>8} {:>10} {:>10} {:>12}",
-        "tier",
-        "lookups",
-        "hit ratio",
-        "at 0.5x",
-        "at 2x",
-        "hit p50",
-        "hit p99",
-        "promoted",
-        "evicted",
-        "errors",
-        "resident",
-        "served",
-        "compile saved"
-    );
-    let mut first_lookups = None;
+    let mut rows = Vec::new();
     for tier in TIERS {
         let labels = [("cache", CACHE), ("tier", tier)];
         let lookups = s.sum(names::LOOKUPS, &labels);
         if lookups == 0.0 && s.sum(names::SAVES, &labels) == 0.0 {
             continue;
         }
-        first_lookups.get_or_insert(lookups);
         let hits = s.sum(
             names::LOOKUPS,
             &[("cache", CACHE), ("tier", tier), ("result", "hit")],
@@ -126,49 +159,79 @@ pub(super) fn print_table(
             ("op", "load"),
             ("result", "hit"),
         ];
-        let p50 = s.quantile(names::OPERATION_DURATION, &load, 0.5);
-        let p99 = s.quantile(names::OPERATION_DURATION, &load, 0.99);
-        let promoted = s.sum(
-            names::PROMOTIONS,
-            &[("cache", CACHE), ("to", tier), ("result", "ok")],
-        );
-        let evicted = s.sum(names::EVICTIONS, &labels);
-        let errors = s.sum(names::ERRORS, &labels);
-        let resident = s.sum(names::SIZE_BYTES, &labels);
-        let served = s.sum(names::READ_BYTES, &labels);
-        let saved = mean_compile.map(|m| hits * m);
-        println!(
-            "{:<7} {:>11} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9} {:>8} {:>10} {:>10} {:>12}",
+        rows.push(Row {
             tier,
-            lookups as u64,
-            if lookups > 0.0 {
-                format!("{:.2}%", 100.0 * hits / lookups)
-            } else {
-                "-".into()
-            },
-            what_if(tier, 0.5),
-            what_if(tier, 2.0),
-            duration(p50),
-            duration(p99),
-            promoted as u64,
-            evicted as u64,
-            errors as u64,
-            size::human(resident),
-            size::human(served),
-            duration(saved),
+            lookups,
+            hit_ratio: (lookups > 0.0).then(|| hits / lookups),
+            at_half: what_if(tier, 0.5),
+            at_double: what_if(tier, 2.0),
+            p50: s.quantile(names::OPERATION_DURATION, &load, 0.5),
+            p99: s.quantile(names::OPERATION_DURATION, &load, 0.99),
+            promoted: s.sum(
+                names::PROMOTIONS,
+                &[("cache", CACHE), ("to", tier), ("result", "ok")],
+            ),
+            evicted: s.sum(names::EVICTIONS, &labels),
+            errors: s.sum(names::ERRORS, &labels),
+            resident: s.sum(names::SIZE_BYTES, &labels),
+            served: s.sum(names::READ_BYTES, &labels),
+            saved: mean_compile.map(|m| hits * m),
+        });
+    }
+    let (lat_unit, lat_scale) = duration_unit(rows.iter().flat_map(|r| [r.p50, r.p99]).flatten());
+    let (resident_unit, resident_scale) = bytes_unit(rows.iter().map(|r| r.resident));
+    let (served_unit, served_scale) = bytes_unit(rows.iter().map(|r| r.served));
+    let (saved_unit, saved_scale) = duration_unit(rows.iter().filter_map(|r| r.saved));
+    let latency = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.2}", v * lat_scale));
+    println!();
+    println!(
+        "{:<7} {:>11} {:>9} {:>8} {:>8} {:>10} {:>10} {:>9} {:>9} {:>7} {:>12} {:>10} {:>17}",
+        "tier",
+        "lookups",
+        "hit %",
+        "at 0.5x",
+        "at 2x",
+        format!("p50 {lat_unit}"),
+        format!("p99 {lat_unit}"),
+        "promoted",
+        "evicted",
+        "errors",
+        format!("resident {resident_unit}"),
+        format!("served {served_unit}"),
+        format!("compile saved {saved_unit}"),
+    );
+    for r in &rows {
+        println!(
+            "{:<7} {:>11} {:>9} {:>8} {:>8} {:>10} {:>10} {:>9} {:>9} {:>7} {:>12} {:>10} {:>17}",
+            r.tier,
+            r.lookups as u64,
+            percent(r.hit_ratio),
+            percent(r.at_half),
+            percent(r.at_double),
+            latency(r.p50),
+            latency(r.p99),
+            r.promoted as u64,
+            r.evicted as u64,
+            r.errors as u64,
+            format!("{:.1}", r.resident / resident_scale),
+            format!("{:.1}", r.served / served_scale),
+            r.saved
+                .map_or("-".into(), |v| format!("{:.1}", v * saved_scale)),
         );
     }
     println!(
-        "(lookups: callers' requests that reached the tier; served: artifact bytes its hits handed out, no I/O for memory; errors: every error the tier returned, by kind in /metrics)"
+        "(lookups: callers' requests that reached the tier; at 0.5x / 2x: live sizing's hit % at half / double the capacity; p50, p99: hit latency; served: artifact bytes its hits handed out, no I/O for memory; errors: every error the tier returned, by kind in /metrics)"
     );
     println!();
-    let overall = first_lookups
-        .filter(|l| *l > 0.0)
-        .map(|l| 1.0 - (compiles_ok + compiles_err) / l);
+    let first_lookups = rows.first().map(|r| r.lookups).filter(|l| *l > 0.0);
+    let overall = first_lookups.map(|l| 1.0 - (compiles_ok + compiles_err) / l);
     println!(
-        "requests {requests} in {:.1} s ({}/s), failed {failures}; compiles {compiles_ok:.0} ok, {compiles_err:.0} failed, mean {}; coalesced {:.0}; overall hit ratio {}",
+        "requests      {requests} in {:.1} s ({}/s), failed {failures}",
         elapsed.as_secs_f64(),
         si(requests as f64 / elapsed.as_secs_f64().max(1e-9)),
+    );
+    println!(
+        "compiles      {compiles_ok:.0} ok, {compiles_err:.0} failed, mean {}; {:.0} callers waited on another's compile; overall hit ratio {}",
         duration(mean_compile),
         s.sum(names::COALESCED, &cache),
         overall.map_or("-".into(), |o| format!("{:.3}%", 100.0 * o)),
@@ -180,42 +243,74 @@ pub(super) fn print_table(
         ))
     };
     println!(
-        "resident memory {}; engine switches {:.0} ({:.0} generations alive), reloading {:.0} modules from the lower tiers (not counted as lookups); engine code: cached {}, evicted {} (budget {}), retired {}",
+        "memory        {} resident; engine code cached {}, evicted {} (budget {}), retired {}",
         size::human(s.sum(RESIDENT_MEMORY, &[])),
-        (s.sum(names::ENGINE_GENERATIONS, &cache) - 1.0).max(0.0),
-        s.sum(names::ENGINE_GENERATIONS_ALIVE, &cache),
-        s.sum(names::RELOADS, &[("cache", CACHE), ("result", "hit")]),
         code("cached"),
         code("evicted"),
         size::human(s.sum(names::ENGINE_CODE_BUDGET, &cache)),
         code("retired"),
     );
+    println!(
+        "engines       {:.0} switches ({:.0} generations alive), {:.0} modules reloaded from the lower tiers (not counted as lookups)",
+        (s.sum(names::ENGINE_GENERATIONS, &cache) - 1.0).max(0.0),
+        s.sum(names::ENGINE_GENERATIONS_ALIVE, &cache),
+        s.sum(names::RELOADS, &[("cache", CACHE), ("result", "hit")]),
+    );
     if let Some(r) = sizing {
-        let mut line = String::from(
-            "live sizing (at 0.5x / 2x: hit ratio at half / double the tier's capacity",
+        print_sizing(r);
+    }
+}
+
+/// Live sizing's report as a small table: per tier, its working set and
+/// the hit ratio it would have at each scale of its capacity.
+fn print_sizing(r: &SizingReport) {
+    let window = r.tiers.first().map_or(0, |t| t.window_requests);
+    let mut scales: Vec<f64> = r
+        .tiers
+        .iter()
+        .flat_map(|t| t.points.iter().map(|p| p.scale))
+        .collect();
+    scales.sort_by(f64::total_cmp);
+    scales.dedup();
+    println!();
+    println!(
+        "live sizing   hit % if the tier had this share of its capacity (over the last {window} lookups)"
+    );
+    let mut header = format!("{:<8} {:>12}", "tier", "working set");
+    for scale in &scales {
+        header.push_str(&format!(" {:>7}", format!("{scale}x")));
+    }
+    println!("{header}");
+    for t in &r.tiers {
+        let mut line = format!(
+            "{:<8} {:>12}",
+            t.tier,
+            size::human(t.working_set_bytes as f64)
         );
-        let window = r.tiers.first().map_or(0, |t| t.window_requests);
-        line.push_str(&format!(", over the last {window} lookups); working set"));
-        for t in &r.tiers {
+        for scale in &scales {
             line.push_str(&format!(
-                " {} {}",
-                t.tier,
-                size::human(t.working_set_bytes as f64)
+                " {:>7}",
+                percent(t.at(*scale).map(|p| p.hit_ratio))
             ));
         }
-        let compiles: Vec<String> = r
-            .compiles
-            .iter()
-            .map(|c| format!("{}x {:.0}", c.scale, c.compiles))
-            .collect();
-        if !compiles.is_empty() {
-            line.push_str(&format!(
-                "; projected compiles in the window by memory scale: {}",
-                compiles.join(", ")
-            ));
-        }
-        line.push_str(&format!("; updates dropped {}", r.dropped));
         println!("{line}");
+    }
+    if !r.compiles.is_empty() {
+        let mut line = format!("{:<8} {:>12}", "compiles", "");
+        for scale in &scales {
+            let c = r.compiles.iter().find(|c| c.scale == *scale);
+            line.push_str(&format!(
+                " {:>7}",
+                c.map_or("-".into(), |c| format!("{:.0}", c.compiles))
+            ));
+        }
+        println!("{line}   (projected in the window, by the memory tier's scale)");
+    }
+    if r.dropped > 0 {
+        println!(
+            "({} lookup events were dropped: the hit path's buffer was full, the model fell behind)",
+            r.dropped
+        );
     }
 }
 
