@@ -177,12 +177,15 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         // Metrics first: tiers register their handles when built. Keep the
         // exporter: it owns the thread that publishes hit counts.
-        let exporter = install_metrics()?;
+        let exporter = Arc::new(install_metrics()?);
         let source = Tiers::new(&config).await?;
         let host = Host::new(&config, Arc::new(source), exporter)?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        // Tests and scripts read this line to find a port the system chose.
+        println!("listening on http://{addr}");
         serve(host, listener, shutdown_signal()).await
     });
     // Do not wait for executions that ignored their deadline (only
@@ -229,11 +232,8 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let grace = host.shutdown_timeout;
     let app = router(Arc::new(host));
-    // Tests and scripts read this line to find a port chosen by the system.
-    println!("listening on http://{addr}");
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
@@ -494,7 +494,7 @@ pub struct Host {
     queue_timeout: Duration,
     timeout: Duration,
     shutdown_timeout: Duration,
-    exporter: prometheus::Exporter,
+    exporter: Arc<prometheus::Exporter>,
 }
 
 impl Host {
@@ -502,7 +502,7 @@ impl Host {
     pub fn new(
         config: &Config,
         source: Arc<dyn ModuleSource>,
-        exporter: prometheus::Exporter,
+        exporter: Arc<prometheus::Exporter>,
     ) -> Result<Self, String> {
         let modules = read_modules(&config.modules)?;
         tracing::info!(
