@@ -21,7 +21,9 @@
 //! each over its own cache directory. Per module:
 //! 1. **cold**: on the empty cache, `CLIENTS` clients ask for the module
 //!    at the same moment (the herd after a deploy): the latencies of those
-//!    first requests;
+//!    first requests; meanwhile (from the second module on) `BACKGROUND`
+//!    clients keep asking for the first module, loaded by then: what a
+//!    deploy does to the other tenants' latency;
 //! 2. **steady**: after a 0.5 s warm-up, `CLIENTS` clients in a closed
 //!    loop, `TIERSCOPE_HOST_BENCH_SECS` (default 3) seconds per stack in
 //!    `TIERSCOPE_ROUNDS` (default 3) alternating rounds, the order rotated,
@@ -42,7 +44,10 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     path::Path,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -76,6 +81,9 @@ use host::{ModuleSource, Ready, SourceError, Wasm};
 
 /// Concurrent clients (keep-alive connections).
 const CLIENTS: usize = 4;
+/// Clients that keep asking for a loaded module while another one's herd
+/// arrives.
+const BACKGROUND: usize = 2;
 /// Execution slots of the host (`--max-concurrency`): this machine's cores.
 const SLOTS: &str = "2";
 
@@ -288,23 +296,26 @@ async fn herd(addr: SocketAddr, module: &str) -> (Vec<Duration>, usize) {
     (results.into_iter().map(|(d, _)| d).collect(), errors)
 }
 
-/// `CLIENTS` clients in a closed loop for `duration`: every latency, the
-/// time until the last answer, errors.
+/// `clients` clients in a closed loop until `duration` has passed or
+/// `stop` is set: every latency, the time until the last answer, errors.
 async fn closed_loop(
     addr: SocketAddr,
     module: &str,
+    clients: usize,
     duration: Duration,
+    stop: Arc<AtomicBool>,
 ) -> (Vec<Duration>, Duration, usize) {
     let path = path(module);
     let start = Instant::now();
-    let tasks: Vec<_> = (0..CLIENTS)
+    let tasks: Vec<_> = (0..clients)
         .map(|_| {
             let path = path.clone();
+            let stop = Arc::clone(&stop);
             tokio::spawn(async move {
                 let mut client = Client::connect(addr).await;
                 let mut latencies = Vec::new();
                 let mut errors = 0;
-                while start.elapsed() < duration {
+                while start.elapsed() < duration && !stop.load(Ordering::Relaxed) {
                     let (d, ok) = client.get(&path).await;
                     latencies.push(d);
                     errors += usize::from(!ok);
@@ -321,6 +332,30 @@ async fn closed_loop(
         errors += e;
     }
     (all, start.elapsed(), errors)
+}
+
+/// `CLIENTS` clients for `duration`.
+async fn steady(addr: SocketAddr, module: &str, duration: Duration) -> (Vec<Duration>, Duration, usize) {
+    closed_loop(addr, module, CLIENTS, duration, Arc::new(AtomicBool::new(false))).await
+}
+
+/// A herd on `module` while `BACKGROUND` clients keep asking for `warm`:
+/// the herd's latencies and errors, and the warm requests' latencies.
+async fn herd_beside_traffic(
+    addr: SocketAddr,
+    module: &str,
+    warm: &str,
+) -> (Vec<Duration>, usize, Vec<Duration>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let background = tokio::spawn({
+        let (warm, stop) = (warm.to_owned(), Arc::clone(&stop));
+        async move { closed_loop(addr, &warm, BACKGROUND, Duration::MAX, stop).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (latencies, errors) = herd(addr, module).await;
+    stop.store(true, Ordering::Relaxed);
+    let (warm_latencies, _, warm_errors) = background.await.unwrap();
+    (latencies, errors + warm_errors, warm_latencies)
 }
 
 /// Nearest-rank percentile of sorted `v`.
@@ -413,22 +448,32 @@ fn main() {
     // Cold, then steady, with all three hosts up (an idle host costs
     // nothing); the stacks take turns, so that the machine's noise falls
     // on all of them alike.
+    // Warm requests (for the first module, loaded by then) while the later
+    // modules' herds arrive, per stack.
+    let mut beside: Vec<Vec<Duration>> = STACKS.iter().map(|_| Vec::new()).collect();
     let hosts = start_all();
     for (m, &module) in modules.iter().enumerate() {
         for (s, _) in rotated(m) {
-            let (cold, errors) = clients.block_on(herd(hosts[s].addr, module));
+            let (cold, errors) = if m == 0 {
+                clients.block_on(herd(hosts[s].addr, module))
+            } else {
+                let (cold, errors, warm) =
+                    clients.block_on(herd_beside_traffic(hosts[s].addr, module, modules[0]));
+                beside[s].extend(warm);
+                (cold, errors)
+            };
             rows[m][s].cold = cold;
             rows[m][s].errors += errors;
         }
         for (s, _) in rotated(m) {
-            clients.block_on(closed_loop(hosts[s].addr, module, Duration::from_millis(500)));
+            clients.block_on(steady(hosts[s].addr, module, Duration::from_millis(500)));
         }
         for round in 0..rounds {
             for (s, _) in rotated(round + m) {
-                let (steady, took, errors) =
-                    clients.block_on(closed_loop(hosts[s].addr, module, slice));
+                let (latencies, took, errors) =
+                    clients.block_on(steady(hosts[s].addr, module, slice));
                 let row = &mut rows[m][s];
-                row.steady.extend(steady);
+                row.steady.extend(latencies);
                 row.steady_time += took;
                 row.errors += errors;
             }
@@ -492,6 +537,31 @@ fn main() {
                 ms(pct(&row.steady, 0.999)),
                 row.steady.len(),
                 row.errors,
+            );
+        }
+    }
+    if modules.len() > 1 {
+        println!();
+        println!(
+            "{BACKGROUND} clients asking for {} (loaded) while the herds of the other modules' cold starts arrived:",
+            modules[0]
+        );
+        println!();
+        println!("| stack | p50 | p99 | max | requests |");
+        println!("|---|---|---|---|---|");
+        for (s, stack) in rotated(0) {
+            let v = &mut beside[s];
+            v.sort();
+            if v.is_empty() {
+                continue;
+            }
+            println!(
+                "| {} | {} | {} | {} | {} |",
+                stack.name(),
+                ms(pct(v, 0.5)),
+                ms(pct(v, 0.99)),
+                ms(*v.last().unwrap()),
+                v.len()
             );
         }
     }

@@ -46,6 +46,11 @@
 //!   tokio's blocking pool; a request waits at most `--queue-timeout` for a
 //!   slot. A slot is given back when its thread is done, not when the
 //!   client got its answer, so runaway code can never pile up threads.
+//! - Loading comes first and takes no execution slot: a memory hit is
+//!   answered at once; at most `--max-loads` loads that go further (a disk
+//!   or remote hit, a compile on the blocking pool) run at once, and all
+//!   the requests for one module share one load. So a compile never holds
+//!   up the requests of modules already loaded.
 //! - An execution (instantiation and call) gets `--timeout`. Past it the
 //!   client gets a 504 at once, and, with feature `host-interrupt`
 //!   (wasmer's `experimental-host-interrupt`), the store is interrupted:
@@ -72,7 +77,7 @@
 //! `--cache-dir` (`HOST_CACHE_DIR`), `--memory-bytes`, `--disk-bytes`,
 //! `--code-budget` (`HOST_MEMORY_BYTES`, ...; sizes like `64MiB`),
 //! `--cache-name` (`HOST_CACHE_NAME`, the metrics' `cache` label),
-//! `--max-concurrency`, `--queue-timeout`, `--timeout`,
+//! `--max-concurrency`, `--max-loads`, `--queue-timeout`, `--timeout`,
 //! `--shutdown-timeout` (durations like `250ms`, `2s`), and with features
 //! `redis` / `objects`: `--redis URL` (`HOST_REDIS`, MAC key in
 //! `TIERSCOPE_REDIS_KEY`), `--objects URL` (`HOST_OBJECTS`, key in
@@ -137,6 +142,10 @@ pub struct Config {
     /// Executions at once (default: the number of CPUs).
     #[arg(long, env = "HOST_MAX_CONCURRENCY")]
     pub max_concurrency: Option<usize>,
+    /// Loads (disk, remote or compile) at once, memory hits aside (default:
+    /// the number of CPUs).
+    #[arg(long, env = "HOST_MAX_LOADS")]
+    pub max_loads: Option<usize>,
     /// How long a request waits for an execution slot before a 503.
     #[arg(long, env = "HOST_QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub queue_timeout: Duration,
@@ -344,6 +353,9 @@ pub trait ModuleSource: Send + Sync + 'static {
 /// store) tiers under a [`ModuleLoader`] that owns its engines.
 pub struct Tiers {
     loader: ModuleLoader<Arc<dyn ModuleCache + Send + Sync>>,
+    /// Loads that may go past the memory tier (a disk or remote hit, a
+    /// compile), at once. Requests for one module share one load.
+    loads: Semaphore,
 }
 
 impl Tiers {
@@ -401,6 +413,7 @@ impl Tiers {
             EngineGenerations::new(wasmer::Engine::default).code_budget(config.code_budget);
         Ok(Tiers {
             loader: ModuleLoader::with_engines(name, stack, engines),
+            loads: Semaphore::new(config.max_loads.unwrap_or_else(cpus).max(1)),
         })
     }
 }
@@ -408,6 +421,15 @@ impl Tiers {
 impl ModuleSource for Tiers {
     fn ready<'a>(&'a self, wasm: &'a Wasm) -> BoxFuture<'a, Result<Ready, SourceError>> {
         Box::pin(async move {
+            // A memory hit at once, never waiting behind other loads.
+            if let Some(loaded) = self.loader.get_loaded(wasm.hash) {
+                return Ok(ready(loaded));
+            }
+            let _load = self
+                .loads
+                .acquire()
+                .await
+                .map_err(|e| SourceError::Failed(e.to_string()))?;
             let bytes = wasm.bytes.clone();
             // The hash is known: no re-hashing; the bytes are only touched
             // on a compile.
@@ -419,22 +441,33 @@ impl ModuleSource for Tiers {
                     LoadError::Compile { source, .. } => SourceError::Invalid(source.to_string()),
                     other => SourceError::Failed(other.to_string()),
                 })?;
-            let served = match loaded.served() {
-                Served::Memory => "memory",
-                Served::Tier(Some(tier)) => tier.as_str(),
-                Served::Tier(None) => "tier",
-                Served::Coalesced => "coalesced",
-                Served::Compiled => "compiled",
-                _ => "other",
-            };
-            Ok(Ready {
-                module: loaded.module().clone(),
-                engine: loaded.engine().clone(),
-                served,
-                keep: Some(loaded),
-            })
+            Ok(ready(loaded))
         })
     }
+}
+
+/// A loaded module as the host runs it.
+fn ready(loaded: LoadedModule) -> Ready {
+    let served = match loaded.served() {
+        Served::Memory => "memory",
+        Served::Tier(Some(tier)) => tier.as_str(),
+        Served::Tier(None) => "tier",
+        Served::Coalesced => "coalesced",
+        Served::Compiled => "compiled",
+        _ => "other",
+    };
+    Ready {
+        module: loaded.module().clone(),
+        // Every store that instantiates the module is of this engine.
+        engine: loaded.engine().clone(),
+        served,
+        keep: Some(loaded),
+    }
+}
+
+/// The number of CPUs (2 when unknown).
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// Metric names of the host itself, in one place.
@@ -512,7 +545,7 @@ impl Host {
         );
         let slots = config
             .max_concurrency
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .unwrap_or_else(cpus)
             .max(1);
         Ok(Host {
             modules,
@@ -572,20 +605,9 @@ impl Host {
             return Err(Failure::invalid(module, reason));
         }
         let args = parse_args(query.as_deref());
-        // A slot first: bounded executions, and loads (which may compile)
-        // only for requests that will run.
-        let permit =
-            tokio::time::timeout(self.queue_timeout, Arc::clone(&self.slots).acquire_owned())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .ok_or_else(|| {
-                    Failure::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "overloaded",
-                        "every execution slot is busy; retry".into(),
-                    )
-                })?;
+        // Load first, without an execution slot: a compile (seconds, on
+        // the blocking pool, bounded by `--max-loads`) never holds up the
+        // requests of modules already loaded.
         let ready = match self.source.ready(wasm).await {
             Ok(r) => r,
             Err(SourceError::Invalid(reason)) => {
@@ -602,6 +624,19 @@ impl Host {
             }
         };
         let served = ready.served;
+        let permit =
+            tokio::time::timeout(self.queue_timeout, Arc::clone(&self.slots).acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .ok_or_else(|| {
+                    Failure::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "overloaded",
+                        "every execution slot is busy; retry".into(),
+                    )
+                    .served(served)
+                })?;
         self.run_bounded(permit, ready, function, args)
             .await
             .map(|body| (served, body))
