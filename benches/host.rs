@@ -21,9 +21,11 @@
 //! each over its own cache directory. Per module:
 //! 1. **cold**: on the empty cache, `CLIENTS` clients ask for the module
 //!    at the same moment (the herd after a deploy): the latencies of those
-//!    first requests; meanwhile (from the second module on) `BACKGROUND`
-//!    clients keep asking for the first module, loaded by then: what a
-//!    deploy does to the other tenants' latency;
+//!    first requests; meanwhile (from the second module on) requests for
+//!    the first module, loaded by then, arrive at a fixed rate (500 a
+//!    second; latency counted from when each was due, so a stall weighs
+//!    once per request it delayed): what a deploy does to the other
+//!    tenants' latency;
 //! 2. **steady**: after a 0.5 s warm-up, `CLIENTS` clients in a closed
 //!    loop, `TIERSCOPE_HOST_BENCH_SECS` (default 3) seconds per stack in
 //!    `TIERSCOPE_ROUNDS` (default 3) alternating rounds, the order rotated,
@@ -81,9 +83,11 @@ use host::{ModuleSource, Ready, SourceError, Wasm};
 
 /// Concurrent clients (keep-alive connections).
 const CLIENTS: usize = 4;
-/// Clients that keep asking for a loaded module while another one's herd
-/// arrives.
+/// Connections that keep asking for a loaded module while another one's
+/// herd arrives, each one request every `BACKGROUND_EVERY` (500 requests
+/// per second in all).
 const BACKGROUND: usize = 2;
+const BACKGROUND_EVERY: Duration = Duration::from_millis(4);
 /// Execution slots of the host (`--max-concurrency`): this machine's cores.
 const SLOTS: &str = "2";
 
@@ -339,7 +343,41 @@ async fn steady(addr: SocketAddr, module: &str, duration: Duration) -> (Vec<Dura
     closed_loop(addr, module, CLIENTS, duration, Arc::new(AtomicBool::new(false))).await
 }
 
-/// A herd on `module` while `BACKGROUND` clients keep asking for `warm`:
+/// Requests for `module` at a fixed rate (`BACKGROUND` connections, one
+/// request every `BACKGROUND_EVERY` each) until `stop` is set. Each latency
+/// runs from the moment its request was due, not from when it was sent: a
+/// connection stuck behind a stalled server still owes its requests, so a
+/// stall counts once per request it delayed (no coordinated omission).
+async fn open_loop(addr: SocketAddr, module: &str, stop: Arc<AtomicBool>) -> Vec<Duration> {
+    let path = path(module);
+    let tasks: Vec<_> = (0..BACKGROUND)
+        .map(|i| {
+            let (path, stop) = (path.clone(), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut client = Client::connect(addr).await;
+                let start = tokio::time::Instant::now() + BACKGROUND_EVERY * i as u32 / BACKGROUND as u32;
+                let mut latencies = Vec::new();
+                for k in 0u32.. {
+                    let due = start + BACKGROUND_EVERY * k;
+                    tokio::time::sleep_until(due).await;
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let _ = client.get(&path).await;
+                    latencies.push(due.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+/// A herd on `module` while requests for `warm` arrive at a fixed rate:
 /// the herd's latencies and errors, and the warm requests' latencies.
 async fn herd_beside_traffic(
     addr: SocketAddr,
@@ -349,13 +387,13 @@ async fn herd_beside_traffic(
     let stop = Arc::new(AtomicBool::new(false));
     let background = tokio::spawn({
         let (warm, stop) = (warm.to_owned(), Arc::clone(&stop));
-        async move { closed_loop(addr, &warm, BACKGROUND, Duration::MAX, stop).await }
+        async move { open_loop(addr, &warm, stop).await }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (latencies, errors) = herd(addr, module).await;
     stop.store(true, Ordering::Relaxed);
-    let (warm_latencies, _, warm_errors) = background.await.unwrap();
-    (latencies, errors + warm_errors, warm_latencies)
+    let warm_latencies = background.await.unwrap();
+    (latencies, errors, warm_latencies)
 }
 
 /// Nearest-rank percentile of sorted `v`.
@@ -543,7 +581,8 @@ fn main() {
     if modules.len() > 1 {
         println!();
         println!(
-            "{BACKGROUND} clients asking for {} (loaded) while the herds of the other modules' cold starts arrived:",
+            "{} requests per second for {} (loaded; {BACKGROUND} connections, latency from when each request was due) while the other modules' cold herds arrived:",
+            BACKGROUND as u128 * 1000 / BACKGROUND_EVERY.as_millis(),
             modules[0]
         );
         println!();

@@ -47,10 +47,11 @@
 //!   slot. A slot is given back when its thread is done, not when the
 //!   client got its answer, so runaway code can never pile up threads.
 //! - Loading comes first and takes no execution slot: a memory hit is
-//!   answered at once; at most `--max-loads` loads that go further (a disk
-//!   or remote hit, a compile on the blocking pool) run at once, and all
-//!   the requests for one module share one load. So a compile never holds
-//!   up the requests of modules already loaded.
+//!   answered at once, a disk or remote hit or a compile runs on tokio's
+//!   blocking pool, and all the requests for one module share one load.
+//!   So a compile never holds up the requests of modules already loaded.
+//!   Compiles of different modules run side by side (the loader has no
+//!   bound of its own on them; tokio's pool has 512 threads).
 //! - An execution (instantiation and call) gets `--timeout`. Past it the
 //!   client gets a 504 at once, and, with feature `host-interrupt`
 //!   (wasmer's `experimental-host-interrupt`), the store is interrupted:
@@ -77,7 +78,7 @@
 //! `--cache-dir` (`HOST_CACHE_DIR`), `--memory-bytes`, `--disk-bytes`,
 //! `--code-budget` (`HOST_MEMORY_BYTES`, ...; sizes like `64MiB`),
 //! `--cache-name` (`HOST_CACHE_NAME`, the metrics' `cache` label),
-//! `--max-concurrency`, `--max-loads`, `--queue-timeout`, `--timeout`,
+//! `--max-concurrency`, `--queue-timeout`, `--timeout`,
 //! `--shutdown-timeout` (durations like `250ms`, `2s`), and with features
 //! `redis` / `objects`: `--redis URL` (`HOST_REDIS`, MAC key in
 //! `TIERSCOPE_REDIS_KEY`), `--objects URL` (`HOST_OBJECTS`, key in
@@ -142,10 +143,6 @@ pub struct Config {
     /// Executions at once (default: the number of CPUs).
     #[arg(long, env = "HOST_MAX_CONCURRENCY")]
     pub max_concurrency: Option<usize>,
-    /// Loads (disk, remote or compile) at once, memory hits aside (default:
-    /// the number of CPUs).
-    #[arg(long, env = "HOST_MAX_LOADS")]
-    pub max_loads: Option<usize>,
     /// How long a request waits for an execution slot before a 503.
     #[arg(long, env = "HOST_QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub queue_timeout: Duration,
@@ -353,9 +350,6 @@ pub trait ModuleSource: Send + Sync + 'static {
 /// store) tiers under a [`ModuleLoader`] that owns its engines.
 pub struct Tiers {
     loader: ModuleLoader<Arc<dyn ModuleCache + Send + Sync>>,
-    /// Loads that may go past the memory tier (a disk or remote hit, a
-    /// compile), at once. Requests for one module share one load.
-    loads: Semaphore,
 }
 
 impl Tiers {
@@ -413,7 +407,6 @@ impl Tiers {
             EngineGenerations::new(wasmer::Engine::default).code_budget(config.code_budget);
         Ok(Tiers {
             loader: ModuleLoader::with_engines(name, stack, engines),
-            loads: Semaphore::new(config.max_loads.unwrap_or_else(cpus).max(1)),
         })
     }
 }
@@ -421,15 +414,6 @@ impl Tiers {
 impl ModuleSource for Tiers {
     fn ready<'a>(&'a self, wasm: &'a Wasm) -> BoxFuture<'a, Result<Ready, SourceError>> {
         Box::pin(async move {
-            // A memory hit at once, never waiting behind other loads.
-            if let Some(loaded) = self.loader.get_loaded(wasm.hash) {
-                return Ok(ready(loaded));
-            }
-            let _load = self
-                .loads
-                .acquire()
-                .await
-                .map_err(|e| SourceError::Failed(e.to_string()))?;
             let bytes = wasm.bytes.clone();
             // The hash is known: no re-hashing; the bytes are only touched
             // on a compile.
@@ -606,8 +590,8 @@ impl Host {
         }
         let args = parse_args(query.as_deref());
         // Load first, without an execution slot: a compile (seconds, on
-        // the blocking pool, bounded by `--max-loads`) never holds up the
-        // requests of modules already loaded.
+        // the blocking pool, once per module however many ask) never holds
+        // up the requests of modules already loaded.
         let ready = match self.source.ready(wasm).await {
             Ok(r) => r,
             Err(SourceError::Invalid(reason)) => {
