@@ -58,6 +58,7 @@ use clap::Parser;
 use futures::future::BoxFuture;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
 use tierscope::ModuleHash;
 use wasmer::{Engine, Module};
 use wasmer_wasix::{
@@ -117,8 +118,8 @@ impl ModuleSource for CompileEach {
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 let engine = Engine::default();
-                let module =
-                    Module::new(&engine, &bytes).map_err(|e| SourceError::Invalid(e.to_string()))?;
+                let module = Module::new(&engine, &bytes)
+                    .map_err(|e| SourceError::Invalid(e.to_string()))?;
                 Ok(Ready {
                     module,
                     engine,
@@ -339,28 +340,45 @@ async fn closed_loop(
 }
 
 /// `CLIENTS` clients for `duration`.
-async fn steady(addr: SocketAddr, module: &str, duration: Duration) -> (Vec<Duration>, Duration, usize) {
-    closed_loop(addr, module, CLIENTS, duration, Arc::new(AtomicBool::new(false))).await
+async fn steady(
+    addr: SocketAddr,
+    module: &str,
+    duration: Duration,
+) -> (Vec<Duration>, Duration, usize) {
+    closed_loop(
+        addr,
+        module,
+        CLIENTS,
+        duration,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await
 }
 
 /// Requests for `module` at a fixed rate (`BACKGROUND` connections, one
-/// request every `BACKGROUND_EVERY` each) until `stop` is set. Each latency
-/// runs from the moment its request was due, not from when it was sent: a
-/// connection stuck behind a stalled server still owes its requests, so a
+/// request every `BACKGROUND_EVERY` each), every request due before the
+/// moment `stop` holds. Each latency runs from the moment its request was
+/// due, not from when it was sent: a connection stuck behind a stalled
+/// server still owes (and then sends) the requests due meanwhile, so a
 /// stall counts once per request it delayed (no coordinated omission).
-async fn open_loop(addr: SocketAddr, module: &str, stop: Arc<AtomicBool>) -> Vec<Duration> {
+async fn open_loop(
+    addr: SocketAddr,
+    module: &str,
+    stop: Arc<Mutex<Option<tokio::time::Instant>>>,
+) -> Vec<Duration> {
     let path = path(module);
     let tasks: Vec<_> = (0..BACKGROUND)
         .map(|i| {
             let (path, stop) = (path.clone(), Arc::clone(&stop));
             tokio::spawn(async move {
                 let mut client = Client::connect(addr).await;
-                let start = tokio::time::Instant::now() + BACKGROUND_EVERY * i as u32 / BACKGROUND as u32;
+                let start =
+                    tokio::time::Instant::now() + BACKGROUND_EVERY * i as u32 / BACKGROUND as u32;
                 let mut latencies = Vec::new();
                 for k in 0u32.. {
                     let due = start + BACKGROUND_EVERY * k;
                     tokio::time::sleep_until(due).await;
-                    if stop.load(Ordering::Relaxed) {
+                    if stop.lock().is_some_and(|stop| due > stop) {
                         break;
                     }
                     let _ = client.get(&path).await;
@@ -384,14 +402,14 @@ async fn herd_beside_traffic(
     module: &str,
     warm: &str,
 ) -> (Vec<Duration>, usize, Vec<Duration>) {
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(Mutex::new(None));
     let background = tokio::spawn({
         let (warm, stop) = (warm.to_owned(), Arc::clone(&stop));
         async move { open_loop(addr, &warm, stop).await }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (latencies, errors) = herd(addr, module).await;
-    stop.store(true, Ordering::Relaxed);
+    *stop.lock() = Some(tokio::time::Instant::now());
     let warm_latencies = background.await.unwrap();
     (latencies, errors, warm_latencies)
 }

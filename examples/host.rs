@@ -527,10 +527,7 @@ impl Host {
             modules.len(),
             config.modules.display()
         );
-        let slots = config
-            .max_concurrency
-            .unwrap_or_else(cpus)
-            .max(1);
+        let slots = config.max_concurrency.unwrap_or_else(cpus).max(1);
         Ok(Host {
             modules,
             source,

@@ -336,7 +336,12 @@ async fn host_serves_traps_times_out_restarts_from_disk_and_stops_cleanly() {
         .expect("promtool (apt-get install prometheus; scripts/test installs it)");
     std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), metrics.as_bytes()).unwrap();
     let out = promtool.wait_with_output().unwrap();
-    assert!(out.status.success(), "promtool check metrics:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // SIGTERM with a request in flight: it is answered, then the host exits 0.
     let slow = tokio::spawn(get(addr, "/run/loops/slow?args=600000000"));
