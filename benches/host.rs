@@ -433,6 +433,17 @@ fn ms(d: Duration) -> String {
     }
 }
 
+/// Requests per second, with a decimal or two below 10.
+fn rate(r: f64) -> String {
+    if r >= 10.0 {
+        format!("{r:.0}")
+    } else if r >= 1.0 {
+        format!("{r:.1}")
+    } else {
+        format!("{r:.2}")
+    }
+}
+
 #[derive(Default)]
 struct Row {
     cold: Vec<Duration>,
@@ -581,13 +592,13 @@ fn main() {
             row.cold.sort();
             row.restart.sort();
             println!(
-                "| {module} | {} | {} / {} | {} / {} | {:.0} | {} | {} | {} | {} | {} |",
+                "| {module} | {} | {} / {} | {} / {} | {} | {} | {} | {} | {} | {} |",
                 stack.name(),
                 ms(pct(&row.cold, 0.5)),
                 ms(*row.cold.last().unwrap()),
                 ms(pct(&row.restart, 0.5)),
                 ms(*row.restart.last().unwrap()),
-                row.rps(),
+                rate(row.rps()),
                 ms(pct(&row.steady, 0.5)),
                 ms(pct(&row.steady, 0.99)),
                 ms(pct(&row.steady, 0.999)),
