@@ -105,7 +105,9 @@ use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use tierscope::{
     EngineGenerations, FileSystemCache, InstrumentExt, LoadError, LoadedModule, MemoryCache,
-    ModuleCache, ModuleHash, ModuleLoader, Served, observe::prometheus,
+    ModuleCache, ModuleHash, ModuleLoader, Served,
+    observe::prometheus,
+    sizing::live::{LiveSizing, SizingExt, SizingOptions},
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmer::{
@@ -347,7 +349,8 @@ pub trait ModuleSource: Send + Sync + 'static {
 }
 
 /// The tierscope stack: instrumented memory -> disk (-> Redis) (-> object
-/// store) tiers under a [`ModuleLoader`] that owns its engines.
+/// store) tiers, memory and disk with live sizing, under a
+/// [`ModuleLoader`] that owns its engines.
 pub struct Tiers {
     loader: ModuleLoader<Arc<dyn ModuleCache + Send + Sync>>,
 }
@@ -356,9 +359,13 @@ impl Tiers {
     /// The stack `config` describes. Needs the metrics recorder installed.
     pub async fn new(config: &Config) -> Result<Self, String> {
         let name = config.cache_name.as_str();
+        // What each in-process tier would hit at other sizes, live (the
+        // dashboard's "Sizing" row; about 2.5 ns on a memory hit).
+        let sizing = LiveSizing::new(name, SizingOptions::default());
         let disk = FileSystemCache::open(&config.cache_dir, config.disk_bytes)
             .map_err(|e| format!("--cache-dir {}: {e}", config.cache_dir.display()))?
-            .instrumented(name, "disk");
+            .instrumented(name, "disk")
+            .with_sizing(&sizing);
         let lower: Arc<dyn ModuleCache + Send + Sync> = match &config.redis {
             None => Arc::new(disk),
             #[cfg(feature = "redis")]
@@ -401,6 +408,7 @@ impl Tiers {
         let stack: Arc<dyn ModuleCache + Send + Sync> = Arc::new(
             MemoryCache::new(config.memory_bytes)
                 .instrumented(name, "memory")
+                .with_sizing(&sizing)
                 .with_fallback(lower),
         );
         let engines =

@@ -279,8 +279,10 @@ async fn host_serves_traps_times_out_restarts_from_disk_and_stops_cleanly() {
     );
     let metrics = loop {
         let m = get(addr, "/metrics").await.body;
+        // Live sizing publishes every second.
         if sample(&m, "host_executions_runaway") == Some(0.0)
             && sample(&m, "host_executions_in_flight") == Some(0.0)
+            && m.contains(r#"tierscope_sizing_hit_ratio{cache="host-test""#)
         {
             break m;
         }
