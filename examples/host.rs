@@ -4,7 +4,8 @@
 //!
 //! ```sh
 //! scripts/fetch-real-modules      # real modules in target/real-modules (optional)
-//! cargo run --release --features host-interrupt --example host -- --modules target/real-modules
+//! cargo run --release --features host-interrupt --example host -- \
+//!     --modules target/real-modules --cache-dir /tmp/wasm-host
 //! curl -s localhost:8080/run/tree-sitter-json/tree_sitter_json
 //! curl -s localhost:8080/metrics
 //! ```
@@ -18,7 +19,8 @@
 //!   exported `{function}` with the arguments (integers or floats, as its
 //!   parameters say) and answer its results, one per line.
 //! - `GET /metrics`: Prometheus text: tierscope's metrics (the shipped
-//!   Grafana dashboard works unchanged; pick this host's `--cache-name`)
+//!   Grafana dashboard works unchanged, its "Sizing" row included; pick
+//!   this host's `--cache-name`)
 //!   and the host's own (`host_requests_total{outcome}`,
 //!   `host_request_duration_seconds{outcome}`, `host_executions_in_flight`,
 //!   `host_executions_runaway`).
