@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Offline checks of everything under dashboards/:
 #   1. promtool check config  dashboards/prometheus/prometheus.yml
+#      and dashboards/prometheus/host.yml (the reference host)
 #   2. promtool check rules   dashboards/prometheus/rules/*.yml
 #   3. promtool test rules    dashboards/prometheus/tests/*.yml
 #   4. npm ci in tests/grafana-schema, then node validate.mjs: every
@@ -24,7 +25,7 @@ cd "$repo" || exit 1
 
 for arg in "$@"; do
   case "$arg" in
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -50,6 +51,7 @@ trap 'rm -rf "$tmp"' EXIT
 
 if command -v promtool >/dev/null 2>&1; then
   step promtool check config dashboards/prometheus/prometheus.yml
+  step promtool check config dashboards/prometheus/host.yml
   step promtool check rules dashboards/prometheus/rules/*.yml
   step promtool test rules dashboards/prometheus/tests/*.yml
 else

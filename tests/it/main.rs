@@ -27,6 +27,8 @@ mod engine;
 mod engine_churn;
 mod engine_switch;
 mod fallback;
+#[cfg(all(feature = "prometheus", feature = "host-interrupt"))]
+mod host;
 mod killed_writer;
 mod loader;
 mod memory;
