@@ -5,7 +5,7 @@
 //!   candidate policies (moka, quick_cache), the tier bare and instrumented,
 //!   synchronously (`load_now`) and through the async trait (`load`), and
 //!   the loader with a precomputed hash on a memory hit;
-//! - `hash`: SHA-256 of the wasm (what `load_or_compile` without a hash
+//! - `hash`: SHA-256 of the wasm (what `load_into` without a hash
 //!   adds), for 10 KB, 1 MB and 5 MB;
 //! - `threads`: memory hits from 1 and 2 threads, per-operation time of the
 //!   whole group (throughput ratio = time(1) / time(2) * 2).
@@ -32,8 +32,8 @@ use futures::FutureExt;
 use tierscope::{
     InstrumentExt, MemoryCache, ModuleCache, ModuleHash, ModuleLoader, corpus,
     engine::{EngineKey, engine_key},
+    internals::KeyHasher,
     observe::prometheus,
-    tier::memory::KeyHasher,
 };
 use wasmer::{Engine, Module};
 
@@ -175,16 +175,16 @@ fn memory_hit(c: &mut Criterion) {
             let n = next();
             black_box(
                 loader
-                    .load_or_compile_with_hash(engine, f.keys[n], &f.wasm[n])
+                    .load_into_with_hash(engine, f.keys[n], &f.wasm[n])
                     .now_or_never(),
             )
         })
     });
     g.bench_function("loader_get_memory_hit", |b| {
-        b.iter(|| black_box(loader.get(engine, f.keys[next()])))
+        b.iter(|| black_box(loader.load_now_into(engine, f.keys[next()])))
     });
-    g.bench_function("loader_get_loaded_memory_hit", |b| {
-        b.iter(|| black_box(managed.get_loaded(f.keys[next()])))
+    g.bench_function("loader_load_now_memory_hit", |b| {
+        b.iter(|| black_box(managed.load_now(f.keys[next()])))
     });
     g.finish();
 }

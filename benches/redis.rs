@@ -49,7 +49,7 @@ use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion
 use futures::{FutureExt, future::BoxFuture};
 use redis::Commands;
 use redis_server::RedisServer;
-use tierscope::{ModuleCache, ModuleHash, RedisCache, corpus, entry, tier::redis::MAC_LEN};
+use tierscope::{ModuleCache, ModuleHash, RedisCache, corpus, entry, internals::redis::MAC_LEN};
 use wasmer::{Engine, Module};
 
 /// (label, wasm bytes) giving artifacts of about 25 KB and 1 MB (as in

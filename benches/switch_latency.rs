@@ -23,7 +23,7 @@ use std::{sync::Arc, time::Duration};
 use rand::{RngExt, SeedableRng, rngs::SmallRng};
 use rand_distr::Zipf;
 use tierscope::{
-    EngineGenerations, FileSystemCache, MemoryCache, ModuleCache, ModuleHash, ModuleLoader, Served,
+    EngineRecycling, FileSystemCache, MemoryCache, ModuleCache, ModuleHash, ModuleLoader, Served,
     corpus,
 };
 use wasmer::{Engine, Module};
@@ -45,7 +45,7 @@ fn loader(dir: &std::path::Path, memory_bytes: u64, budget: u64) -> Loader {
         MemoryCache::new(memory_bytes)
             .with_fallback(FileSystemCache::open(dir, 1 << 32).expect("disk tier")),
     );
-    let engines = EngineGenerations::new(Engine::default).code_budget(budget);
+    let engines = EngineRecycling::new(Engine::default).code_budget(budget);
     ModuleLoader::with_engines("bench", stack, engines)
 }
 

@@ -15,7 +15,7 @@
 //! - `Runtime::load_hashed_module`: the whole path a wasix runtime takes
 //!   for a module it already knows the hash of, over that adapter;
 //! - `wasix SharedCache load`: wasix's own in-memory cache;
-//! - `tierscope stack load` / `tierscope loader load_or_compile`: a memory
+//! - `tierscope stack load` / `tierscope loader load_into`: a memory
 //!   hit through `memory.with_fallback(disk)` (instrumented tiers) and
 //!   through a `ModuleLoader` over it;
 //! - `wasix stack load`: a memory hit through wasix's
@@ -46,7 +46,7 @@
 //! iteration; both outside the timing; the promotion into memory is
 //! timed):
 //! - `tierscope_stack`: instrumented `memory.with_fallback(disk)`;
-//! - `tierscope_loader`: `ModuleLoader::load_or_compile_lazy` over that
+//! - `tierscope_loader`: `ModuleLoader::load_lazy_into` over that
 //!   stack (a flight task, then the stack);
 //! - `wasix_stack`: `in_memory().with_fallback(FileSystemCache)`.
 //!
@@ -147,7 +147,7 @@ fn memory_hit(
     };
     assert!(
         loader
-            .load_or_compile_lazy(&engine, key, lazy())
+            .load_lazy_into(&engine, key, lazy())
             .now_or_never()
             .expect("a memory hit completes at once")
             .is_ok()
@@ -183,14 +183,8 @@ fn memory_hit(
     g.bench_function("tierscope stack load", |b| {
         b.iter(|| black_box(stack.load(key, &engine).now_or_never()))
     });
-    g.bench_function("tierscope loader load_or_compile", |b| {
-        b.iter(|| {
-            black_box(
-                loader
-                    .load_or_compile_lazy(&engine, key, lazy())
-                    .now_or_never(),
-            )
-        })
+    g.bench_function("tierscope loader load_into", |b| {
+        b.iter(|| black_box(loader.load_lazy_into(&engine, key, lazy()).now_or_never()))
     });
     g.bench_function("wasix stack load", |b| {
         b.iter(|| black_box(WasixModuleCache::load(&wasix_stack, key, &engine).now_or_never()))
@@ -370,7 +364,7 @@ fn stack_disk_hit(c: &mut Criterion, tokio: &tokio::runtime::Runtime, cases: &[C
                     &|e| drop(tierscope::forget_engine(loader.cache().primary(), e)),
                     &|e, _| {
                         let wasm = wasm.clone();
-                        let m = tokio.block_on(loader.load_or_compile_lazy(e, key, move || wasm));
+                        let m = tokio.block_on(loader.load_lazy_into(e, key, move || wasm));
                         black_box(m.unwrap());
                     },
                 )
@@ -503,7 +497,7 @@ fn alternating(tokio: &tokio::runtime::Runtime, cases: &[Case]) {
                     drop(tierscope::forget_engine(loader.cache().primary(), e));
                     let wasm = wasm.clone();
                     time_once(|| {
-                        let m = tokio.block_on(loader.load_or_compile_lazy(e, key, move || wasm));
+                        let m = tokio.block_on(loader.load_lazy_into(e, key, move || wasm));
                         drop(black_box(m.unwrap()))
                     })
                 }),

@@ -56,7 +56,7 @@ fn bench(c: &mut Criterion) {
         let disk = FileSystemCache::builder(tmp.path().join(label))
             .capacity(1 << 30)
             .inline_io(true)
-            .open()
+            .build()
             .unwrap();
         rt.block_on(disk.save(key, &engine, &module)).unwrap();
         g.bench_function(BenchmarkId::new("disk_hit", label), |b| {
@@ -70,7 +70,7 @@ fn bench(c: &mut Criterion) {
         #[cfg(feature = "redis")]
         {
             let remote = tierscope::RedisCache::builder(server.url())
-                .mac_key(tierscope::tier::redis::MacKey::new([7; 32]))
+                .mac_key(tierscope::MacKey::new([7; 32]))
                 .build()
                 .unwrap();
             rt.block_on(remote.save(key, &engine, &module)).unwrap();

@@ -106,10 +106,10 @@ use clap::Parser;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use tierscope::{
-    EngineGenerations, FileSystemCache, InstrumentExt, LoadError, LoadedModule, MemoryCache,
+    EngineRecycling, FileSystemCache, InstrumentExt, LoadError, LoadedModule, MemoryCache,
     ModuleCache, ModuleHash, ModuleLoader, Served,
     observe::prometheus,
-    sizing::live::{LiveSizing, SizingExt, SizingOptions},
+    sizing::{LiveSizing, SizingExt, SizingOptions},
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmer::{
@@ -413,8 +413,7 @@ impl Tiers {
                 .with_sizing(&sizing)
                 .with_fallback(lower),
         );
-        let engines =
-            EngineGenerations::new(wasmer::Engine::default).code_budget(config.code_budget);
+        let engines = EngineRecycling::new(wasmer::Engine::default).code_budget(config.code_budget);
         Ok(Tiers {
             loader: ModuleLoader::with_engines(name, stack, engines),
         })

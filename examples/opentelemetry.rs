@@ -42,9 +42,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let loader = ModuleLoader::new("modules", cache);
     let engine = wasmer::Engine::default();
     let wasm = corpus::tiny(1);
-    loader.load_or_compile(&engine, &wasm).await?; // miss, compile, save
+    loader.load_into(&engine, &wasm).await?; // miss, compile, save
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    loader.load_or_compile(&engine, &wasm).await?; // memory hit
+    loader.load_into(&engine, &wasm).await?; // memory hit
 
     tierscope::observe::flush();
     meter_provider.force_flush()?;

@@ -17,7 +17,7 @@ use wasmer_types::ModuleHash;
 
 use crate::{FallbackCache, tier_events::TierObserver};
 pub use crate::{
-    error::{CacheError, Corruption, ErrorKind, IntegrityFailure, Unavailability},
+    error::{CacheError, CacheErrorKind, Corruption, IntegrityFailure, Unavailability},
     tier_name::TierName,
 };
 
@@ -168,7 +168,7 @@ impl Lookup {
     }
 
     /// The loader loading what the memory tier held into the next engine
-    /// generation (see [`crate::EngineGenerations`]): not a caller's
+    /// generation (see [`crate::EngineRecycling`]): not a caller's
     /// request, and its hit is not copied into faster tiers (the loader
     /// stores it in the in-process tiers when the next engine takes over).
     pub const fn reload() -> Self {
@@ -221,7 +221,7 @@ pub enum Control<'a> {
     /// one). Tiers that hold bytes, not code, ignore it.
     EngineEntries(&'a Engine, &'a mut Vec<ModuleHash>),
     /// Drop every in-process entry whose machine code belongs to this
-    /// engine (it is being retired: see [`crate::EngineGenerations`]), and
+    /// engine (it is being retired: see [`crate::EngineRecycling`]), and
     /// append the keys dropped. Tiers that hold bytes, not code, ignore it.
     ForgetEngine(&'a Engine, &'a mut Vec<ModuleHash>),
     /// A caller's [`ModuleCache::load_now`] on this cache returned `None`
@@ -407,7 +407,7 @@ impl Hit {
 
     /// Say which tier served this hit.
     #[inline]
-    pub fn set_tier(&mut self, tier: Option<TierName>) {
+    pub(crate) fn set_tier(&mut self, tier: Option<TierName>) {
         let id = tier.map_or(0, TierName::id);
         self.meta = (self.meta & !HIT_TIER_MASK) | (u64::from(id) << HIT_TIER_SHIFT);
     }

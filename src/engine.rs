@@ -1,31 +1,31 @@
 //! Engine identity: which engine configuration a cached artifact belongs to.
 //!
-//! [`Engine::deterministic_id()`] allocates a fresh `String` on every call
+//! `Engine::deterministic_id()` allocates a fresh `String` on every call
 //! (and takes the engine's lock), far too slow for a memory hit that should
 //! cost tens of nanoseconds. Engines are few and long-lived, so each distinct
-//! deterministic id is interned once into an [`EngineIdent`] and every
-//! [`Engine`] instance (by [`wasmer::EngineId`], shared by its clones) is
-//! mapped to a small copyable [`EngineKey`]. A one-entry thread-local
+//! deterministic id is interned once into an `EngineIdent` and every
+//! `Engine` instance (by `wasmer::EngineId`, shared by its clones) is
+//! mapped to a small copyable `EngineKey`. A one-entry thread-local
 //! cache makes the common case (one engine per process) a thread-local read.
 //!
 //! Engine *configuration* identifies bytes (disk and Redis entries are
 //! portable between engines of one configuration). Engine *instance*
-//! ([`EngineId`]) identifies code: wasmer keeps a module's machine code in
-//! the engine that compiled or deserialized it, and a [`wasmer::Module`] does
+//! (`EngineId`) identifies code: wasmer keeps a module's machine code in
+//! the engine that compiled or deserialized it, and a `wasmer::Module` does
 //! not keep that engine alive. In-process tiers therefore key by instance
-//! (see [`crate::MemoryCache`]).
+//! (see `crate::MemoryCache`).
 //!
 //! ## Process-wide tables
 //!
 //! - Configurations (`by_id`, `idents`): one entry per distinct engine
 //!   configuration ever seen: a handful per process (configurations come
 //!   from code, not traffic), so unbounded by design.
-//! - Instances (`by_engine`): at most [`MAX_TRACKED_INSTANCES`] engine
+//! - Instances (`by_engine`): at most `MAX_TRACKED_INSTANCES` engine
 //!   instances, the oldest entry dropped first; a dropped one is
 //!   looked up again (one `deterministic_id()` call) if it comes back.
 //!   Runtimes that create an engine per tenant or request stay bounded.
 //! - Code ledgers: one weak entry per engine generation that asked for
-//!   accounting ([`crate::EngineGenerations`]); dead entries are pruned on
+//!   accounting (`crate::EngineRecycling`); dead entries are pruned on
 //!   every registration, so the table holds only live generations.
 
 use std::{

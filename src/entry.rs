@@ -18,12 +18,12 @@
 //!    128     n  the artifact (`Module::serialize()` output)
 //! ```
 //!
-//! [`decode`] checks, in order: length of the header, magic, format version,
+//! `decode` checks, in order: length of the header, magic, format version,
 //! engine context, key, announced length against actual length, checksum.
-//! [`decode_header`] checks the header alone and returns the announced
+//! `decode_header` checks the header alone and returns the announced
 //! length, so a reader can compare it with the file's length (and its own
 //! bound) before reading, or allocating for, the artifact.
-//! Any failure is a [`Corruption`]; it never panics on any input (a property
+//! Any failure is a `Corruption`; it never panics on any input (a property
 //! test feeds it arbitrary bytes).
 
 use wasmer_types::ModuleHash;

@@ -1,5 +1,5 @@
 //! Errors of [`ModuleCache`](crate::ModuleCache) operations: [`CacheError`],
-//! its bounded class [`ErrorKind`] (the `kind` metric label), and the typed
+//! its bounded class [`CacheErrorKind`] (the `kind` metric label), and the typed
 //! reasons an entry is refused.
 
 use std::{path::PathBuf, time::Duration};
@@ -277,17 +277,17 @@ impl CacheError {
     }
 
     /// The bounded class of this error, as used for the `kind` label.
-    pub fn kind(&self) -> ErrorKind {
+    pub fn kind(&self) -> CacheErrorKind {
         match self {
-            CacheError::Serialize(_) => ErrorKind::Serialize,
-            CacheError::Deserialize(_) => ErrorKind::Deserialize,
-            CacheError::FileRead { .. } | CacheError::FileWrite { .. } => ErrorKind::Io,
-            CacheError::NotFound => ErrorKind::NotFound,
-            CacheError::Corrupt { .. } => ErrorKind::Corrupt,
-            CacheError::Integrity { .. } => ErrorKind::Integrity,
-            CacheError::Timeout { .. } => ErrorKind::Timeout,
-            CacheError::Unavailable { .. } => ErrorKind::Unavailable,
-            CacheError::TooLarge { .. } | CacheError::Other(_) => ErrorKind::Other,
+            CacheError::Serialize(_) => CacheErrorKind::Serialize,
+            CacheError::Deserialize(_) => CacheErrorKind::Deserialize,
+            CacheError::FileRead { .. } | CacheError::FileWrite { .. } => CacheErrorKind::Io,
+            CacheError::NotFound => CacheErrorKind::NotFound,
+            CacheError::Corrupt { .. } => CacheErrorKind::Corrupt,
+            CacheError::Integrity { .. } => CacheErrorKind::Integrity,
+            CacheError::Timeout { .. } => CacheErrorKind::Timeout,
+            CacheError::Unavailable { .. } => CacheErrorKind::Unavailable,
+            CacheError::TooLarge { .. } | CacheError::Other(_) => CacheErrorKind::Other,
         }
     }
 
@@ -302,7 +302,7 @@ impl CacheError {
 /// error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum ErrorKind {
+pub enum CacheErrorKind {
     /// File or socket I/O failed.
     Io,
     /// An entry failed its checksum or structural checks.
@@ -323,36 +323,36 @@ pub enum ErrorKind {
     NotFound,
 }
 
-impl ErrorKind {
+impl CacheErrorKind {
     /// Every kind that is counted as an error, in label order.
-    pub const ERRORS: [ErrorKind; 8] = [
-        ErrorKind::Io,
-        ErrorKind::Corrupt,
-        ErrorKind::Integrity,
-        ErrorKind::Deserialize,
-        ErrorKind::Serialize,
-        ErrorKind::Timeout,
-        ErrorKind::Unavailable,
-        ErrorKind::Other,
+    pub const ERRORS: [CacheErrorKind; 8] = [
+        CacheErrorKind::Io,
+        CacheErrorKind::Corrupt,
+        CacheErrorKind::Integrity,
+        CacheErrorKind::Deserialize,
+        CacheErrorKind::Serialize,
+        CacheErrorKind::Timeout,
+        CacheErrorKind::Unavailable,
+        CacheErrorKind::Other,
     ];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
-            ErrorKind::Io => "io",
-            ErrorKind::Corrupt => "corrupt",
-            ErrorKind::Integrity => "integrity",
-            ErrorKind::Deserialize => "deserialize",
-            ErrorKind::Serialize => "serialize",
-            ErrorKind::Timeout => "timeout",
-            ErrorKind::Unavailable => "unavailable",
-            ErrorKind::Other => "other",
-            ErrorKind::NotFound => "not_found",
+            CacheErrorKind::Io => "io",
+            CacheErrorKind::Corrupt => "corrupt",
+            CacheErrorKind::Integrity => "integrity",
+            CacheErrorKind::Deserialize => "deserialize",
+            CacheErrorKind::Serialize => "serialize",
+            CacheErrorKind::Timeout => "timeout",
+            CacheErrorKind::Unavailable => "unavailable",
+            CacheErrorKind::Other => "other",
+            CacheErrorKind::NotFound => "not_found",
         }
     }
 }
 
-impl std::fmt::Display for ErrorKind {
+impl std::fmt::Display for CacheErrorKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
@@ -366,10 +366,10 @@ mod tests {
 
     #[test]
     fn every_error_kind_has_a_distinct_label() {
-        let mut labels: Vec<_> = ErrorKind::ERRORS.iter().map(|k| k.as_str()).collect();
+        let mut labels: Vec<_> = CacheErrorKind::ERRORS.iter().map(|k| k.as_str()).collect();
         labels.sort();
         labels.dedup();
-        assert_eq!(labels.len(), ErrorKind::ERRORS.len());
+        assert_eq!(labels.len(), CacheErrorKind::ERRORS.len());
         assert!(!labels.contains(&"not_found"));
     }
 
@@ -379,7 +379,7 @@ mod tests {
             location: "/tmp/x/ABCD.bin".into(),
             reason: Corruption::Checksum,
         };
-        assert_eq!(e.kind(), ErrorKind::Corrupt);
+        assert_eq!(e.kind(), CacheErrorKind::Corrupt);
         assert_eq!(
             e.to_string(),
             "corrupt cache entry at /tmp/x/ABCD.bin: checksum mismatch"
@@ -389,7 +389,74 @@ mod tests {
             tier: TierName::intern("redis"),
             after: Duration::from_millis(250),
         };
-        assert_eq!(t.kind(), ErrorKind::Timeout);
+        assert_eq!(t.kind(), CacheErrorKind::Timeout);
         assert!(t.to_string().contains("load on tier redis timed out"));
+    }
+}
+
+/// A configuration a builder (or [`MacKey`](crate::MacKey)) refused: one
+/// type for every tier's builder and for MAC keys.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A shared tier was built with neither a MAC key nor the explicit
+    /// opt-out.
+    #[error(
+        "the {tier} tier needs a MAC key: what a shared tier holds becomes executable code on \
+         every node that loads it, so each value is signed and verified. Set one with `mac_key` \
+         or `mac_keys_from_env` ({env}=<64 hex digits>, the same on every node), or, for a \
+         trusted test set-up only, call `insecure_no_mac()`"
+    )]
+    MissingMacKey {
+        /// The tier's kind: `Redis`, `object-store`.
+        tier: &'static str,
+        /// The environment variable `mac_keys_from_env` reads.
+        env: &'static str,
+    },
+    /// Both MAC keys and `insecure_no_mac()` were given.
+    #[error("`insecure_no_mac()` was called although MAC keys were given: choose one")]
+    ConflictingMac,
+    /// A MAC key (or list of keys) is malformed.
+    #[error("invalid MAC key: {reason}")]
+    BadMacKey {
+        /// What was wrong.
+        reason: String,
+    },
+    /// The MAC key environment variable is missing or invalid.
+    #[error(
+        "cannot read MAC keys from ${var}: {reason} (expected 64 hex digits per key, comma-separated, signing key first)"
+    )]
+    MacKeyEnv {
+        /// The variable.
+        var: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The target (a URL, a client's configuration) is not one the tier
+    /// can reach.
+    #[error("invalid target {target}: {reason}")]
+    Target {
+        /// The URL, without its query or password (which may hold
+        /// secrets), or the kind of target.
+        target: String,
+        /// What was wrong.
+        reason: String,
+        /// The client crate's error, if it gave one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// A setting is out of range.
+    #[error("invalid setting {setting}: {reason}")]
+    Invalid {
+        /// The builder method.
+        setting: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl From<ConfigError> for CacheError {
+    fn from(e: ConfigError) -> Self {
+        CacheError::other(e)
     }
 }

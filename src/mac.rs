@@ -14,6 +14,8 @@
 
 use std::fmt;
 
+use crate::error::ConfigError;
+
 /// Bytes of a MAC tag.
 pub const MAC_LEN: usize = 32;
 
@@ -30,10 +32,10 @@ impl MacKey {
     }
 
     /// A key from 64 hex digits (surrounding whitespace ignored).
-    pub fn from_hex(hex_digits: &str) -> Result<Self, MacKeyError> {
+    pub fn from_hex(hex_digits: &str) -> Result<Self, ConfigError> {
         let digits = hex_digits.trim();
         let mut bytes = [0u8; 32];
-        hex::decode_to_slice(digits, &mut bytes).map_err(|e| MacKeyError::BadMacKey {
+        hex::decode_to_slice(digits, &mut bytes).map_err(|e| ConfigError::BadMacKey {
             reason: format!(
                 "expected 64 hex digits (32 bytes), got {} characters: {e}",
                 digits.len()
@@ -44,8 +46,8 @@ impl MacKey {
 
     /// The keys listed in environment variable `var`: 64 hex digits each,
     /// separated by commas, the signing key first.
-    pub fn list_from_env(var: &str) -> Result<Vec<MacKey>, MacKeyError> {
-        let env_error = |reason: String| MacKeyError::MacKeyEnv {
+    pub fn list_from_env(var: &str) -> Result<Vec<MacKey>, ConfigError> {
+        let env_error = |reason: String| ConfigError::MacKeyEnv {
             var: var.to_string(),
             reason,
         };
@@ -55,14 +57,14 @@ impl MacKey {
 
     /// The keys in `list`: 64 hex digits each, separated by commas, the
     /// signing key first.
-    pub fn list_from_str(list: &str) -> Result<Vec<MacKey>, MacKeyError> {
+    pub fn list_from_str(list: &str) -> Result<Vec<MacKey>, ConfigError> {
         let keys = list
             .split(',')
             .filter(|part| !part.trim().is_empty())
             .map(MacKey::from_hex)
             .collect::<Result<Vec<_>, _>>()?;
         if keys.is_empty() {
-            return Err(MacKeyError::BadMacKey {
+            return Err(ConfigError::BadMacKey {
                 reason: "the list holds no key".into(),
             });
         }
@@ -97,28 +99,6 @@ impl fmt::Debug for MacKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "MacKey(fingerprint {})", self.fingerprint())
     }
-}
-
-/// A MAC key that could not be read.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum MacKeyError {
-    /// The key (or list) is malformed.
-    #[error("invalid MAC key: {reason}")]
-    BadMacKey {
-        /// What was wrong.
-        reason: String,
-    },
-    /// The MAC key environment variable is missing or invalid.
-    #[error(
-        "cannot read MAC keys from ${var}: {reason} (expected 64 hex digits per key, comma-separated, signing key first)"
-    )]
-    MacKeyEnv {
-        /// The variable.
-        var: String,
-        /// What was wrong.
-        reason: String,
-    },
 }
 
 /// Signs with the first key, accepts any: for rotation.

@@ -26,7 +26,7 @@ pub enum EvictionCause {
     /// Found corrupt (or failing integrity) and removed.
     Corrupt,
     /// Its machine code belongs to an engine that was retired (an engine
-    /// switch of [`crate::EngineGenerations`], or
+    /// switch of [`crate::EngineRecycling`], or
     /// [`crate::forget_engine`]): in-process tiers only.
     Retired,
 }
@@ -249,6 +249,7 @@ impl Observers {
     }
 
     /// Report availability to every observer.
+    #[cfg(any(feature = "redis", feature = "objects"))]
     pub fn available(&self, available: bool) {
         for o in self.list.read().iter() {
             o.available(available);
@@ -256,6 +257,7 @@ impl Observers {
     }
 
     /// Report one request to every observer.
+    #[cfg(feature = "objects")]
     pub fn request(&self, request: RemoteRequest) {
         for o in self.list.read().iter() {
             o.request(request);

@@ -1,4 +1,4 @@
-//! Artifact size hints: how the memory tier weighs a [`Module`] without
+//! Artifact size hints: how the memory tier weighs a `Module` without
 //! serializing it.
 //!
 //! wasmer exposes no in-memory size for a module (wasmer #3249), so every

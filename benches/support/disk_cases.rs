@@ -80,7 +80,7 @@ pub fn prepare(engine: &Engine, tmp: &Path, cache_root: &Path) -> Vec<Prepared> 
         let inline = FileSystemCache::builder(&dir)
             .capacity(1 << 32)
             .inline_io(true)
-            .open()
+            .build()
             .unwrap();
         futures::executor::block_on(inline.save(key, engine, &module)).unwrap();
         let pooled = FileSystemCache::open(&dir, 1 << 32).unwrap();
@@ -89,7 +89,7 @@ pub fn prepare(engine: &Engine, tmp: &Path, cache_root: &Path) -> Vec<Prepared> 
                 .capacity(1 << 32)
                 .inline_io(inline)
                 .remember_verified(false)
-                .open()
+                .build()
                 .unwrap()
         };
         eprintln!(

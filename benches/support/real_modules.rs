@@ -73,7 +73,7 @@ pub fn compile(engine: &Engine, name: &str, wasm: &[u8]) -> Module {
     let cache = FileSystemCache::builder(dir().join("compiled"))
         .capacity(4 << 30)
         .inline_io(true)
-        .open();
+        .build();
     let cache = match cache {
         Ok(c) => Some(c),
         Err(e) => {

@@ -31,7 +31,7 @@ where
         engine: &Engine,
         key: ModuleHash,
         wasm: Box<dyn FnOnce() -> bytes::Bytes + Send>,
-        generation: Option<Arc<Generation>>,
+        generation: Option<Arc<EngineGeneration>>,
     ) -> Result<(Module, Served), LoadError> {
         let slot = (key, engine.id());
         // Join the flight in progress, or start one (the map's lock is
@@ -62,8 +62,7 @@ where
         let (id, tx) = work;
         let inner = Arc::clone(&self.inner);
         let engine = engine.clone();
-        let span =
-            tracing::debug_span!("tierscope.load_or_compile", cache = %self.inner.name, %key);
+        let span = tracing::debug_span!("tierscope.load_into", cache = %self.inner.name, %key);
         // The work runs in its own task: a cancelled caller never strands
         // the others. Waiters are answered as soon as the module exists;
         // the save happens after.

@@ -17,11 +17,11 @@
 //!
 //! ## What this does
 //!
-//! [`EngineGenerations`] owns the engine a [`crate::ModuleLoader`] loads
+//! [`EngineRecycling`] owns the engine a [`crate::ModuleLoader`] loads
 //! into. It accounts, per generation, the code loaded into the engine and
 //! the part of it the in-process tiers still hold; the rest (evicted code
 //! the engine keeps) is bounded by a budget
-//! ([`EngineGenerations::code_budget`]). Past the budget the loader
+//! ([`EngineRecycling::code_budget`]). Past the budget the loader
 //! switches to a fresh engine of the same configuration (from the factory),
 //! in a task of its own, so that no caller waits and the memory tier's hit
 //! ratio carries across:
@@ -65,7 +65,7 @@ use crate::{
     names::{self, label},
 };
 
-/// Default for [`EngineGenerations::code_budget`]: 256 MiB of evicted code.
+/// Default for [`EngineRecycling::code_budget`]: 256 MiB of evicted code.
 pub const DEFAULT_CODE_BUDGET: u64 = 256 << 20;
 
 type Factory = Arc<dyn Fn() -> Engine + Send + Sync>;
@@ -74,9 +74,9 @@ type Factory = Arc<dyn Fn() -> Engine + Send + Sync>;
 /// time (see "Engines and memory" in the README).
 ///
 /// ```
-/// use tierscope::{EngineGenerations, MemoryCache, ModuleLoader};
+/// use tierscope::{EngineRecycling, MemoryCache, ModuleLoader};
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-/// let engines = EngineGenerations::new(wasmer::Engine::default).code_budget(64 << 20);
+/// let engines = EngineRecycling::new(wasmer::Engine::default).code_budget(64 << 20);
 /// let loader = ModuleLoader::with_engines("modules", MemoryCache::new(32 << 20), engines);
 /// let loaded = loader.load(b"(module (func (export \"f\")))").await.unwrap();
 /// let mut store = loaded.store(); // a store of the engine that holds the code
@@ -85,12 +85,12 @@ type Factory = Arc<dyn Fn() -> Engine + Send + Sync>;
 /// # });
 /// ```
 #[derive(Clone)]
-pub struct EngineGenerations {
+pub struct EngineRecycling {
     factory: Factory,
     budget: u64,
 }
 
-impl EngineGenerations {
+impl EngineRecycling {
     /// Generations whose engines come from `factory` (called once per
     /// generation; every engine it returns must have the same
     /// configuration, or disk and Redis entries will not be shared across
@@ -99,7 +99,7 @@ impl EngineGenerations {
     where
         F: Fn() -> Engine + Send + Sync + 'static,
     {
-        EngineGenerations {
+        EngineRecycling {
             factory: Arc::new(factory),
             budget: DEFAULT_CODE_BUDGET,
         }
@@ -107,7 +107,7 @@ impl EngineGenerations {
 
     /// How many bytes of evicted code (code the engine keeps for modules
     /// no in-process tier holds) a generation may accumulate before a fresh
-    /// engine replaces it. Default [`DEFAULT_CODE_BUDGET`]. `u64::MAX`
+    /// engine replaces it. Default 256 MiB. `u64::MAX`
     /// never recycles; `0` recycles at the first eviction. A smaller budget
     /// means lower resident memory and more disk hits after each switch.
     pub fn code_budget(mut self, bytes: u64) -> Self {
@@ -121,16 +121,16 @@ impl EngineGenerations {
     }
 }
 
-impl Default for EngineGenerations {
+impl Default for EngineRecycling {
     /// Generations of `Engine::default()`.
     fn default() -> Self {
-        EngineGenerations::new(Engine::default)
+        EngineRecycling::new(Engine::default)
     }
 }
 
-impl fmt::Debug for EngineGenerations {
+impl fmt::Debug for EngineRecycling {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EngineGenerations")
+        f.debug_struct("EngineRecycling")
             .field("budget", &self.budget)
             .finish_non_exhaustive()
     }
@@ -166,7 +166,7 @@ impl GenerationGauges {
 }
 
 /// One engine and the accounting of the code it holds.
-pub struct Generation {
+pub struct EngineGeneration {
     number: u64,
     engine: Engine,
     ledger: Arc<CodeLedger>,
@@ -176,7 +176,7 @@ pub struct Generation {
     gauges: Arc<GenerationGauges>,
 }
 
-impl Generation {
+impl EngineGeneration {
     /// The engine of this generation.
     pub fn engine(&self) -> &Engine {
         &self.engine
@@ -208,7 +208,7 @@ impl Generation {
     }
 }
 
-impl Drop for Generation {
+impl Drop for EngineGeneration {
     fn drop(&mut self) {
         let g = &self.gauges;
         if self.retired.load(Ordering::Acquire) {
@@ -227,9 +227,9 @@ impl Drop for Generation {
     }
 }
 
-impl fmt::Debug for Generation {
+impl fmt::Debug for EngineGeneration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Generation")
+        f.debug_struct("EngineGeneration")
             .field("number", &self.number)
             .field("loaded", &self.ledger.loaded())
             .field("cached", &self.ledger.held())
@@ -240,8 +240,8 @@ impl fmt::Debug for Generation {
 
 /// The live state: the current generation of one loader.
 pub(crate) struct Generations {
-    config: EngineGenerations,
-    current: RwLock<Option<Arc<Generation>>>,
+    config: EngineRecycling,
+    current: RwLock<Option<Arc<EngineGeneration>>>,
     next_number: AtomicU64,
     /// A switch is being prepared (at most one at a time).
     switching: Arc<AtomicBool>,
@@ -249,7 +249,7 @@ pub(crate) struct Generations {
 }
 
 impl Generations {
-    pub(crate) fn new(cache: &str, config: EngineGenerations) -> Self {
+    pub(crate) fn new(cache: &str, config: EngineRecycling) -> Self {
         let gauges = Arc::new(GenerationGauges::new(cache, config.budget));
         Generations {
             config,
@@ -262,14 +262,14 @@ impl Generations {
 
     /// A new generation of a fresh engine from the factory, counted, not
     /// current yet.
-    pub(crate) fn prepare(&self) -> Arc<Generation> {
+    pub(crate) fn prepare(&self) -> Arc<EngineGeneration> {
         let engine = (self.config.factory)();
         let ledger = track_code(&engine);
         let g = &self.gauges;
         g.started.increment(1);
         let alive = g.alive_count.fetch_add(1, Ordering::Relaxed) + 1;
         g.alive.set(alive as f64);
-        Arc::new(Generation {
+        Arc::new(EngineGeneration {
             number: self.next_number.fetch_add(1, Ordering::Relaxed),
             engine,
             ledger,
@@ -281,7 +281,7 @@ impl Generations {
 
     /// Run `f` with the current generation (started on first use).
     #[inline]
-    pub(crate) fn with_current<R>(&self, f: impl FnOnce(&Arc<Generation>) -> R) -> R {
+    pub(crate) fn with_current<R>(&self, f: impl FnOnce(&Arc<EngineGeneration>) -> R) -> R {
         if let Some(current) = self.current.read().as_ref() {
             return f(current);
         }
@@ -295,7 +295,7 @@ impl Generations {
     /// True means the caller now owns the switch: it prepares the next
     /// generation and ends with [`Generations::switch_to`] (or drops the
     /// returned guard, which gives the switch up).
-    pub(crate) fn should_switch(&self, generation: &Arc<Generation>) -> Option<SwitchGuard> {
+    pub(crate) fn should_switch(&self, generation: &Arc<EngineGeneration>) -> Option<SwitchGuard> {
         let is_current = || {
             self.current
                 .read()
@@ -316,8 +316,8 @@ impl Generations {
     pub(crate) fn switch_to(
         &self,
         guard: SwitchGuard,
-        next: Arc<Generation>,
-    ) -> Option<Arc<Generation>> {
+        next: Arc<EngineGeneration>,
+    ) -> Option<Arc<EngineGeneration>> {
         let old = self.current.write().replace(next);
         drop(guard);
         let old = old?;

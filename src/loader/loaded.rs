@@ -5,7 +5,7 @@ use std::{fmt, sync::Arc};
 
 use wasmer::{Engine, Module, Store};
 
-use super::generations::Generation;
+use super::generations::EngineGeneration;
 use crate::cache::TierName;
 
 /// How a load was answered: what [`LoadedModule::served`] says.
@@ -37,12 +37,12 @@ pub enum Served {
 #[derive(Clone)]
 pub struct LoadedModule {
     module: Module,
-    generation: Arc<Generation>,
+    generation: Arc<EngineGeneration>,
     served: Served,
 }
 
 impl LoadedModule {
-    pub(crate) fn new(module: Module, generation: Arc<Generation>, served: Served) -> Self {
+    pub(crate) fn new(module: Module, generation: Arc<EngineGeneration>, served: Served) -> Self {
         LoadedModule {
             module,
             generation,
@@ -76,7 +76,7 @@ impl LoadedModule {
     }
 
     /// The engine generation the module belongs to.
-    pub fn generation(&self) -> &Generation {
+    pub fn generation(&self) -> &EngineGeneration {
         &self.generation
     }
 

@@ -18,7 +18,7 @@ mod generations;
 mod loaded;
 mod switch;
 
-pub use generations::{DEFAULT_CODE_BUDGET, EngineGenerations, Generation};
+pub use generations::{EngineGeneration, EngineRecycling};
 pub use loaded::{LoadedModule, Served};
 
 use crate::{
@@ -74,11 +74,11 @@ struct Inner<C> {
 /// Loads modules through a cache, compiling on a miss.
 ///
 /// - [`ModuleLoader::load`] (and `_with_hash`, `_lazy`) load into the
-///   loader's own engine, managed in [`EngineGenerations`]: each result is
+///   loader's own engine, managed in [`EngineRecycling`]: each result is
 ///   a [`LoadedModule`], the module paired with the engine that holds its
 ///   code, and code memory stays bounded under eviction churn. This is the
 ///   API to use unless you manage engines yourself.
-/// - [`ModuleLoader::load_or_compile`] (and `_with_hash`, `_lazy`) load into
+/// - [`ModuleLoader::load_into`] (and `_with_hash`, `_lazy`) load into
 ///   an engine of yours: the memory tier keys by engine instance, so a
 ///   module is only served to callers of the engine that holds its code,
 ///   but recycling that engine is up to you.
@@ -140,12 +140,12 @@ where
     /// `cache` label; use the same name as its tiers), loading into
     /// generations of `Engine::default()` with the default code budget.
     pub fn new(name: impl Into<String>, cache: C) -> Self {
-        Self::with_engines(name, cache, EngineGenerations::default())
+        Self::with_engines(name, cache, EngineRecycling::default())
     }
 
     /// A loader whose own engines come from `engines` (factory and code
     /// budget).
-    pub fn with_engines(name: impl Into<String>, cache: C, engines: EngineGenerations) -> Self {
+    pub fn with_engines(name: impl Into<String>, cache: C, engines: EngineRecycling) -> Self {
         let name = name.into();
         names::describe_all();
         let compiled =
@@ -184,7 +184,7 @@ where
     }
 
     /// The current engine generation (started on first use).
-    pub fn generation(&self) -> Arc<Generation> {
+    pub fn generation(&self) -> Arc<EngineGeneration> {
         self.inner.generations.with_current(Arc::clone)
     }
 
@@ -205,7 +205,7 @@ where
         key: ModuleHash,
         wasm: &[u8],
     ) -> Result<LoadedModule, LoadError> {
-        if let Some(loaded) = self.get_loaded(key) {
+        if let Some(loaded) = self.load_now(key) {
             return Ok(loaded);
         }
         let wasm = bytes::Bytes::copy_from_slice(wasm);
@@ -218,7 +218,7 @@ where
     where
         F: FnOnce() -> bytes::Bytes + Send + 'static,
     {
-        if let Some(loaded) = self.get_loaded(key) {
+        if let Some(loaded) = self.load_now(key) {
             return Ok(loaded);
         }
         Box::pin(self.managed_flight(key, Box::new(wasm))).await
@@ -228,7 +228,7 @@ where
     /// tier can serve it at once (a memory hit) in the current generation,
     /// without a future, a task or an allocation.
     #[inline]
-    pub fn get_loaded(&self, key: ModuleHash) -> Option<LoadedModule> {
+    pub fn load_now(&self, key: ModuleHash) -> Option<LoadedModule> {
         self.inner.generations.with_current(|g| {
             self.inner
                 .cache
@@ -259,22 +259,22 @@ where
     ///
     /// Hashing costs about 0.55 ms per MB, more than a disk hit: callers that
     /// already know the hash should use
-    /// [`ModuleLoader::load_or_compile_with_hash`].
-    pub async fn load_or_compile(&self, engine: &Engine, wasm: &[u8]) -> Result<Module, LoadError> {
+    /// [`ModuleLoader::load_into_with_hash`].
+    pub async fn load_into(&self, engine: &Engine, wasm: &[u8]) -> Result<Module, LoadError> {
         let key = ModuleHash::new(wasm);
-        self.load_or_compile_with_hash(engine, key, wasm).await
+        self.load_into_with_hash(engine, key, wasm).await
     }
 
     /// Load or compile `wasm`, whose hash the caller already knows, into
     /// `engine`. `key` must be `ModuleHash::new(wasm)`: it is trusted, not
     /// checked.
-    pub async fn load_or_compile_with_hash(
+    pub async fn load_into_with_hash(
         &self,
         engine: &Engine,
         key: ModuleHash,
         wasm: &[u8],
     ) -> Result<Module, LoadError> {
-        if let Some(module) = self.get(engine, key) {
+        if let Some(module) = self.load_now_into(engine, key) {
             return Ok(module);
         }
         // Boxed, so that this future stays small: creating and polling it
@@ -286,13 +286,13 @@ where
     /// if a tier can serve it at once (a memory hit), without a future, a
     /// task or an allocation.
     #[inline]
-    pub fn get(&self, engine: &Engine, key: ModuleHash) -> Option<Module> {
+    pub fn load_now_into(&self, engine: &Engine, key: ModuleHash) -> Option<Module> {
         self.inner.cache.load_now(key, engine).map(|hit| hit.module)
     }
 
-    /// Like [`ModuleLoader::load_or_compile_with_hash`], but fetches the
+    /// Like [`ModuleLoader::load_into_with_hash`], but fetches the
     /// wasm bytes only when a compile is needed (e.g. from a registry).
-    pub async fn load_or_compile_lazy<F>(
+    pub async fn load_lazy_into<F>(
         &self,
         engine: &Engine,
         key: ModuleHash,
@@ -301,7 +301,7 @@ where
     where
         F: FnOnce() -> bytes::Bytes + Send + 'static,
     {
-        if let Some(module) = self.get(engine, key) {
+        if let Some(module) = self.load_now_into(engine, key) {
             return Ok(module);
         }
         Box::pin(self.flight(engine, key, Box::new(wasm), None))

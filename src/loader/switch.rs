@@ -27,7 +27,7 @@ impl<C: ModuleCache + Send + Sync + 'static> Inner<C> {
     /// budget, start the switch to a fresh engine in a task of its own
     /// ([`Inner::switch`]; no caller waits for it); drop in-process entries
     /// a flight of a retired generation saved after its switch.
-    pub(super) fn after_load(this: &Arc<Self>, generation: Option<&Arc<Generation>>) {
+    pub(super) fn after_load(this: &Arc<Self>, generation: Option<&Arc<EngineGeneration>>) {
         let Some(generation) = generation else {
             return;
         };
@@ -51,7 +51,7 @@ impl<C: ModuleCache + Send + Sync + 'static> Inner<C> {
     /// passes (at most [`RELOAD_PASSES`]) pick up what callers loaded into
     /// `old` during the one before. Gives the switch up if the loader goes
     /// away.
-    async fn switch(this: Weak<Self>, guard: SwitchGuard, old: Arc<Generation>) {
+    async fn switch(this: Weak<Self>, guard: SwitchGuard, old: Arc<EngineGeneration>) {
         let Some(next) = this.upgrade().map(|inner| inner.generations.prepare()) else {
             return;
         };

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-pub mod instrumented;
+pub(crate) mod instrumented;
 #[cfg(feature = "opentelemetry")]
 pub mod otel;
 #[cfg(feature = "prometheus")]
@@ -20,7 +20,8 @@ pub mod prometheus;
 
 /// How often a [`Publisher`] started by tierscope's exporters publishes,
 /// when it has no reason of its own to run more often.
-pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
+#[cfg(any(feature = "prometheus", feature = "opentelemetry"))]
+pub(crate) const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Publish the per-thread hit counts of every live instrumented tier to
 /// the recorder each registered its handles with, now and synchronously.
@@ -35,7 +36,7 @@ pub fn flush() {
 ///
 /// ```
 /// // A recorder installed by hand (not through `observe::prometheus`):
-/// let publisher = tierscope::observe::Publisher::every(tierscope::observe::PUBLISH_INTERVAL);
+/// let publisher = tierscope::observe::Publisher::every(std::time::Duration::from_millis(250));
 /// // ... keep `publisher` as long as the recorder is in use
 /// # drop(publisher);
 /// ```
@@ -55,7 +56,7 @@ impl Publisher {
     /// Run [`flush`], then `tick`, every `interval`. If no thread can be
     /// started, a warning is logged and only explicit [`flush`] calls (and
     /// tier drops) publish.
-    pub fn with_tick(interval: Duration, mut tick: impl FnMut() + Send + 'static) -> Self {
+    pub(crate) fn with_tick(interval: Duration, mut tick: impl FnMut() + Send + 'static) -> Self {
         let (stop, stopped) = mpsc::channel::<()>();
         let spawned = std::thread::Builder::new()
             .name("tierscope-publish".into())

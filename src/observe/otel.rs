@@ -2,8 +2,7 @@
 //!
 //! [`OtelRecorder`] is a `metrics` recorder that turns every tierscope metric
 //! into an OpenTelemetry instrument of the given [`Meter`], renamed to OTel
-//! conventions (dots, no `_total`, the unit in metadata; see
-//! [`otel_name`]) with attributes renamed likewise (`cache` becomes
+//! conventions (dots, no `_total`, the unit in metadata) with attributes renamed likewise (`cache` becomes
 //! `cache.name`, `tier` becomes `cache.tier`, ...). Counters become
 //! monotonic sums, gauges gauges, histograms explicit-bucket histograms with
 //! the same bucket bounds as the Prometheus export.
@@ -11,7 +10,7 @@
 //! Install it as the global recorder, or next to the Prometheus recorder
 //! with `metrics_util::layers::FanoutBuilder`, before building caches. It
 //! owns a [`Publisher`] that publishes pending counts every
-//! [`PUBLISH_INTERVAL`] until the recorder is dropped; call
+//! 250 ms until the recorder is dropped; call
 //! [`crate::observe::flush`] before forcing an export for exact values.
 //!
 //! ```no_run
@@ -53,7 +52,7 @@ use crate::{
 
 /// The OTel name and unit of a tierscope metric (the Prometheus name).
 /// Names outside the contract keep their name with `_` turned into `.`.
-pub fn otel_name(prometheus: &str) -> (Cow<'static, str>, &'static str) {
+pub(crate) fn otel_name(prometheus: &str) -> (Cow<'static, str>, &'static str) {
     let known: &[(&str, &str, &str)] = &[
         (names::LOOKUPS, "tierscope.lookups", "{lookup}"),
         (names::RELOADS, "tierscope.reloads", "{lookup}"),
@@ -149,7 +148,7 @@ pub fn otel_name(prometheus: &str) -> (Cow<'static, str>, &'static str) {
 }
 
 /// The OTel attribute key of a tierscope label.
-pub fn otel_attribute(label: &str) -> Cow<'static, str> {
+pub(crate) fn otel_attribute(label: &str) -> Cow<'static, str> {
     match label {
         names::label::CACHE => "cache.name".into(),
         names::label::TIER => "cache.tier".into(),
@@ -192,7 +191,7 @@ impl std::fmt::Debug for OtelRecorder {
 
 impl OtelRecorder {
     /// A recorder creating its instruments on `meter`, and the thread that
-    /// publishes pending counts every [`PUBLISH_INTERVAL`] while it lives.
+    /// publishes pending counts every 250 ms while it lives.
     pub fn new(meter: Meter) -> Self {
         OtelRecorder {
             meter,

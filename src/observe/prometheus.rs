@@ -10,7 +10,7 @@
 //!
 //! Both also export the process's own metrics (`process_resident_memory_bytes`,
 //! CPU, open files, ...) through the `metrics-process` crate, refreshed every
-//! [`PROCESS_INTERVAL`] and on [`collect_process_metrics`]: resident memory
+//! second: resident memory
 //! is what an operator paged for an OOM kill looks at first, beside
 //! `tierscope_engine_code_bytes`.
 //!
@@ -32,6 +32,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
+#[doc(no_inline)]
 pub use metrics_exporter_prometheus::{PrometheusHandle, PrometheusRecorder};
 
 use crate::{
@@ -43,10 +44,10 @@ use crate::{
 /// exporter buffers every sample (about 16.5 bytes) until then, so this
 /// bounds the buffer: even a tier timing six million operations a second
 /// holds under 5 MiB of samples (see BENCHMARKS.md).
-pub const UPKEEP_INTERVAL: Duration = Duration::from_millis(50);
+pub(crate) const UPKEEP_INTERVAL: Duration = Duration::from_millis(50);
 
 /// How often the process metrics are refreshed.
-pub const PROCESS_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const PROCESS_INTERVAL: Duration = Duration::from_secs(1);
 
 fn process_collector() -> &'static metrics_process::Collector {
     static COLLECTOR: std::sync::OnceLock<metrics_process::Collector> = std::sync::OnceLock::new();
@@ -56,6 +57,7 @@ fn process_collector() -> &'static metrics_process::Collector {
 /// Refresh the process metrics (`process_resident_memory_bytes` and the
 /// other `process_*` gauges of the `metrics-process` crate) on the current
 /// recorder now.
+#[doc(hidden)] // for the tierscope binary's demo; not part of the API
 pub fn collect_process_metrics() {
     process_collector().collect();
 }
@@ -116,7 +118,7 @@ impl Exporter {
     }
 }
 
-/// A tick for [`Publisher::with_tick`]: runs `and_then`, and refreshes the
+/// A tick for `Publisher::with_tick`: runs `and_then`, and refreshes the
 /// process metrics when [`PROCESS_INTERVAL`] has passed since it last did.
 fn periodic_work(mut and_then: impl FnMut() + Send + 'static) -> impl FnMut() + Send + 'static {
     let mut last = std::time::Instant::now();
@@ -131,7 +133,7 @@ fn periodic_work(mut and_then: impl FnMut() + Send + 'static) -> impl FnMut() + 
 
 /// Install the recorder globally without a listener and start a thread
 /// that publishes the hit counts and runs upkeep every
-/// [`UPKEEP_INTERVAL`]. Render with [`Exporter::render`].
+/// 50 ms. Render with [`Exporter::render`].
 pub fn install() -> Result<Exporter, BuildError> {
     install_with(builder())
 }
@@ -154,7 +156,7 @@ pub fn install_with(builder: PrometheusBuilder) -> Result<Exporter, BuildError> 
 /// tokio runtime the listener runs as a task of that runtime; otherwise on
 /// its own thread. Upkeep runs either way. The listener renders without
 /// asking [`crate::observe::flush`], so scrapes see hit counts as of the
-/// last [`PUBLISH_INTERVAL`] tick. Port 0 picks a free port
+/// last 250 ms tick. Port 0 picks a free port
 /// ([`Exporter::local_addr`] tells which).
 pub fn serve(addr: SocketAddr) -> Result<Exporter, BuildError> {
     serve_with(builder(), addr)
@@ -211,6 +213,7 @@ pub fn serve_with(builder: PrometheusBuilder, addr: SocketAddr) -> Result<Export
 /// A recorder that is not installed globally (for tests and for
 /// composing with other recorders), with its handle. The caller runs
 /// upkeep (rendering also does it).
+#[doc(hidden)] // for the tests and benches; not part of the API
 pub fn recorder() -> (PrometheusRecorder, PrometheusHandle) {
     let recorder = builder().build_recorder();
     let handle = recorder.handle();

@@ -6,17 +6,17 @@
 //!   Fenwick tree, byte-weighted, O(log n) per request, exact at every grid
 //!   size (see its docs for the semantics it is exact for), plus the
 //!   working-set size.
-//! - [`memory::MemoryModel`]: shadows of the memory tier's own policy
+//! - `MemoryModel`: shadows of the memory tier's own policy
 //!   (quick_cache with values replaced by their weights, options derived by
 //!   the same code as [`MemoryCache`](crate::MemoryCache)), one per grid
 //!   point, since that policy has no inclusion property.
-//! - [`stack::StackModel`]: memory in front of disk: each memory shadow's
+//! - `StackModel`: memory in front of disk: each memory shadow's
 //!   misses feed a disk model, giving the misses of the last tier (the
 //!   compile rate) on a memory × disk grid.
-//! - [`sampling`]: past a configurable number of distinct keys, spatial
+//! - sampling: past a configurable number of distinct keys, spatial
 //!   (hash) sampling as in SHARDS (FAST'15) and mini-simulations (ATC'17),
 //!   with bounded memory; the rate in use is reported in every [`Curve`].
-//! - [`trace`]: streaming readers and writers for libCacheSim's
+//! - traces ([`TraceReader`]): streaming readers and writers for libCacheSim's
 //!   `oracleGeneral` binary, CSV with column options, and the tierscope
 //!   trace (which adds compile times and the serving tier).
 //!
@@ -42,12 +42,40 @@
 //! ```
 
 mod estimate;
-pub mod live;
-pub mod lru;
-pub mod memory;
-pub mod sampling;
-pub mod stack;
-pub mod trace;
+internal_mod!(
+    /// Live sizing: models fed by a running stack.
+    live
+);
+internal_mod!(
+    /// The byte-weighted LRU model.
+    lru
+);
+internal_mod!(
+    /// Shadows of the memory tier's policy.
+    memory
+);
+internal_mod!(
+    /// Spatial sampling and the most-requested keys.
+    sampling
+);
+internal_mod!(
+    /// Memory in front of disk.
+    stack
+);
+internal_mod!(
+    /// Trace readers and writers.
+    trace
+);
+
+pub use self::{
+    live::{
+        CompilePoint, LiveSizing, ScalePoint, SizingExt, SizingOptions, SizingReport, SizingTier,
+        TierReport, Window,
+    },
+    lru::{LruModel, SizeOnHit},
+    sampling::Sampling,
+    trace::{CsvOptions, Format, TraceError, TraceReader},
+};
 
 use std::{
     collections::HashMap,
@@ -59,7 +87,7 @@ use wasmer_types::ModuleHash;
 
 /// Which tier served a recorded request (the tierscope trace records it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Served {
+pub enum ServedBy {
     /// The memory tier.
     Memory,
     /// The disk tier.
@@ -70,25 +98,25 @@ pub enum Served {
     Compile,
 }
 
-impl Served {
+impl ServedBy {
     /// The name used in traces and reports: `memory`, `disk`, `remote`,
     /// `compile`.
     pub fn as_str(self) -> &'static str {
         match self {
-            Served::Memory => "memory",
-            Served::Disk => "disk",
-            Served::Remote => "remote",
-            Served::Compile => "compile",
+            ServedBy::Memory => "memory",
+            ServedBy::Disk => "disk",
+            ServedBy::Remote => "remote",
+            ServedBy::Compile => "compile",
         }
     }
 
-    /// Parse a name written by [`Served::as_str`].
-    pub fn parse(text: &str) -> Option<Served> {
+    /// Parse a name written by [`ServedBy::as_str`].
+    pub(crate) fn parse(text: &str) -> Option<ServedBy> {
         Some(match text {
-            "memory" => Served::Memory,
-            "disk" => Served::Disk,
-            "remote" | "redis" => Served::Remote,
-            "compile" => Served::Compile,
+            "memory" => ServedBy::Memory,
+            "disk" => ServedBy::Disk,
+            "remote" | "redis" => ServedBy::Remote,
+            "compile" => ServedBy::Compile,
             _ => return None,
         })
     }
@@ -107,7 +135,7 @@ pub struct Request {
     /// and the trace knows it.
     pub compile_us: Option<u64>,
     /// Which tier served it, when the trace knows.
-    pub served: Option<Served>,
+    pub served: Option<ServedBy>,
 }
 
 impl Request {
@@ -128,6 +156,7 @@ impl Request {
 /// wasmer version and entry format, the same binding as the disk tier's
 /// namespace), so one module compiled by two configurations is two objects.
 /// Stable across processes and machines.
+#[doc(hidden)] // for the tierscope binary and the tests; not part of the API
 pub fn object_id(hash: &ModuleHash, engine: &Engine) -> u64 {
     let ident = crate::engine::ident_of(engine);
     object_id_in(hash, &ident.context)
@@ -135,6 +164,7 @@ pub fn object_id(hash: &ModuleHash, engine: &Engine) -> u64 {
 
 /// [`object_id`] with the engine binding given as the 16 bytes of
 /// [`EngineIdent::context`](crate::engine::EngineIdent::context).
+#[doc(hidden)] // for the tierscope binary and the tests; not part of the API
 pub fn object_id_in(hash: &ModuleHash, context: &[u8; 16]) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(hash.as_bytes());
@@ -231,16 +261,19 @@ impl Curve {
 
 /// The largest object size a model counts: larger sizes count as this
 /// (1 TiB), so byte sums stay exact in 64 bits up to 16 M such objects.
+#[doc(hidden)] // for the tierscope binary and the tests; not part of the API
 pub const MAX_OBJECT_BYTES: u64 = 1 << 40;
 
 /// The weight a model gives a request of `bytes`: at least 1 (as the memory
 /// tier), at most [`MAX_OBJECT_BYTES`].
+#[doc(hidden)] // for the tierscope binary and the tests; not part of the API
 #[inline]
 pub fn weight(bytes: u64) -> u64 {
     bytes.clamp(1, MAX_OBJECT_BYTES)
 }
 
 /// A grid of capacities: sorted, without duplicates or zeros.
+#[doc(hidden)] // for the tierscope binary and the tests; not part of the API
 pub fn normalize_grid(grid: &[u64]) -> Vec<u64> {
     let mut g: Vec<u64> = grid.iter().copied().filter(|&c| c > 0).collect();
     g.sort_unstable();

@@ -6,11 +6,11 @@
 //! reuse pattern is intact. Stack distances are scaled by 1/R (LRU), or the
 //! policy is replayed in a cache of R × C (mini-simulation, memory tier).
 //!
-//! [`Sampling::Bounded`] is SHARDS' fixed-size variant: exact until
+//! `Sampling::Bounded` is SHARDS' fixed-size variant: exact until
 //! `max_keys` distinct keys are seen, then the threshold is lowered to keep
 //! at most `max_keys` keys (those of smallest hash), evicting the others
 //! from the model and rescaling what was counted, so memory stays bounded
-//! whatever the key count. Every [`Curve`](super::Curve) reports the rate
+//! whatever the key count. Every `Curve` reports the rate
 //! in use.
 
 use std::collections::BinaryHeap;

@@ -1,10 +1,10 @@
 //! A whole stack: the memory tier in front of a byte-bounded LRU tier
 //! (disk), on a grid of memory × disk capacities.
 //!
-//! Each memory shadow ([`memory`](super::memory)) sees every request; its
-//! misses, and only those, reach a disk model ([`lru`](super::lru)) of its
+//! Each memory shadow (`memory`) sees every request; its
+//! misses, and only those, reach a disk model (`lru`) of its
 //! own, which answers every disk capacity in one pass. A miss of both is a
-//! compile: [`StackModel::grid`] gives, per (memory, disk) pair, the
+//! compile: `StackModel::grid` gives, per (memory, disk) pair, the
 //! requests that reach disk, the compiles, and the compile seconds when
 //! the trace has compile times.
 //!

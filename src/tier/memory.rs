@@ -159,7 +159,6 @@ pub struct MemoryCache {
 struct Shared {
     cache: Inner,
     capacity: u64,
-    shard_capacity: u64,
     observers: Observers,
     /// The options live sizing's shadows are built with.
     shadow: super::memory_policy::ShadowOptions,
@@ -214,12 +213,10 @@ impl MemoryCacheBuilder {
             KeyHasher::default(),
             CollectEvictions,
         );
-        let shard_capacity = cache.shard_capacity();
         MemoryCache {
             shared: Arc::new(Shared {
                 cache,
                 capacity,
-                shard_capacity,
                 observers: Observers::default(),
                 shadow: super::memory_policy::ShadowOptions {
                     shards: self.shards,
@@ -257,8 +254,9 @@ impl MemoryCache {
     }
 
     /// The largest entry one shard can hold.
-    pub fn shard_capacity_bytes(&self) -> u64 {
-        self.shared.shard_capacity
+    #[cfg(test)]
+    pub(crate) fn shard_capacity_bytes(&self) -> u64 {
+        self.shared.cache.shard_capacity()
     }
 
     /// Entries and bytes resident now, with the bound.
@@ -295,10 +293,10 @@ impl MemoryCache {
 
     /// Drop every entry whose code belongs to `engine` (each reported with
     /// cause `retired`); returns their keys, most recently inserted last.
-    /// Called when an engine is retired (see [`crate::EngineGenerations`]),
+    /// Called when an engine is retired (see [`crate::EngineRecycling`]),
     /// so that a retired engine's modules stop taking capacity and the
     /// engine can be freed.
-    pub fn forget_engine(&self, engine: EngineId) -> Vec<ModuleHash> {
+    pub(crate) fn forget_engine(&self, engine: EngineId) -> Vec<ModuleHash> {
         let cache = &self.shared.cache;
         let keys: Vec<Key> = cache
             .iter()

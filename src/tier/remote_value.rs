@@ -52,6 +52,16 @@ pub(crate) enum Signing {
     Unkeyed,
 }
 
+impl Signing {
+    /// The keys' fingerprints, for `Debug` output (never the keys).
+    pub(crate) fn fingerprints(&self) -> Vec<String> {
+        match self {
+            Signing::Keyed(keys) => keys.iter().map(MacKey::fingerprint).collect(),
+            Signing::Unkeyed => vec!["INSECURE: unkeyed".into()],
+        }
+    }
+}
+
 /// Why a value was refused before (or by) wasmer.
 pub(crate) enum Rejected {
     Integrity(IntegrityFailure),
@@ -115,6 +125,7 @@ impl Signing {
     }
 
     /// Check a whole value's MAC; the entry it carries on success.
+    #[cfg(feature = "redis")]
     pub(crate) fn authenticate(
         &self,
         storage_key: &[u8],

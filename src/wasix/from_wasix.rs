@@ -20,7 +20,7 @@ use crate::{CacheError, ModuleCache, wasix::from_wasix_error};
 ///     .with_fallback(FileSystemCache::open(dir.path(), 1 << 30).unwrap().instrumented("modules", "disk"));
 /// ```
 ///
-/// Errors are mapped by [`from_wasix_error`]: `NotFound` is a miss, the
+/// Errors are mapped back: `NotFound` is a miss, the
 /// other variants keep their meaning (`Other` is kind `other`).
 ///
 /// # Engines: wasix's in-memory caches key by configuration

@@ -12,7 +12,7 @@ use wasmer_wasix::runtime::module_cache::{
 };
 
 use crate::{
-    ErrorKind, Lookup, ModuleCache, TierName,
+    CacheErrorKind, Lookup, ModuleCache, TierName,
     names::{self, label},
     wasix::to_wasix_error,
 };
@@ -39,7 +39,7 @@ pub enum LoadEvent {
     /// logs it and compiles next.
     Error {
         /// The class of the error.
-        kind: ErrorKind,
+        kind: CacheErrorKind,
         /// Its message.
         message: String,
     },
@@ -51,7 +51,7 @@ pub enum LoadEvent {
     /// cached in the tier that failed. The runtime itself only logs it.
     SaveFailed {
         /// The class of the error.
-        kind: ErrorKind,
+        kind: CacheErrorKind,
         /// Its message (naming the tier, path or bound).
         message: String,
     },
@@ -66,8 +66,8 @@ type Listener = Arc<dyn Fn(ModuleHash, &LoadEvent) + Send + Sync>;
 /// or `OverriddenRuntime::with_module_cache`.
 ///
 /// tierscope's trait is source-compatible with wasix's; this adapter makes
-/// it *the same* trait at run time. Errors are mapped by
-/// [`to_wasix_error`]: a miss is `NotFound`, so the runtime compiles
+/// it *the same* trait at run time. Errors are mapped to
+/// wasix's: a miss is `NotFound`, so the runtime compiles
 /// quietly; corruption, integrity failures, timeouts and unavailable tiers
 /// are `Other` with their message, which the runtime logs as a warning
 /// before compiling. The tiers' own spies have counted them already.

@@ -55,10 +55,6 @@ pub use from_wasix::WasixTier;
 pub use into_wasix::{LoadEvent, WasixCache};
 pub use runtime::{RuntimeError, runtime, runtime_with_engine};
 
-/// The wasix crate this module is built against (`=0.704.2`), re-exported
-/// so that users name exactly the types the adapters implement.
-pub use wasmer_wasix as wasix;
-
 use crate::CacheError;
 use wasmer_wasix::runtime::module_cache::CacheError as WasixError;
 
@@ -67,7 +63,7 @@ use wasmer_wasix::runtime::module_cache::CacheError as WasixError;
 /// unavailable or full tier) becomes `Other` carrying the original error
 /// and its message. wasix's runtime treats anything but `NotFound` as a
 /// warning and compiles.
-pub fn to_wasix_error(error: CacheError) -> WasixError {
+pub(crate) fn to_wasix_error(error: CacheError) -> WasixError {
     match error {
         CacheError::NotFound => WasixError::NotFound,
         CacheError::Serialize(e) => WasixError::Serialize(e),
@@ -80,7 +76,7 @@ pub fn to_wasix_error(error: CacheError) -> WasixError {
 
 /// A wasix error as tierscope's: the shared variants map to themselves and
 /// `Other` stays `Other` (kind `other`).
-pub fn from_wasix_error(error: WasixError) -> CacheError {
+pub(crate) fn from_wasix_error(error: WasixError) -> CacheError {
     match error {
         WasixError::NotFound => CacheError::NotFound,
         WasixError::Serialize(e) => CacheError::Serialize(e),
@@ -123,7 +119,7 @@ mod tests {
         let back = from_wasix_error(WasixError::NotFound);
         assert!(back.is_not_found());
         let back = from_wasix_error(WasixError::Other("boom".into()));
-        assert_eq!(back.kind(), crate::ErrorKind::Other);
+        assert_eq!(back.kind(), crate::CacheErrorKind::Other);
         assert_eq!(back.to_string(), "boom");
     }
 }

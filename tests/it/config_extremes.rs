@@ -8,8 +8,8 @@ use std::{sync::OnceLock, time::Duration};
 
 use proptest::prelude::*;
 use tierscope::{
-    EngineGenerations, FileSystemCache, InstrumentExt, InstrumentOptions, Instrumented,
-    MemoryCache, ModuleCache, ModuleHash, ModuleLoader,
+    EngineRecycling, FileSystemCache, InstrumentExt, InstrumentOptions, Instrumented, MemoryCache,
+    ModuleCache, ModuleHash, ModuleLoader,
 };
 use wasmer::{Engine, Module};
 
@@ -99,7 +99,7 @@ proptest! {
             .touch_interval(touch)
             .sync_data(sync)
             .inline_io(inline)
-            .open();
+            .build();
         if let Ok(tier) = opened {
             let tier = tier.instrumented("extremes", "disk");
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -119,7 +119,7 @@ proptest! {
             let loader = ModuleLoader::with_engines(
                 "extremes",
                 MemoryCache::new(1 << 20),
-                EngineGenerations::default().code_budget(budget),
+                EngineRecycling::default().code_budget(budget),
             );
             let a = loader.load(wasm).await.unwrap();
             let b = loader.load(wasm).await.unwrap();

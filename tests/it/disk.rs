@@ -134,7 +134,7 @@ async fn corrupt_case(damage: impl FnOnce(&Path), expect: impl Fn(&Corruption) -
     // Next time it is a plain miss, and the loader recompiles and rewrites it.
     assert!(cache.load(key, &engine).await.unwrap_err().is_not_found());
     let loader = ModuleLoader::new("disk-test", cache.clone());
-    loader.load_or_compile(&engine, &wasm).await.unwrap();
+    loader.load_into(&engine, &wasm).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await; // the save follows the answer
     let rewritten = fs::read(&path).unwrap();
     let range = entry::decode(&rewritten, &key, &tierscope::engine::ident_of(&engine)).unwrap();
@@ -330,7 +330,7 @@ async fn recency_survives_a_restart() {
     let cache = FileSystemCache::builder(tmp.path())
         .capacity(1 << 30)
         .touch_interval(Duration::ZERO)
-        .open()
+        .build()
         .unwrap();
     for (key, module, _) in &modules {
         cache.save(*key, &engine, module).await.unwrap();

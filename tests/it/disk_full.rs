@@ -103,7 +103,7 @@ async fn a_full_disk_fails_saves_cleanly_and_recovers() {
     let settle = || tokio::time::sleep(Duration::from_millis(500));
 
     // Room: the first module is saved.
-    loader.load_or_compile(&engine, &wasm1).await.unwrap();
+    loader.load_into(&engine, &wasm1).await.unwrap();
     settle().await;
     assert!(disk.entry_path(k1, &engine).exists());
 
@@ -111,7 +111,7 @@ async fn a_full_disk_fails_saves_cleanly_and_recovers() {
     let filler = mnt.join("filler");
     fill(&filler);
     let _ = take(&snapshotter);
-    loader.load_or_compile(&engine, &wasm2).await.unwrap();
+    loader.load_into(&engine, &wasm2).await.unwrap();
     settle().await;
     let s = take(&snapshotter);
     let disk_labels = |result| [("cache", "full"), ("tier", "disk"), ("result", result)];
@@ -147,7 +147,7 @@ async fn a_full_disk_fails_saves_cleanly_and_recovers() {
 
     // Loads go on while full: a fresh node's memory tier misses, disk hits.
     let fresh = stack("fresh");
-    fresh.load_or_compile(&engine, &wasm1).await.unwrap();
+    fresh.load_into(&engine, &wasm1).await.unwrap();
     let s = take(&snapshotter);
     assert_eq!(
         counter(
@@ -160,7 +160,7 @@ async fn a_full_disk_fails_saves_cleanly_and_recovers() {
 
     // Space returns: saves resume.
     fs::remove_file(&filler).unwrap();
-    loader.load_or_compile(&engine, &wasm3).await.unwrap();
+    loader.load_into(&engine, &wasm3).await.unwrap();
     settle().await;
     let s = take(&snapshotter);
     assert_eq!(counter(&s, "tierscope_saves_total", &disk_labels("ok")), 1);

@@ -17,8 +17,8 @@ use std::{
 
 use common::{Recording, sized, tiny};
 use tierscope::{
-    CacheError, Corruption, EvictionCause, FileSystemCache, ModuleCache, ModuleHash, ModuleLoader,
-    engine::ident_of, entry, mac::MacKey,
+    CacheError, Corruption, EvictionCause, FileSystemCache, MacKey, ModuleCache, ModuleHash,
+    ModuleLoader, engine::ident_of, entry,
 };
 use wasmer::{Engine, Module};
 
@@ -79,7 +79,7 @@ async fn a_fifo_at_an_entry_path_is_corrupt_removed_and_recompiled() {
     assert_eq!(seen.evictions()[0].cause, EvictionCause::Corrupt);
     // The loader recompiles and writes a good entry in its place.
     let loader = ModuleLoader::new("fifo", cache.clone());
-    loader.load_or_compile(&engine, &wasm).await.unwrap();
+    loader.load_into(&engine, &wasm).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(fs::metadata(&path).unwrap().is_file());
     assert!(cache.load(key, &engine).await.is_ok());
@@ -243,7 +243,7 @@ async fn a_world_or_group_writable_directory_is_refused() {
     FileSystemCache::builder(&root)
         .capacity(1 << 30)
         .shared_directory(true)
-        .open()
+        .build()
         .unwrap();
 }
 
@@ -307,7 +307,7 @@ fn shared_cache(root: &Path, key: Option<MacKey>) -> FileSystemCache {
     if let Some(key) = key {
         b = b.mac_key(key);
     }
-    b.open().unwrap()
+    b.build().unwrap()
 }
 
 #[tokio::test]
@@ -334,7 +334,7 @@ async fn with_a_mac_key_a_forged_entry_in_a_shared_directory_is_refused() {
     assert_eq!(seen.evictions()[0].cause, EvictionCause::Corrupt);
     // The loader compiles A, signs it, and the next process reads it back.
     let loader = ModuleLoader::new("forged", cache.clone());
-    let a = loader.load_or_compile(&engine, &wasm_a).await.unwrap();
+    let a = loader.load_into(&engine, &wasm_a).await.unwrap();
     assert_eq!(exports(&a), ["module_a"]);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let again = shared_cache(&root, Some(mac.clone()));
@@ -347,7 +347,7 @@ async fn with_a_mac_key_a_forged_entry_in_a_shared_directory_is_refused() {
         .capacity(1 << 30)
         .shared_directory(true)
         .mac_keys([MacKey::new([0x77; 32]), mac])
-        .open()
+        .build()
         .unwrap();
     assert_eq!(
         exports(&rotated.load(key_a, &engine).await.unwrap()),

@@ -14,8 +14,8 @@ use std::{fs, os::unix::fs::FileExt, path::Path, time::Duration};
 
 use common::{Recording, sized};
 use tierscope::{
-    CacheError, Corruption, EvictionCause, FileSystemCache, ModuleCache, ModuleLoader, entry,
-    mac::MacKey,
+    CacheError, Corruption, EvictionCause, FileSystemCache, MacKey, ModuleCache, ModuleLoader,
+    entry,
 };
 use wasmer::{Engine, Instance, Module, Store, imports};
 
@@ -27,7 +27,7 @@ fn open(dir: &Path) -> FileSystemCache {
         .capacity(1 << 30)
         .inline_io(true)
         .remember_verified(false)
-        .open()
+        .build()
         .unwrap()
 }
 
@@ -49,7 +49,7 @@ async fn remembering(
     let cache = FileSystemCache::builder(tmp.path())
         .capacity(1 << 30)
         .inline_io(true)
-        .open()
+        .build()
         .unwrap();
     cache.save(key, engine, &module).await.unwrap();
     let path = cache.entry_path(key, engine);
@@ -145,7 +145,7 @@ async fn flipped_case(offset: impl Fn(u64) -> u64, mac: Option<MacKey>) {
     if let Some(mac) = mac.clone() {
         builder = builder.mac_key(mac);
     }
-    let cache = builder.open().unwrap();
+    let cache = builder.build().unwrap();
     let seen = Recording::attach(&cache);
     cache.save(key, &engine, &module).await.unwrap();
     let path = cache.entry_path(key, &engine);
@@ -187,7 +187,7 @@ async fn flipped_case(offset: impl Fn(u64) -> u64, mac: Option<MacKey>) {
 
     // The loader recompiles and rewrites it; the new entry loads, mapped.
     let loader = ModuleLoader::new("disk-mmap-test", cache.clone());
-    loader.load_or_compile(&engine, &wasm).await.unwrap();
+    loader.load_into(&engine, &wasm).await.unwrap();
     for _ in 0..100 {
         if path.exists() {
             break;
@@ -337,7 +337,7 @@ async fn with_map_entries_off_every_hit_is_read_and_survives_a_truncation() {
         .capacity(1 << 30)
         .inline_io(true)
         .map_entries(false)
-        .open()
+        .build()
         .unwrap();
     cache.save(key, &engine, &module).await.unwrap();
     let path = cache.entry_path(key, &engine);

@@ -37,7 +37,7 @@ async fn a_hit_never_waits_for_the_directory_lock_and_a_save_waits_a_bounded_tim
     let a = FileSystemCache::builder(tmp.path())
         .capacity(1 << 30)
         .lock_timeout(Duration::from_millis(200))
-        .open()
+        .build()
         .unwrap();
     let b = common::open_disk(tmp.path(), 1 << 30);
     b.save(key, &engine, &module).await.unwrap();
@@ -105,7 +105,7 @@ async fn as_the_same_user_an_entry_a_live_module_maps_cannot_be_written() {
     let cache = FileSystemCache::builder(tmp.path())
         .capacity(1 << 30)
         .inline_io(true)
-        .open()
+        .build()
         .unwrap();
     cache.save(key, &engine, &module).await.unwrap();
     let path = cache.entry_path(key, &engine);

@@ -31,7 +31,7 @@ async fn oversized_case(
     let cache = FileSystemCache::builder(tmp.path())
         .capacity(capacity)
         .temp_grace(Duration::ZERO)
-        .open()
+        .build()
         .unwrap();
     cache.save(key, &engine, &module).await.unwrap();
     let path = cache.entry_path(key, &engine);

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use tierscope::{
-    EngineGenerations, FileSystemCache, MemoryCache, ModuleCache, ModuleHash, ModuleLoader,
+    EngineRecycling, FileSystemCache, MemoryCache, ModuleCache, ModuleHash, ModuleLoader,
 };
 use wasmer::{Engine, Instance, Module, Store, imports};
 
@@ -59,7 +59,7 @@ async fn memory_tier_never_serves_a_module_to_another_engine() {
     let loader = ModuleLoader::new("engine-uaf", MemoryCache::new(64 << 20));
     let wasm = answer_wasm();
     let engine_a = Engine::default();
-    let module_a = loader.load_or_compile(&engine_a, &wasm).await.unwrap();
+    let module_a = loader.load_into(&engine_a, &wasm).await.unwrap();
     assert_eq!(call_answer(&engine_a, &module_a), 42);
 
     // Act: engine A goes away, its pages are reused, engine B asks.
@@ -67,7 +67,7 @@ async fn memory_tier_never_serves_a_module_to_another_engine() {
     drop(engine_a);
     churn_other_engines();
     let engine_b = Engine::default();
-    let module_b = loader.load_or_compile(&engine_b, &wasm).await.unwrap();
+    let module_b = loader.load_into(&engine_b, &wasm).await.unwrap();
 
     // Assert (the save that follows a compile lands after its answer)
     assert_eq!(call_answer(&engine_b, &module_b), 42);
@@ -76,7 +76,7 @@ async fn memory_tier_never_serves_a_module_to_another_engine() {
     }
     let key = ModuleHash::new(&wasm);
     assert!(
-        loader.get(&engine_b, key).is_some(),
+        loader.load_now_into(&engine_b, key).is_some(),
         "B's module is cached for B"
     );
 }
@@ -91,7 +91,7 @@ async fn promotion_from_disk_loads_into_the_asking_engine() {
     let wasm = answer_wasm();
     let key = ModuleHash::new(&wasm);
     let engine_a = Engine::default();
-    let module_a = loader.load_or_compile(&engine_a, &wasm).await.unwrap();
+    let module_a = loader.load_into(&engine_a, &wasm).await.unwrap();
     assert_eq!(call_answer(&engine_a, &module_a), 42);
     drop(module_a);
     drop(engine_a);
@@ -118,8 +118,8 @@ async fn coalescing_never_hands_one_engines_module_to_another() {
 
     // Act
     let (a, b) = tokio::join!(
-        loader.load_or_compile(&engine_a, &wasm),
-        loader.load_or_compile(&engine_b, &wasm)
+        loader.load_into(&engine_a, &wasm),
+        loader.load_into(&engine_b, &wasm)
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     drop(a);
@@ -143,7 +143,7 @@ async fn loaded_modules_carry_their_engine_across_generation_switches() {
         .shards(1)
         .build()
         .with_fallback(FileSystemCache::open(dir.path(), 1 << 30).unwrap());
-    let engines = EngineGenerations::new(Engine::default).code_budget(0);
+    let engines = EngineRecycling::new(Engine::default).code_budget(0);
     let loader = ModuleLoader::with_engines("engine-gens", cache, engines);
     let answer = answer_wasm();
 
@@ -197,7 +197,7 @@ async fn a_retired_generation_leaves_the_memory_tier() {
     let cache = memory
         .clone()
         .with_fallback(FileSystemCache::open(dir.path(), 1 << 30).unwrap());
-    let engines = EngineGenerations::new(Engine::default).code_budget(0);
+    let engines = EngineRecycling::new(Engine::default).code_budget(0);
     let loader = ModuleLoader::with_engines("engine-forget", cache, engines);
     let modules: Vec<Vec<u8>> = (0..12)
         .map(|s| tierscope::corpus::module(4_000, 100 + s))

@@ -17,7 +17,7 @@ use crate::common::{in_own_process, process_memory::rss_bytes};
 use rand::{RngExt, SeedableRng, rngs::SmallRng};
 use rand_distr::Zipf;
 use tierscope::{
-    EngineGenerations, FileSystemCache, MemoryCache, ModuleCache, ModuleHash, ModuleLoader, corpus,
+    EngineRecycling, FileSystemCache, MemoryCache, ModuleCache, ModuleHash, ModuleLoader, corpus,
 };
 use wasmer::Engine;
 
@@ -70,13 +70,13 @@ fn stack(corpus: &Corpus, memory_bytes: u64, budget: u64) -> Loader {
             .build()
             .with_fallback(FileSystemCache::open(corpus.disk.path(), 1 << 30).unwrap()),
     );
-    let engines = EngineGenerations::new(Engine::default).code_budget(budget);
+    let engines = EngineRecycling::new(Engine::default).code_budget(budget);
     ModuleLoader::with_engines("churn", cache, engines)
 }
 
 /// Ask for one module; true when the memory tier answered.
 async fn request(loader: &Loader, m: &(ModuleHash, Vec<u8>)) -> bool {
-    if loader.get_loaded(m.0).is_some() {
+    if loader.load_now(m.0).is_some() {
         return true;
     }
     loader.load_with_hash(m.0, &m.1).await.unwrap();

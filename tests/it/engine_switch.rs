@@ -10,7 +10,7 @@ use crate::common::{
 };
 use metrics_util::debugging::DebuggingRecorder;
 use tierscope::{
-    EngineGenerations, FileSystemCache, InstrumentExt, MemoryCache, ModuleCache, ModuleHash,
+    EngineRecycling, FileSystemCache, InstrumentExt, MemoryCache, ModuleCache, ModuleHash,
     ModuleLoader, Served, TierName, corpus,
     sizing::live::{LiveSizing, SizingExt, SizingOptions, Window},
 };
@@ -63,7 +63,7 @@ async fn callers_hit_ratios_are_exact_and_modelled_across_forced_switches() {
                     .instrumented(CACHE, "disk")
                     .with_sizing(&sizing),
             );
-        let engines = EngineGenerations::new(Engine::default).code_budget(256 << 10);
+        let engines = EngineRecycling::new(Engine::default).code_budget(256 << 10);
         (sizing, ModuleLoader::with_engines(CACHE, stack, engines))
     });
     let cdf = zipf_cdf(modules.len(), 0.9);

@@ -43,7 +43,7 @@ fn child(dir: PathBuf) {
     let module = unsafe { Module::deserialize_from_file(&engine, artifact) }.unwrap();
     let cache = FileSystemCache::builder(&dir)
         .inline_io(true)
-        .open()
+        .build()
         .unwrap();
     println!("ready");
     let mut n: u64 = 0;
@@ -162,7 +162,7 @@ fn a_writer_killed_mid_save_leaves_no_visible_partial_entry() {
     // Reopening removes what the killed writers left behind, and every entry loads.
     let cache = FileSystemCache::builder(&dir)
         .temp_grace(Duration::ZERO)
-        .open()
+        .build()
         .unwrap();
     assert!(temp_files(&dir).is_empty(), "temp files survived a reopen");
     let entries = files(&dir);

@@ -27,7 +27,7 @@ fn all_at_once(
             );
             tokio::spawn(async move {
                 barrier.wait().await;
-                loader.load_or_compile(&engine, &wasm).await
+                loader.load_into(&engine, &wasm).await
             })
         })
         .collect()
@@ -110,7 +110,7 @@ async fn invalid_wasm_reaches_every_waiter_and_is_never_cached() {
     );
     assert!(!loader.cache().contains(key, &engine).await.unwrap());
     // Not cached: asking again compiles (and fails) again.
-    let err = loader.load_or_compile(&engine, &wasm).await.unwrap_err();
+    let err = loader.load_into(&engine, &wasm).await.unwrap_err();
     assert!(err.to_string().contains(&key.to_string()), "{err}");
     // (counters restart from zero after a snapshot)
     assert_eq!(
@@ -131,7 +131,7 @@ async fn a_known_hash_skips_hashing_and_a_hit_skips_compiling() {
     let key = ModuleHash::new(&wasm);
 
     let first = loader
-        .load_or_compile_with_hash(&engine, key, &wasm)
+        .load_into_with_hash(&engine, key, &wasm)
         .await
         .unwrap();
     // Let the save that follows the answer land.
@@ -142,11 +142,11 @@ async fn a_known_hash_skips_hashing_and_a_hit_skips_compiling() {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     let second = loader
-        .load_or_compile_with_hash(&engine, key, &wasm)
+        .load_into_with_hash(&engine, key, &wasm)
         .await
         .unwrap();
     let lazy = loader
-        .load_or_compile_lazy(&engine, key, || panic!("bytes are not needed on a hit"))
+        .load_lazy_into(&engine, key, || panic!("bytes are not needed on a hit"))
         .await
         .unwrap();
 
@@ -202,10 +202,7 @@ async fn a_failing_tier_still_yields_a_module() {
     let loader = ModuleLoader::new("down", Down);
     let engine = Engine::default();
 
-    let module = loader
-        .load_or_compile(&engine, &corpus::tiny(5))
-        .await
-        .unwrap();
+    let module = loader.load_into(&engine, &corpus::tiny(5)).await.unwrap();
 
     assert_eq!(module.exports().count(), 1);
 }
@@ -261,10 +258,10 @@ async fn a_panicking_leader_fails_its_callers_once_and_the_next_call_starts_afre
     let wasm = corpus::tiny(77);
 
     // Act
-    let first = loader.load_or_compile(&engine, &wasm).await;
+    let first = loader.load_into(&engine, &wasm).await;
     let mut later = Vec::new();
     for _ in 0..3 {
-        later.push(loader.load_or_compile(&engine, &wasm).await);
+        later.push(loader.load_into(&engine, &wasm).await);
     }
 
     // Assert
@@ -296,7 +293,7 @@ fn a_runtime_shut_down_mid_flight_does_not_poison_the_module() {
     let (l, e, w) = (loader.clone(), engine.clone(), wasm.clone());
     let _ = runtime_a.block_on(async move {
         tokio::time::timeout(std::time::Duration::from_millis(100), async move {
-            l.load_or_compile(&e, &w).await
+            l.load_into(&e, &w).await
         })
         .await
     });
@@ -310,7 +307,7 @@ fn a_runtime_shut_down_mid_flight_does_not_poison_the_module() {
     eprintln!("flights after shutdown: {}", loader.in_flight());
     let runtime_b = tokio::runtime::Runtime::new().unwrap();
     let result = runtime_b.block_on(async {
-        let r = loader.load_or_compile(&engine, &wasm).await;
+        let r = loader.load_into(&engine, &wasm).await;
         // B's own flight ends after its save.
         while loader.in_flight() > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;

@@ -1,7 +1,8 @@
 //! "Arrows point one way" (README, How it is built), kept true: no cycle
 //! among the top-level modules of `src/` (the library side; `bin/` is the
 //! CLI). An edge A -> B is a file of module A naming `crate::B`, as a path
-//! or in a `use crate::{..}` tree; comments do not count.
+//! or in a `use crate::{..}` tree; comments do not count. And one room
+//! per concern: no file of `src/` over about 600 lines.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -158,4 +159,27 @@ fn the_check_sees_a_cycle() {
     );
     edges.get_mut("c").unwrap().clear();
     assert_eq!(find_cycle(&edges), None);
+}
+
+/// One room per concern: no file of `src/` (library and CLI) grows past
+/// about 600 lines; split it by concern before it does.
+const MAX_FILE_LINES: usize = 610;
+
+#[test]
+fn no_file_in_src_is_over_about_600_lines() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    assert!(files.len() > 20, "the tree was not read: {files:?}");
+    let long: Vec<String> = files
+        .iter()
+        .filter_map(|p| {
+            let lines = fs::read_to_string(p).unwrap().lines().count();
+            (lines > MAX_FILE_LINES).then(|| format!("{} ({lines} lines)", p.display()))
+        })
+        .collect();
+    assert!(
+        long.is_empty(),
+        "files over {MAX_FILE_LINES} lines: {long:?}"
+    );
 }

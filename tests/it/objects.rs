@@ -316,7 +316,7 @@ async fn a_tampered_and_a_truncated_object_are_refused_and_deleted() {
         "objects-integrity",
         MemoryCache::new(64 << 20).with_fallback(objects.clone()),
     );
-    let loaded = loader.load_or_compile(&engine, &wasm).await.unwrap();
+    let loaded = loader.load_into(&engine, &wasm).await.unwrap();
     assert_eq!(exports(&loaded), ["add"]);
     for _ in 0..200 {
         if objects.load(key, &Engine::default()).await.is_ok() {
@@ -387,7 +387,7 @@ async fn a_stopped_server_opens_the_breaker_and_loads_go_on_by_compiling() {
         "objects-outage",
         MemoryCache::new(64 << 20).with_fallback(objects.clone()),
     );
-    let compiled = loader.load_or_compile(&engine, &wasm).await.unwrap();
+    let compiled = loader.load_into(&engine, &wasm).await.unwrap();
 
     // assert
     for f in &failures {

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use tierscope::{
     MemoryCache, ModuleCache, ModuleHash,
     sizing::{
-        Curve, Request, Served,
+        Curve, Request, ServedBy,
         lru::LruModel,
         memory::{MemoryModel, ShadowOptions},
         sampling::Sampling,
@@ -421,7 +421,7 @@ fn compile_seconds_follow_the_misses() {
         let mut r = Request::new(i * 36_000_000, i % 2, 1_000);
         if i < 2 {
             r.compile_us = Some(1_000_000 + 2_000_000 * (i % 2));
-            r.served = Some(Served::Compile);
+            r.served = Some(ServedBy::Compile);
         }
         trace.push(r);
     }
@@ -459,10 +459,10 @@ fn request() -> impl Strategy<Value = Request> {
         0u64..=u32::MAX as u64,
         proptest::option::of(0u64..10_000_000_000),
         proptest::option::of(prop_oneof![
-            Just(Served::Memory),
-            Just(Served::Disk),
-            Just(Served::Remote),
-            Just(Served::Compile),
+            Just(ServedBy::Memory),
+            Just(ServedBy::Disk),
+            Just(ServedBy::Remote),
+            Just(ServedBy::Compile),
         ]),
     )
         .prop_map(|(t, key, bytes, compile_us, served)| Request {
@@ -650,7 +650,7 @@ mod cli {
         for mut r in reqs {
             if seen.insert(r.key) {
                 r.compile_us = Some(r.bytes / 10);
-                r.served = Some(Served::Compile);
+                r.served = Some(ServedBy::Compile);
             }
             w.write(&r).unwrap();
         }

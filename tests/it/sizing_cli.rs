@@ -4,7 +4,7 @@
 
 use std::{path::Path, process::Command};
 
-use tierscope::sizing::{Request, Served, trace::TierscopeWriter};
+use tierscope::sizing::{Request, ServedBy, trace::TierscopeWriter};
 
 use crate::sizing_traces::Rng;
 
@@ -32,7 +32,7 @@ fn demo_trace(path: &Path) {
         if !seen[k] {
             seen[k] = true;
             r.compile_us = Some(sizes[k] / 10);
-            r.served = Some(Served::Compile);
+            r.served = Some(ServedBy::Compile);
         }
         w.write(&r).unwrap();
     }

@@ -45,7 +45,7 @@ fn keys(
 }
 
 /// The stack's projected compiles with the memory tier at its size.
-fn compiles_at_one(report: &tierscope::sizing::live::SizingReport) -> f64 {
+fn compiles_at_one(report: &tierscope::sizing::SizingReport) -> f64 {
     report
         .compiles
         .iter()

@@ -13,7 +13,7 @@ use std::{
 use common::snapshot::{counter, take};
 use metrics_util::debugging::{DebuggingRecorder, Snapshotter};
 use tierscope::{
-    ErrorKind, FileSystemCache, InstrumentExt, MemoryCache, ModuleCache, ModuleHash, entry,
+    CacheErrorKind, FileSystemCache, InstrumentExt, MemoryCache, ModuleCache, ModuleHash, entry,
     wasix::{LoadEvent, WasixCache, WasixTier, runtime_with_engine},
 };
 use wasmer::Engine;
@@ -232,7 +232,7 @@ fn a_corrupt_disk_entry_is_counted_never_deserialized_and_the_program_still_runs
         assert!(
             matches!(
                 &events[..],
-                [LoadEvent::Error { kind: ErrorKind::Corrupt, message }, LoadEvent::Compiled]
+                [LoadEvent::Error { kind: CacheErrorKind::Corrupt, message }, LoadEvent::Compiled]
                     if message.contains("checksum")
             ),
             "{events:?}"

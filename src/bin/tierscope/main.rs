@@ -11,7 +11,9 @@
 //! - `tierscope cache stats|verify|trim|clear|warm`: an operator's view of
 //!   a cache directory.
 
+mod bytes;
 mod cache;
+mod common;
 mod demo;
 mod duration;
 mod expo;
@@ -20,7 +22,6 @@ mod record;
 #[cfg(feature = "wasix")]
 mod run;
 mod size;
-mod sizing;
 
 use std::process::ExitCode;
 
@@ -45,7 +46,7 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Model each tier at other sizes from a trace: hit ratio against
     /// capacity, charts, and a recommendation.
-    Size(sizing::SizeArgs),
+    Size(size::SizeArgs),
     /// Run a WASI program (as `wasmer run` does), its compiled module
     /// cached in memory and on disk: the second run loads it, no compile.
     #[cfg(feature = "wasix")]
@@ -63,7 +64,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
-        Command::Size(args) => sizing::run(args),
+        Command::Size(args) => size::run(args),
         Command::Cache(command) => match cache::run(command) {
             Ok(code) => return ExitCode::from(code),
             Err(e) => Err(e),
@@ -76,11 +77,11 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(demo::Failure::Usage(msg)) => {
+        Err(common::Failure::Usage(msg)) => {
             eprintln!("error: {msg}");
             ExitCode::from(USAGE)
         }
-        Err(demo::Failure::Runtime(msg)) => {
+        Err(common::Failure::Runtime(msg)) => {
             eprintln!("error: {msg}");
             ExitCode::FAILURE
         }

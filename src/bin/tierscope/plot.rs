@@ -23,7 +23,7 @@ use plotters::{
     style::{FontStyle, register_font},
 };
 
-use crate::size;
+use crate::bytes;
 
 /// One curve.
 pub struct Series {
@@ -189,7 +189,7 @@ where
             .y_desc("hit ratio (%)")
             .axis_desc_style(("sans-serif", AXIS))
             .label_style(("sans-serif", TICKS))
-            .x_label_formatter(&|v| size::human(*v))
+            .x_label_formatter(&|v| bytes::human(*v))
             .y_label_formatter(&|v| format!("{v:.0}"));
     } else {
         mesh.disable_x_mesh().x_labels(0).y_labels(0);
@@ -212,7 +212,7 @@ where
             ))
             .map_err(e)?;
         if text {
-            s.label(format!("{name}: {}", size::human(x)))
+            s.label(format!("{name}: {}", bytes::human(x)))
                 .legend(move |(x, y)| {
                     PathElement::new([(x, y), (x + 24, y)], color.stroke_width(2))
                 });

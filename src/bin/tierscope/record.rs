@@ -6,7 +6,7 @@ use std::{collections::HashMap, fs::File, io::BufWriter, path::Path, sync::Arc, 
 use parking_lot::Mutex;
 use tierscope::{
     LoadError, LoadedModule, ModuleCache, ModuleHash, ModuleLoader,
-    sizing::{Request, Served, object_id, trace::TierscopeWriter},
+    sizing::{Request, ServedBy, object_id, trace::TierscopeWriter},
 };
 use wasmer::{Engine, Module};
 
@@ -41,8 +41,15 @@ impl Recorder {
         wasm: &[u8],
     ) -> Result<LoadedModule, LoadError> {
         let time_us = self.started.elapsed().as_micros() as u64;
-        if let Some(module) = loader.get_loaded(key) {
-            self.write(module.engine(), key, &module, time_us, Served::Memory, None);
+        if let Some(module) = loader.load_now(key) {
+            self.write(
+                module.engine(),
+                key,
+                &module,
+                time_us,
+                ServedBy::Memory,
+                None,
+            );
             return Ok(module);
         }
         let engine = &loader.engine();
@@ -52,9 +59,9 @@ impl Recorder {
         let t = Instant::now();
         let module = loader.load_with_hash(key, wasm).await?;
         let (served, compile) = if below {
-            (Served::Disk, None)
+            (ServedBy::Disk, None)
         } else {
-            (Served::Compile, Some(t.elapsed().as_micros() as u64))
+            (ServedBy::Compile, Some(t.elapsed().as_micros() as u64))
         };
         self.write(module.engine(), key, &module, time_us, served, compile);
         Ok(module)
@@ -66,7 +73,7 @@ impl Recorder {
         key: ModuleHash,
         module: &Module,
         time_us: u64,
-        served: Served,
+        served: ServedBy,
         compile_us: Option<u64>,
     ) {
         let bytes = {

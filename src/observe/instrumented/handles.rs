@@ -10,7 +10,7 @@ use parking_lot::RwLock;
 
 use super::InstrumentOptions;
 use crate::{
-    cache::{CacheError, ErrorKind, TierName, Verified},
+    cache::{CacheError, CacheErrorKind, TierName, Verified},
     names::{self, label},
     tier_events::{
         Eviction, EvictionCause, RemoteRequest, RequestOp, RequestResult, Residency, TierObserver,
@@ -46,7 +46,7 @@ pub(super) struct TierMetrics {
     pub(super) reloads: [Counter; 3],
     pub(super) saves: [Counter; 2],
     pub(super) duration: [[Histogram; 3]; 4],
-    pub(super) errors: [[Counter; ErrorKind::ERRORS.len()]; 4],
+    pub(super) errors: [[Counter; CacheErrorKind::ERRORS.len()]; 4],
     /// What [`HitCounters`] publishes to: the `hit` lookups and read bytes.
     pub(super) hits: Counter,
     pub(super) read_bytes: Counter,
@@ -80,7 +80,7 @@ impl TierMetrics {
             })
         });
         let errors = std::array::from_fn(|op| {
-            ErrorKind::ERRORS.map(|kind| {
+            CacheErrorKind::ERRORS.map(|kind| {
                 metrics::counter!(
                     names::ERRORS,
                     label::CACHE => c(), label::TIER => t(), label::OP => OPS[op], label::KIND => kind.as_str()
@@ -106,7 +106,7 @@ impl TierMetrics {
     }
 
     pub(super) fn error(&self, op: usize, e: &CacheError) {
-        if let Some(i) = ErrorKind::ERRORS.iter().position(|k| *k == e.kind()) {
+        if let Some(i) = CacheErrorKind::ERRORS.iter().position(|k| *k == e.kind()) {
             self.errors[op][i].increment(1);
         }
     }

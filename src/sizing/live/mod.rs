@@ -1,20 +1,20 @@
 //! Live sizing: what-if hit ratios of each tier of a running stack, at
 //! other sizes, while traffic runs.
 //!
-//! A [`LiveSizing`] is one stack's set of models and the background worker
-//! that feeds them. Each tier to model is wrapped in a [`SizingTier`]
-//! (`tier.with_sizing(&sizing)`, see [`SizingExt`]), which sees exactly the
+//! A `LiveSizing` is one stack's set of models and the background worker
+//! that feeds them. Each tier to model is wrapped in a `SizingTier`
+//! (`tier.with_sizing(&sizing)`, see `SizingExt`), which sees exactly the
 //! lookups that tier sees: the memory tier every lookup, the disk tier the
 //! memory tier's misses, and so on. Each tier is modelled under its own
-//! policy ([`TierPolicy`]) at its current capacity times each scale of a
+//! policy (`TierPolicy`) at its current capacity times each scale of a
 //! grid (default 0.25, 0.5, 1, 2, 4):
 //! - a memory tier by shadows of its quick_cache policy
-//!   ([`memory`](crate::sizing::memory)); with a bounded tier sized below
+//!   (`memory`); with a bounded tier sized below
 //!   it, the shadows' misses also feed an LRU of that tier's capacity
-//!   ([`stack`](crate::sizing::stack)), which gives the stack's projected
+//!   (`stack`), which gives the stack's projected
 //!   compiles at each memory scale;
 //! - a bounded byte tier (disk) by exact LRU stack distances
-//!   ([`lru`](crate::sizing::lru));
+//!   (`lru`);
 //! - an unbounded tier (Redis) by its working set only.
 //!
 //! **Off the hit path.** A lookup hands (tier, key id, bytes, hit or miss)
@@ -27,11 +27,11 @@
 //! and counts it (`tierscope_sizing_dropped_total`); the hit never waits.
 //! The worker thread drains the rings, updates the models and publishes
 //! the metrics (`tierscope_sizing_*`, see docs/metrics.md) every
-//! [`SizingOptions::publish_every`].
+//! `SizingOptions::publish_every`.
 //!
 //! **Window.** Models keep their state for the life of the stack (a shadow
 //! is warm, as the tier is), but what they count is read over a recent
-//! window ([`Window`]): the last `requests` lookups of each tier, or the
+//! window (`Window`): the last `requests` lookups of each tier, or the
 //! last `max_age`, whichever is shorter, so a change in traffic shows
 //! within one window. `max_age` holds with or without new lookups: a tier
 //! that goes idle has an empty window once `max_age` has passed
@@ -41,20 +41,20 @@
 //! as current (a rule comparing NaN is false; guard recorded series with
 //! `tierscope_sizing_window_requests > 0` to get no sample instead).
 //!
-//! **Memory.** Past [`SizingOptions::sampling`]'s key count (default 16,384
+//! **Memory.** Past `SizingOptions::sampling`'s key count (default 16,384
 //! keys per tier) the models sample keys spatially (SHARDS), so their
 //! memory is bounded whatever the key count; the rate in use is exported.
-//! Each thread that records owns a ring of [`SizingOptions::buffer`]
+//! Each thread that records owns a ring of `SizingOptions::buffer`
 //! events of 16 bytes per sized spy it calls (plus one for the other sized
 //! tiers), made the first time it records there.
 //!
 //! **Lifetime.** The worker stops, after a last drain and publish, when the
-//! last clone of the [`LiveSizing`] goes: the tiers hold clones, so when
+//! last clone of the `LiveSizing` goes: the tiers hold clones, so when
 //! the stack (and any handle you kept) is dropped. No thread outlives it.
 //!
 //! ```
 //! use tierscope::{FileSystemCache, InstrumentExt, MemoryCache, ModuleCache};
-//! use tierscope::sizing::live::{LiveSizing, SizingExt, SizingOptions};
+//! use tierscope::sizing::{LiveSizing, SizingExt, SizingOptions};
 //! # let dir = tempfile::tempdir().unwrap();
 //! let sizing = LiveSizing::new("modules", SizingOptions::default());
 //! let cache = MemoryCache::new(64 << 20)
@@ -75,6 +75,7 @@
 //! ```
 
 mod model;
+mod shadow;
 mod publish;
 mod report;
 mod tier;
@@ -352,8 +353,8 @@ impl Drop for Inner {
     }
 }
 
-/// One stack's live what-if models and their worker thread (see the
-/// [module docs](self)). Cheap to clone; the worker stops when the last
+/// One stack's live what-if models and their worker thread (the README's
+/// *Size it / Live* section describes the design). Cheap to clone; the worker stops when the last
 /// clone (each [`SizingTier`] holds one) is dropped.
 #[derive(Clone)]
 pub struct LiveSizing {
@@ -449,11 +450,13 @@ impl LiveSizing {
     }
 
     /// The stack's name.
+    #[doc(hidden)] // for the tests and benches; not part of the API
     pub fn cache_name(&self) -> &str {
         &self.inner.state.cache
     }
 
     /// The options in use.
+    #[doc(hidden)] // for the tests and benches; not part of the API
     pub fn options(&self) -> &SizingOptions {
         &self.inner.state.options
     }
@@ -548,12 +551,14 @@ impl LiveSizing {
 
     /// Distinct keys requested within the window, for the tier with the
     /// most (sampled keys only: at most the sampling bound).
+    #[doc(hidden)] // for the tests and benches; not part of the API
     pub fn modelled_keys(&self) -> usize {
         self.inner.state.models.lock().distinct_keys()
     }
 
     /// Bytes of the hit path's buffers (the rings of every thread that
     /// recorded, in this sizing and in its spies).
+    #[doc(hidden)] // for the tests and benches; not part of the API
     pub fn buffer_bytes(&self) -> usize {
         let mut n = 0;
         self.inner.state.for_each_ring(|ring| n += ring.bytes());
@@ -562,6 +567,7 @@ impl LiveSizing {
 
     /// A probe that tells whether the worker thread is still running (it
     /// stops when the last clone of this handle is dropped).
+    #[doc(hidden)] // for the tests and benches; not part of the API
     pub fn worker_probe(&self) -> WorkerProbe {
         WorkerProbe(Arc::clone(&self.inner.running))
     }

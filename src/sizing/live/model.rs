@@ -15,9 +15,10 @@ use super::{
     TierPolicy, Window,
     window::{WorkingSet, threshold},
 };
+use super::shadow::Model;
 use crate::recording::ring::{Event, Kind};
 use crate::sizing::{
-    Curve, Request,
+    Request,
     lru::LruModel,
     memory::MemoryModel,
     mix64,
@@ -53,59 +54,6 @@ struct Cum {
     hits: Vec<f64>,
     hit_bytes: Vec<f64>,
     compiles: Vec<f64>,
-}
-
-enum Model {
-    /// A memory tier with a bounded tier below: memory shadows feeding an
-    /// LRU of that tier's capacity (gives the compile projection too).
-    Stack(Box<StackModel>, u64),
-    /// A memory tier alone.
-    Memory(Box<MemoryModel>),
-    /// A byte-bounded LRU tier (disk).
-    Lru(Box<LruModel>),
-    /// An unbounded tier: working set only.
-    Unbounded,
-}
-
-impl std::fmt::Debug for Model {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Model::Stack(..) => "Stack",
-            Model::Memory(_) => "Memory",
-            Model::Lru(_) => "Lru",
-            Model::Unbounded => "Unbounded",
-        })
-    }
-}
-
-impl Model {
-    fn access(&mut self, req: &Request) {
-        match self {
-            Model::Stack(m, _) => m.access(req),
-            Model::Memory(m) => m.access(req),
-            Model::Lru(m) => m.access(req),
-            Model::Unbounded => {}
-        }
-    }
-
-    /// The tier's entries were inserted again, fresh, in `order` (mixed
-    /// model keys): memory shadows do the same; other models ignore it.
-    fn reinsert(&mut self, order: &[u64], capacity: u64) {
-        match self {
-            Model::Stack(m, _) => m.reinsert(order, capacity),
-            Model::Memory(m) => m.reinsert(order, capacity),
-            Model::Lru(_) | Model::Unbounded => {}
-        }
-    }
-
-    fn curve(&self) -> Option<Curve> {
-        match self {
-            Model::Stack(m, _) => Some(m.memory_curve()),
-            Model::Memory(m) => Some(m.curve()),
-            Model::Lru(m) => Some(m.curve()),
-            Model::Unbounded => None,
-        }
-    }
 }
 
 /// One sized tier.

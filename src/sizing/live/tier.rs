@@ -100,8 +100,8 @@ pub trait SizingExt: ModuleCache + Sizable + Sized {
 impl<C: ModuleCache + Sizable + Sized> SizingExt for C {}
 
 /// Wraps one tier and hands each of its lookups (and the size of each of
-/// its saves) to a [`LiveSizing`]'s models, off the hit path (see the
-/// [module docs](super)). Place it around the tier's spy so both see the
+/// its saves) to a [`LiveSizing`]'s models, off the hit path (see
+/// [`LiveSizing`]). Place it around the tier's spy so both see the
 /// same calls: `memory.instrumented(..).with_sizing(&sizing)`. Built that
 /// way ([`SizingExt::with_sizing`]), the spy records the events itself and
 /// this decorator only holds the sizing (see there).
@@ -134,6 +134,7 @@ impl<C: std::fmt::Debug> std::fmt::Debug for SizingTier<C> {
 
 impl<C> SizingTier<C> {
     /// Model `inner`, named `tier`, under `policy`, in `sizing`.
+    #[doc(hidden)] // `SizingExt::with_sizing` is the way in; the benches call this
     pub fn new(inner: C, sizing: &LiveSizing, tier: &str, policy: TierPolicy) -> Self {
         let index = sizing.register(tier, policy);
         SizingTier {
@@ -148,11 +149,6 @@ impl<C> SizingTier<C> {
     /// The wrapped tier.
     pub fn get_ref(&self) -> &C {
         &self.inner
-    }
-
-    /// The wrapped tier, mutably.
-    pub fn get_mut(&mut self) -> &mut C {
-        &mut self.inner
     }
 
     /// Unwrap.

@@ -32,8 +32,8 @@
 //!   grid points it exceeds get their own tree (a copy of the shared one,
 //!   which is exact up to then) that filters such objects out.
 //!
-//! Sizes weigh [`weight`](super::weight)`(bytes)`: 0 counts as 1 byte, and
-//! sizes above [`MAX_OBJECT_BYTES`](super::MAX_OBJECT_BYTES) as that. With sampling ([`Sampling`]), distances are
+//! Sizes weigh `weight``(bytes)`: 0 counts as 1 byte, and
+//! sizes above `MAX_OBJECT_BYTES` as that. With sampling (`Sampling`), distances are
 //! scaled by 1 / rate (SHARDS) and the curve is an estimate.
 
 mod core;
@@ -159,7 +159,7 @@ impl LruModel {
 
     /// Model these keys at every request while the others are sampled
     /// (no effect without sampling). Give it the most requested keys of
-    /// the trace ([`FrequentKeys`](super::sampling::FrequentKeys) finds them
+    /// the trace (`tierscope size` finds them
     /// in a first pass, in bounded memory): where a few keys carry much of
     /// the traffic, whether they fall in the sample is what moves a sampled
     /// curve most, and modelled exactly they no longer do. Call before the

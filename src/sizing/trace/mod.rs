@@ -2,17 +2,17 @@
 //! so a trace from tierscope opens in libCacheSim or Caffeine's simulator
 //! and theirs open here.
 //!
-//! - **libCacheSim `oracleGeneral`** ([`Format::OracleGeneral`]):
+//! - **libCacheSim `oracleGeneral`** (`Format::OracleGeneral`):
 //!   little-endian 24-byte records `u32 time (s), u64 obj_id, u32 obj_size,
 //!   i64 next_access_vtime`, the last being the 0-based index of the next
 //!   request to the same object, -1 for none. Times are whole seconds
 //!   (microseconds are truncated when writing) and sizes saturate at
 //!   `u32::MAX`.
-//! - **CSV** ([`Format::Csv`] with [`CsvOptions`]): columns chosen as in
+//! - **CSV** (`Format::Csv` with `CsvOptions`): columns chosen as in
 //!   libCacheSim's `csv` reader (`time-col`, `obj-id-col`, `obj-size-col`,
 //!   1-based), a header line or not, a delimiter, numeric keys or string
 //!   keys hashed to 64 bits (XXH3).
-//! - **tierscope trace** ([`Format::Tierscope`]): CSV with this exact header
+//! - **tierscope trace** (`Format::Tierscope`): CSV with this exact header
 //!   line, then one request per line:
 //!
 //!   ```text
@@ -23,7 +23,7 @@
 //!
 //!   `time_us`: microseconds since the recording started; `obj_id`: the
 //!   module hash with the engine configuration folded in
-//!   ([`object_id`](super::object_id)), decimal; `obj_size`: the serialized
+//!   (`object_id`), decimal; `obj_size`: the serialized
 //!   artifact's bytes; `compile_us`: the compile time when the request
 //!   compiled, empty otherwise; `served`: `memory`, `disk`, `remote` or
 //!   `compile`, empty when unknown. libCacheSim reads it as
@@ -31,8 +31,8 @@
 //!   (its times then count microseconds).
 //!
 //! Readers stream (constant memory) and never panic: a truncated or
-//! malformed file is a [`TraceError`] naming the byte offset or line. A
-//! text line longer than [`MAX_LINE_BYTES`] is an error too (a binary file
+//! malformed file is a `TraceError` naming the byte offset or line. A
+//! text line longer than `MAX_LINE_BYTES` is an error too (a binary file
 //! or an endless stream read as text is not buffered whole).
 
 use std::{
@@ -43,10 +43,12 @@ use std::{
 
 mod write;
 
+// The writers serve the CLI's `demo --record` and the tests.
+#[cfg_attr(not(feature = "test-util"), allow(unused_imports))]
 pub use self::write::{
     TierscopeWriter, next_access, write_csv, write_oracle_general, write_oracle_record,
 };
-use super::{Request, Served};
+use super::{Request, ServedBy};
 
 /// The header line of a tierscope trace.
 pub const TIERSCOPE_HEADER: &str = "time_us,obj_id,obj_size,compile_us,served";
@@ -197,12 +199,12 @@ pub enum Format {
     OracleGeneral,
     /// CSV with column options.
     Csv(CsvOptions),
-    /// The tierscope trace (CSV with [`TIERSCOPE_HEADER`]).
+    /// The tierscope trace (CSV with its header line).
     Tierscope,
 }
 
 impl Format {
-    /// Guess from a file: a first line equal to [`TIERSCOPE_HEADER`] is a
+    /// Guess from a file: a first line equal to the tierscope header is a
     /// tierscope trace; a name containing `oracleGeneral` or ending in
     /// `.bin` is `oracleGeneral`; anything else is CSV with default options.
     pub fn detect(path: &Path) -> Result<Format, TraceError> {
@@ -396,7 +398,7 @@ fn parse_line(text: &str, csv: &CsvOptions, tierscope: bool) -> Result<Request, 
         let served =
             match f[4].trim() {
                 "" => None,
-                s => Some(Served::parse(s).ok_or_else(|| {
+                s => Some(ServedBy::parse(s).ok_or_else(|| {
                     format!("served `{s}` is none of memory, disk, remote, compile")
                 })?),
             };

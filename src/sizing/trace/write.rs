@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 
 use super::{CsvOptions, ORACLE_RECORD, TIERSCOPE_HEADER};
-use crate::sizing::{KeyMap, Request, Served};
+use crate::sizing::{KeyMap, Request, ServedBy};
 
 /// Writes a tierscope trace, one request at a time.
 #[derive(Debug)]
@@ -24,7 +24,7 @@ impl<W: Write> TierscopeWriter<W> {
         if let Some(c) = r.compile_us {
             write!(self.w, "{c}")?;
         }
-        writeln!(self.w, ",{}", r.served.map_or("", Served::as_str))
+        writeln!(self.w, ",{}", r.served.map_or("", ServedBy::as_str))
     }
 
     /// Flush and hand back the writer.

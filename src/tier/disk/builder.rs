@@ -46,7 +46,7 @@ impl FileSystemCacheBuilder {
     /// The largest entry file (header included) the tier writes or reads;
     /// a larger file found at an entry path is [`Corruption::Oversized`],
     /// refused before it is read, and removed. Default: the capacity, at
-    /// most [`DEFAULT_MAX_ENTRY_BYTES`] (1 GiB).
+    /// most 1 GiB.
     pub fn max_entry_bytes(mut self, bytes: u64) -> Self {
         self.max_entry_bytes = Some(bytes);
         self
@@ -153,7 +153,7 @@ impl FileSystemCacheBuilder {
     /// (see [`shared_directory`](FileSystemCacheBuilder::shared_directory)),
     /// scan it to rebuild the LRU index, remove temporary files left by
     /// crashed writers, and evict down to the bound.
-    pub fn open(self) -> Result<FileSystemCache, CacheError> {
+    pub fn build(self) -> Result<FileSystemCache, CacheError> {
         let cache = self.build_unscanned();
         cache.ensure_trusted(None)?;
         if cache.shared.shared_directory && cache.shared.mac.is_none() {
@@ -168,7 +168,7 @@ impl FileSystemCacheBuilder {
     }
 
     /// The tier with these settings, before any check or scan of the
-    /// directory (`open` does both; `open_for_maintenance` neither).
+    /// directory (`open` does both; `build_for_maintenance` neither).
     pub(super) fn build_unscanned(self) -> FileSystemCache {
         let default_max = self
             .capacity

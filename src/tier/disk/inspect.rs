@@ -4,25 +4,21 @@
 //!   it is (an entry, a write in progress, a leftover temporary file, the
 //!   lock, something that is not tierscope's), its size and times, without
 //!   changing anything;
-//! - [`FileSystemCache::verify_entry`] / [`FileSystemCache::verify`]: each
+//! - `FileSystemCache::verify_entry` / [`FileSystemCache::verify`]: each
 //!   entry checked as a load checks it (regular file, header, length,
 //!   checksum, and the MAC when the handle has keys), without deserializing
 //!   anything; bad entries optionally removed as a load would remove them;
-//! - [`FileSystemCache::trim`] / [`FileSystemCache::clear`]: entries removed
-//!   by last use or down to a size, under the directory's advisory lock that
-//!   every process using the directory takes for its own changes, so it is
-//!   safe while runtimes use the directory (a module loaded from a removed
-//!   entry keeps its mapping; the others rescan before their next save).
+//! - trimming and clearing are in `trim`.
 //!
-//! Open the handle with [`FileSystemCacheBuilder::open_for_maintenance`]:
-//! unlike [`FileSystemCacheBuilder::open`] it neither scans nor cleans the
+//! Open the handle with [`FileSystemCacheBuilder::build_for_maintenance`]:
+//! unlike [`FileSystemCacheBuilder::build`] it neither scans nor cleans the
 //! directory, so an inventory sees leftover temporary files as they are.
 
 use std::{
     fs::{self, OpenOptions},
     io::{self, Read},
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
 use wasmer::Engine;
@@ -35,7 +31,7 @@ use super::*;
 #[non_exhaustive]
 pub enum FileKind {
     /// An entry, by its place and name: `<namespace>/<MODULE HASH>.bin`.
-    /// Whether its content is sound is for [`FileSystemCache::verify_entry`]
+    /// Whether its content is sound is for [`FileSystemCache::verify`]
     /// to say (a load of `key` reads this file, and removes it if it is not).
     Entry {
         /// The module hash its name carries.
@@ -169,7 +165,7 @@ impl Namespace {
     }
 }
 
-/// The verdict on one entry ([`FileSystemCache::verify_entry`]).
+/// The verdict on one entry ([`FileSystemCache::verify`]).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum EntryVerdict {
@@ -218,22 +214,6 @@ pub struct VerifySummary {
     pub unreadable: u64,
 }
 
-/// What [`FileSystemCache::trim`] or [`FileSystemCache::clear`] did.
-#[derive(Debug, Default)]
-#[non_exhaustive]
-pub struct TrimReport {
-    /// Entries removed.
-    pub removed: u64,
-    /// Their bytes.
-    pub removed_bytes: u64,
-    /// Entries left.
-    pub kept: u64,
-    /// Their bytes.
-    pub kept_bytes: u64,
-    /// Entries that could not be removed, with the reason.
-    pub failures: Vec<CacheError>,
-}
-
 impl FileSystemCacheBuilder {
     /// Open the directory for an operator's maintenance: nothing is
     /// scanned, cleaned, evicted or checked until asked ([`inventory`],
@@ -250,7 +230,7 @@ impl FileSystemCacheBuilder {
     /// [`verify`]: FileSystemCache::verify
     /// [`trim`]: FileSystemCache::trim
     /// [`clear`]: FileSystemCache::clear
-    pub fn open_for_maintenance(self) -> FileSystemCache {
+    pub fn build_for_maintenance(self) -> FileSystemCache {
         self.build_unscanned()
     }
 }
@@ -334,7 +314,7 @@ impl FileSystemCache {
     /// anything. An entry of `engine`'s namespace has its engine binding
     /// checked as well; another namespace's binding is taken from its own
     /// header. Files that are not entries are [`EntryVerdict::Gone`].
-    pub fn verify_entry(&self, file: &CacheFile, engine: &Engine) -> EntryVerdict {
+    pub(crate) fn verify_entry(&self, file: &CacheFile, engine: &Engine) -> EntryVerdict {
         let (FileKind::Entry { key }, Some(rel)) = (&file.kind, file.rel()) else {
             return EntryVerdict::Gone;
         };
@@ -403,14 +383,13 @@ impl FileSystemCache {
     /// Remove an entry that [`verify_entry`](Self::verify_entry) found bad,
     /// as a load that found it so would (reported as an eviction with
     /// cause `corrupt`). Other files are left alone.
-    pub fn remove_bad_entry(&self, file: &CacheFile) {
+    pub(crate) fn remove_bad_entry(&self, file: &CacheFile) {
         if let (FileKind::Entry { .. }, Some(rel)) = (&file.kind, file.rel()) {
             self.discard_corrupt(&rel, &file.path, file.bytes);
         }
     }
 
-    /// [`verify_entry`](Self::verify_entry) on every entry of the
-    /// directory, calling `each` with every entry and its verdict (for
+    /// Check every entry of the directory as a load checks it, calling `each` with every entry and its verdict (for
     /// progress and reports), and removing the bad ones when
     /// `remove_bad`. Errors only when the directory cannot be listed.
     pub fn verify(
@@ -440,101 +419,6 @@ impl FileSystemCache {
             each(file, &verdict);
         }
         Ok(summary)
-    }
-
-    /// Remove the entries not used for `unused_for` (by last use: the
-    /// modification time a hit refreshes), then the least recently used
-    /// until the entries of every namespace fit in `max_bytes`; leftover
-    /// temporary files of writers that are gone go too. All under the
-    /// directory's lock (waiting at most
-    /// [`lock_timeout`](FileSystemCacheBuilder::lock_timeout), then
-    /// [`CacheError::Timeout`]), so it is safe while other processes use
-    /// the directory: they rescan before their next change, and modules
-    /// already loaded from a removed entry keep working.
-    pub fn trim(
-        &self,
-        max_bytes: Option<u64>,
-        unused_for: Option<Duration>,
-    ) -> Result<TrimReport, CacheError> {
-        let cutoff = unused_for.and_then(|d| SystemTime::now().checked_sub(d));
-        let done = self.with_dir_lock(self.shared.lock_timeout, |this, _| {
-            this.scan_into_index()?;
-            let mut report = TrimReport::default();
-            if let Some(cutoff) = cutoff {
-                let old: Vec<String> = {
-                    let index = this.shared.index.lock();
-                    index
-                        .lru
-                        .iter()
-                        .filter(|(_, m)| m.touched < cutoff)
-                        .map(|(rel, _)| rel.clone())
-                        .collect()
-                };
-                for rel in old {
-                    let meta = this.shared.index.lock().remove(&rel);
-                    if let Some(meta) = meta {
-                        this.remove_trimmed(&rel, meta, &mut report);
-                    }
-                }
-            }
-            if let Some(max) = max_bytes {
-                loop {
-                    let victim = {
-                        let mut index = this.shared.index.lock();
-                        if index.bytes <= max {
-                            break;
-                        }
-                        match index.lru.pop_lru() {
-                            Some((rel, meta)) => {
-                                index.bytes -= meta.bytes;
-                                (rel, meta)
-                            }
-                            None => break,
-                        }
-                    };
-                    this.remove_trimmed(&victim.0, victim.1, &mut report);
-                }
-            }
-            {
-                let index = this.shared.index.lock();
-                report.kept = index.lru.len() as u64;
-                report.kept_bytes = index.bytes;
-            }
-            Ok((report, true))
-        })?;
-        self.shared.observers.resident(self.residency());
-        done.ok_or_else(|| CacheError::Timeout {
-            op: "trim",
-            tier: disk_tier_name(),
-            after: self.shared.lock_timeout,
-        })
-    }
-
-    /// Remove every entry of every namespace (and leftover temporary
-    /// files), as [`trim`](Self::trim) to zero bytes does. Saves in
-    /// progress, the lock file and files that are not tierscope's stay.
-    pub fn clear(&self) -> Result<TrimReport, CacheError> {
-        self.trim(Some(0), None)
-    }
-
-    /// Remove `rel`, already taken out of the index (trim holds the lock).
-    fn remove_trimmed(&self, rel: &str, meta: Meta, report: &mut TrimReport) {
-        let path = self.shared.root.join(rel);
-        self.shared.verified.lock().forget(rel);
-        match fs::remove_file(&path) {
-            Ok(()) => {
-                report.removed += 1;
-                report.removed_bytes += meta.bytes;
-                self.report(EvictionCause::Explicit, meta);
-            }
-            // Another process got there first.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => {
-                report.failures.push(CacheError::FileWrite { path, error });
-                // Still there: keep counting it.
-                self.shared.index.lock().insert(rel.to_string(), meta);
-            }
-        }
     }
 }
 

@@ -23,7 +23,7 @@
 //! ## Trust
 //!
 //! Entries become executable code, so whoever can write to the directory
-//! can run code in this process. [`FileSystemCacheBuilder::open`] therefore
+//! can run code in this process. [`FileSystemCacheBuilder::build`] therefore
 //! refuses a root or namespace directory that is group- or world-writable or
 //! owned by another user (the error names the path, its mode and owner); a
 //! root that does not exist yet is checked the same way when first used.
@@ -139,7 +139,8 @@
 //!   writing entry files, and the names they go by;
 //! - `remembered`: verified mappings kept for later hits;
 //! - `index`: the LRU index, the directory scan, eviction;
-//! - `inspect`: an operator's view: inventory, verify, trim, clear;
+//! - `inspect`: an operator's view: inventory, verify;
+//! - `trim`: trim and clear, under the directory's lock;
 //! - `dir_lock`: the advisory lock several processes share;
 //! - `trust`: who may write the directory and the files it maps.
 
@@ -151,6 +152,7 @@ mod inspect;
 mod load;
 mod remembered;
 mod save;
+mod trim;
 mod trust;
 
 use std::{
@@ -164,10 +166,9 @@ use parking_lot::Mutex;
 use wasmer::{Engine, Module};
 use wasmer_types::ModuleHash;
 
-pub use builder::{DEFAULT_MAX_ENTRY_BYTES, FileSystemCacheBuilder};
-pub use inspect::{
-    CacheFile, EntryVerdict, FileKind, Inventory, Namespace, TrimReport, VerifySummary,
-};
+pub use builder::FileSystemCacheBuilder;
+pub use inspect::{CacheFile, EntryVerdict, FileKind, Inventory, Namespace, VerifySummary};
+pub use trim::TrimReport;
 pub use trust::UnsafeDirectory;
 
 use crate::{
@@ -228,7 +229,7 @@ struct Shared {
 impl FileSystemCache {
     /// Open a tier in `dir` bounded to `capacity_bytes`.
     pub fn open(dir: impl Into<PathBuf>, capacity_bytes: u64) -> Result<Self, CacheError> {
-        Self::builder(dir).capacity(capacity_bytes).open()
+        Self::builder(dir).capacity(capacity_bytes).build()
     }
 
     /// A builder for finer settings.

@@ -7,61 +7,9 @@ use std::{fmt, sync::Arc, time::Duration};
 use object_store::{ObjectStore, RetryConfig, path::Path};
 use parking_lot::Mutex;
 
-use crate::{cache::TierName, entry, tier_events::Observers};
+use crate::{cache::TierName, entry, error::ConfigError, tier_events::Observers};
 
 use super::*;
-
-/// A configuration [`ObjectsCacheBuilder::build`] refused.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ObjectsConfigError {
-    /// Neither a MAC key nor the explicit opt-out was given.
-    #[error(
-        "the object-store tier needs a MAC key: objects in a shared bucket become executable code \
-         on every node that loads them, so each is signed and verified. Set one with `mac_key`, \
-         `mac_key_from_hex` or `mac_keys_from_env` ({MAC_KEY_ENV}=<64 hex digits>, the same on \
-         every node), or, for a trusted test set-up only, call `insecure_no_mac()`"
-    )]
-    MissingMacKey,
-    /// Both MAC keys and `insecure_no_mac()` were given.
-    #[error("`insecure_no_mac()` was called although MAC keys were given: choose one")]
-    ConflictingMac,
-    /// A MAC key could not be read.
-    #[error(transparent)]
-    MacKey(#[from] crate::mac::MacKeyError),
-    /// The URL is not one the tier can reach.
-    #[error("invalid object store URL {url}: {reason}")]
-    Url {
-        /// The URL, without its query (which may hold secrets).
-        url: String,
-        /// What was wrong.
-        reason: String,
-    },
-    /// The `object_store` crate refused the configuration (a missing
-    /// bucket name, region or credentials, an unknown option).
-    #[error("cannot configure the object store at {url}: {source}")]
-    Store {
-        /// The URL, without its query.
-        url: String,
-        /// The crate's error.
-        #[source]
-        source: object_store::Error,
-    },
-    /// A setting is out of range.
-    #[error("invalid setting {setting}: {reason}")]
-    Invalid {
-        /// The builder method.
-        setting: &'static str,
-        /// What was wrong.
-        reason: String,
-    },
-}
-
-impl From<ObjectsConfigError> for crate::CacheError {
-    fn from(e: ObjectsConfigError) -> Self {
-        crate::CacheError::other(e)
-    }
-}
 
 /// Where the tier's objects are.
 ///
@@ -135,8 +83,8 @@ pub(super) fn redact(url: &str) -> String {
     }
 }
 
-/// Builder for [`ObjectsCache`]; see the [module docs](super) for the
-/// design.
+/// Builder for [`ObjectsCache`]; the README's *Object-store tier* section
+/// describes the design.
 #[derive(Debug, Clone)]
 pub struct ObjectsCacheBuilder {
     target: ObjectsTarget,
@@ -205,14 +153,9 @@ impl ObjectsCacheBuilder {
         self
     }
 
-    /// Add a MAC key given as 64 hex digits.
-    pub fn mac_key_from_hex(self, hex_digits: &str) -> Result<Self, ObjectsConfigError> {
-        Ok(self.mac_key(MacKey::from_hex(hex_digits)?))
-    }
-
     /// Add the MAC keys listed in [`MAC_KEY_ENV`] (`TIERSCOPE_OBJECTS_KEY`):
     /// 64 hex digits each, comma-separated, the signing key first.
-    pub fn mac_keys_from_env(self) -> Result<Self, ObjectsConfigError> {
+    pub fn mac_keys_from_env(self) -> Result<Self, ConfigError> {
         Ok(self.mac_keys(MacKey::list_from_env(MAC_KEY_ENV)?))
     }
 
@@ -328,8 +271,8 @@ impl ObjectsCacheBuilder {
         self
     }
 
-    fn invalid(setting: &'static str, reason: impl Into<String>) -> ObjectsConfigError {
-        ObjectsConfigError::Invalid {
+    fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
             setting,
             reason: reason.into(),
         }
@@ -337,10 +280,15 @@ impl ObjectsCacheBuilder {
 
     /// Check the settings and make the tier. Does no I/O: the store is
     /// reached on the first operation.
-    pub fn build(self) -> Result<ObjectsCache, ObjectsConfigError> {
+    pub fn build(self) -> Result<ObjectsCache, ConfigError> {
         let signing = match (self.keys.is_empty(), self.insecure) {
-            (true, false) => return Err(ObjectsConfigError::MissingMacKey),
-            (false, true) => return Err(ObjectsConfigError::ConflictingMac),
+            (true, false) => {
+                return Err(ConfigError::MissingMacKey {
+                    tier: "object-store",
+                    env: MAC_KEY_ENV,
+                });
+            }
+            (false, true) => return Err(ConfigError::ConflictingMac),
             (true, true) => Signing::Unkeyed,
             (false, false) => Signing::Keyed(self.keys),
         };
@@ -450,20 +398,23 @@ fn store_from_url(
     timeout: Duration,
     connect_timeout: Duration,
     longest: Duration,
-) -> Result<(Arc<dyn ObjectStore>, String), ObjectsConfigError> {
+) -> Result<(Arc<dyn ObjectStore>, String), ConfigError> {
     use object_store::ObjectStoreScheme as Scheme;
     let shown = redact(url);
-    let parsed = url::Url::parse(url).map_err(|e| ObjectsConfigError::Url {
-        url: shown.clone(),
+    let parsed = url::Url::parse(url).map_err(|e| ConfigError::Target {
+        target: shown.clone(),
         reason: e.to_string(),
+        source: None,
     })?;
-    let (scheme, path) = Scheme::parse(&parsed).map_err(|e| ObjectsConfigError::Url {
-        url: shown.clone(),
+    let (scheme, path) = Scheme::parse(&parsed).map_err(|e| ConfigError::Target {
+        target: shown.clone(),
         reason: e.to_string(),
+        source: None,
     })?;
-    let store_error = |source| ObjectsConfigError::Store {
-        url: shown.clone(),
-        source,
+    let store_error = |e: object_store::Error| ConfigError::Target {
+        target: shown.clone(),
+        reason: format!("the object store refused the configuration: {e}"),
+        source: Some(Box::new(e)),
     };
     // The client's own bounds: connection set-up, a stalled body, the
     // whole request (a backstop), and few retries within the tier's bound
@@ -489,7 +440,7 @@ fn store_from_url(
                 let key: $key =
                     k.to_ascii_lowercase()
                         .parse()
-                        .map_err(|_| ObjectsConfigError::Invalid {
+                        .map_err(|_| ConfigError::Invalid {
                             setting: "store_option",
                             reason: format!("unknown option {k:?} for {shown}"),
                         })?;
@@ -514,15 +465,15 @@ fn store_from_url(
         Scheme::Local => {
             // The whole URL path is the directory; objects go under the
             // tier's prefix inside it.
-            let dir = parsed
-                .to_file_path()
-                .map_err(|()| ObjectsConfigError::Url {
-                    url: shown.clone(),
-                    reason: "not a local path".into(),
-                })?;
-            std::fs::create_dir_all(&dir).map_err(|e| ObjectsConfigError::Url {
-                url: shown.clone(),
+            let dir = parsed.to_file_path().map_err(|()| ConfigError::Target {
+                target: shown.clone(),
+                reason: "not a local path".into(),
+                source: None,
+            })?;
+            std::fs::create_dir_all(&dir).map_err(|e| ConfigError::Target {
+                target: shown.clone(),
                 reason: format!("cannot create {}: {e}", dir.display()),
+                source: None,
             })?;
             let store =
                 object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(store_error)?;
@@ -535,9 +486,10 @@ fn store_from_url(
             ));
         }
         other => {
-            return Err(ObjectsConfigError::Url {
-                url: shown,
+            return Err(ConfigError::Target {
+                target: shown,
                 reason: format!("{other:?} is not supported (use s3://, gs://, az://, file://)"),
+                source: None,
             });
         }
     };
@@ -555,11 +507,17 @@ mod tests {
     #[test]
     fn a_key_is_required_and_says_why() {
         let e = ObjectsCache::builder("memory:///").build().unwrap_err();
-        assert!(matches!(e, ObjectsConfigError::MissingMacKey));
+        assert!(matches!(
+            e,
+            ConfigError::MissingMacKey {
+                tier: "object-store",
+                ..
+            }
+        ));
         assert!(e.to_string().contains(MAC_KEY_ENV), "{e}");
         assert!(matches!(
             b("memory:///").insecure_no_mac().build().unwrap_err(),
-            ObjectsConfigError::ConflictingMac
+            ConfigError::ConflictingMac
         ));
     }
 

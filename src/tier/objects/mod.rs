@@ -136,7 +136,7 @@ mod transfer;
 mod upload;
 
 pub use crate::mac::MacKey;
-pub use config::{ObjectsCacheBuilder, ObjectsConfigError, ObjectsTarget};
+pub use config::{ObjectsCacheBuilder, ObjectsTarget};
 use store::Shared;
 
 /// Default path prefix, when the URL has none.
@@ -187,8 +187,8 @@ pub const LEASE_SUFFIX: &str = ".uploading";
 /// The shared object-store tier. Cheap to clone: clones share the store
 /// client, the circuit breaker and the operation slots.
 ///
-/// See the [module docs](self) for paths, objects, the upload skip, time
-/// bounds and the breaker.
+/// The README's *Object-store tier* section describes paths, objects, the
+/// upload skip, time bounds and the breaker.
 #[derive(Clone)]
 pub struct ObjectsCache {
     shared: Arc<Shared>,
@@ -229,10 +229,7 @@ impl ObjectsCache {
 impl fmt::Debug for ObjectsCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = &*self.shared;
-        let keys: Vec<String> = match &s.signing {
-            Signing::Keyed(keys) => keys.iter().map(MacKey::fingerprint).collect(),
-            Signing::Unkeyed => vec!["INSECURE: unkeyed".into()],
-        };
+        let keys = s.signing.fingerprints();
         f.debug_struct("ObjectsCache")
             .field("tier", &s.tier)
             .field("endpoint", &s.endpoint)

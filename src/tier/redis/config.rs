@@ -6,50 +6,9 @@ use std::{fmt, sync::Arc, time::Duration};
 use parking_lot::Mutex;
 use redis::{RedisError, cluster::ClusterClient};
 
-use crate::{
-    cache::{CacheError, TierName},
-    entry,
-    tier_events::Observers,
-};
+use crate::{cache::TierName, entry, error::ConfigError, tier_events::Observers};
 
 use super::*;
-
-/// A configuration [`RedisCacheBuilder::build`] refused.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum RedisConfigError {
-    /// Neither a MAC key nor the explicit opt-out was given.
-    #[error(
-        "the Redis tier needs a MAC key: values in a shared Redis become executable code on every \
-         node that loads them, so each is signed and verified. Set one with `mac_key`, \
-         `mac_key_from_hex` or `mac_keys_from_env` ({MAC_KEY_ENV}=<64 hex digits>, the same on \
-         every node), or, for a trusted test set-up only, call `insecure_no_mac()`"
-    )]
-    MissingMacKey,
-    /// Both MAC keys and `insecure_no_mac()` were given.
-    #[error("`insecure_no_mac()` was called although MAC keys were given: choose one")]
-    ConflictingMac,
-    /// A MAC key could not be read.
-    #[error(transparent)]
-    MacKey(#[from] crate::mac::MacKeyError),
-    /// The Redis URL or client configuration is invalid.
-    #[error("invalid Redis target: {0}")]
-    Target(#[source] RedisError),
-    /// A setting is out of range.
-    #[error("invalid setting {setting}: {reason}")]
-    Invalid {
-        /// The builder method.
-        setting: &'static str,
-        /// What was wrong.
-        reason: String,
-    },
-}
-
-impl From<RedisConfigError> for CacheError {
-    fn from(e: RedisConfigError) -> Self {
-        CacheError::other(e)
-    }
-}
 
 /// Where the tier's Redis is: a single server or a cluster.
 ///
@@ -79,6 +38,16 @@ impl RedisTarget {
         S: Into<String>,
     {
         RedisTarget::ClusterUrls(nodes.into_iter().map(Into::into).collect())
+    }
+}
+
+/// The client refused a URL or configuration (the URL is not shown: it
+/// may hold a password).
+fn invalid_target(e: RedisError) -> ConfigError {
+    ConfigError::Target {
+        target: "Redis".into(),
+        reason: e.to_string(),
+        source: Some(Box::new(e)),
     }
 }
 
@@ -128,7 +97,8 @@ impl From<ClusterClient> for RedisTarget {
     }
 }
 
-/// Builder for [`RedisCache`]; see the [module docs](super) for the design.
+/// Builder for [`RedisCache`]; the README's *Redis tier* section describes
+/// the design.
 #[derive(Debug, Clone)]
 pub struct RedisCacheBuilder {
     target: RedisTarget,
@@ -177,14 +147,9 @@ impl RedisCacheBuilder {
         self
     }
 
-    /// Add a MAC key given as 64 hex digits.
-    pub fn mac_key_from_hex(self, hex_digits: &str) -> Result<Self, RedisConfigError> {
-        Ok(self.mac_key(MacKey::from_hex(hex_digits)?))
-    }
-
     /// Add the MAC keys listed in [`MAC_KEY_ENV`] (`TIERSCOPE_REDIS_KEY`):
     /// 64 hex digits each, comma-separated, the signing key first.
-    pub fn mac_keys_from_env(self) -> Result<Self, RedisConfigError> {
+    pub fn mac_keys_from_env(self) -> Result<Self, ConfigError> {
         Ok(self.mac_keys(MacKey::list_from_env(MAC_KEY_ENV)?))
     }
 
@@ -214,9 +179,9 @@ impl RedisCacheBuilder {
     }
 
     /// The longest an operation waits for Redis (connection set-up
-    /// included) before answering [`CacheError::Timeout`]. Default 250 ms;
+    /// included) before answering [`CacheError::Timeout`](crate::CacheError::Timeout). Default 250 ms;
     /// zero is refused by [`build`](Self::build); anything above
-    /// [`MAX_DURATION`] (e.g. `Duration::MAX`) is saturated to it.
+    /// ten years (e.g. `Duration::MAX`) is saturated to it.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -224,7 +189,7 @@ impl RedisCacheBuilder {
 
     /// Bound of one connection attempt (TCP, TLS, `AUTH`, `HELLO`) made by
     /// the client, also in the background after a failure. Default 1 s;
-    /// zero is refused, anything above [`MAX_DURATION`] saturated to it.
+    /// zero is refused, anything above ten years saturated to it.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -238,7 +203,7 @@ impl RedisCacheBuilder {
     }
 
     /// How long the open breaker refuses calls before letting one through
-    /// as a probe. Default 1 s; anything above [`MAX_DURATION`] (e.g.
+    /// as a probe. Default 1 s; anything above ten years (e.g.
     /// `Duration::MAX`) is saturated to it.
     pub fn probe_interval(mut self, interval: Duration) -> Self {
         self.probe_interval = interval;
@@ -246,7 +211,7 @@ impl RedisCacheBuilder {
     }
 
     /// Largest value stored (header + artifact + 32-byte MAC); larger saves
-    /// answer [`CacheError::TooLarge`] before any network I/O. A larger
+    /// answer [`CacheError::TooLarge`](crate::CacheError::TooLarge) before any network I/O. A larger
     /// value found on a load is refused by its size, which the server
     /// reports in the round trip that reads at most its first
     /// [`FIRST_READ_BYTES`]: [`CacheError::Integrity`], deleted. Give every
@@ -259,7 +224,7 @@ impl RedisCacheBuilder {
 
     /// Let Redis expire each entry this long after it was saved (`SET ..
     /// PX`). Default: no expiry. Under 1 ms is refused; anything above
-    /// [`MAX_DURATION`] is saturated to it.
+    /// ten years is saturated to it.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
         self
@@ -276,10 +241,15 @@ impl RedisCacheBuilder {
 
     /// Check the settings and make the tier. Does no I/O: the connection is
     /// made on the first operation.
-    pub fn build(self) -> Result<RedisCache, RedisConfigError> {
+    pub fn build(self) -> Result<RedisCache, ConfigError> {
         let signing = match (self.keys.is_empty(), self.insecure) {
-            (true, false) => return Err(RedisConfigError::MissingMacKey),
-            (false, true) => return Err(RedisConfigError::ConflictingMac),
+            (true, false) => {
+                return Err(ConfigError::MissingMacKey {
+                    tier: "Redis",
+                    env: MAC_KEY_ENV,
+                });
+            }
+            (false, true) => return Err(ConfigError::ConflictingMac),
             (true, true) => Signing::Unkeyed,
             (false, false) => Signing::Keyed(self.keys),
         };
@@ -288,20 +258,20 @@ impl RedisCacheBuilder {
         let probe_interval = self.probe_interval.min(MAX_DURATION);
         let ttl = self.ttl.map(|ttl| ttl.min(MAX_DURATION));
         if self.timeout.is_zero() {
-            return Err(RedisConfigError::Invalid {
+            return Err(ConfigError::Invalid {
                 setting: "timeout",
                 reason: "must be greater than zero".into(),
             });
         }
         if self.connect_timeout.is_zero() {
-            return Err(RedisConfigError::Invalid {
+            return Err(ConfigError::Invalid {
                 setting: "connect_timeout",
                 reason: "must be greater than zero".into(),
             });
         }
         let overhead = (entry::HEADER_LEN + MAC_LEN) as u64;
         if self.max_entry_bytes <= overhead || self.max_entry_bytes > REDIS_MAX_VALUE_BYTES {
-            return Err(RedisConfigError::Invalid {
+            return Err(ConfigError::Invalid {
                 setting: "max_entry_bytes",
                 reason: format!(
                     "{} is outside {}..={REDIS_MAX_VALUE_BYTES} (a header and MAC need {overhead} bytes; \
@@ -314,7 +284,7 @@ impl RedisCacheBuilder {
         if let Some(ttl) = ttl
             && ttl.as_millis() == 0
         {
-            return Err(RedisConfigError::Invalid {
+            return Err(ConfigError::Invalid {
                 setting: "ttl",
                 reason: "must be at least 1 ms".into(),
             });
@@ -322,7 +292,7 @@ impl RedisCacheBuilder {
         let breaker = Arc::new(Breaker::new(self.failure_threshold, probe_interval));
         let (target, endpoint) = match self.target {
             RedisTarget::Url(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(RedisConfigError::Target)?;
+                let client = redis::Client::open(url.as_str()).map_err(invalid_target)?;
                 let endpoint = client.get_connection_info().addr().to_string();
                 (Target::Single(client), endpoint)
             }
@@ -332,7 +302,7 @@ impl RedisCacheBuilder {
             }
             RedisTarget::ClusterUrls(urls) => {
                 if urls.is_empty() {
-                    return Err(RedisConfigError::Invalid {
+                    return Err(ConfigError::Invalid {
                         setting: "target",
                         reason: "a cluster needs at least one node URL".into(),
                     });
@@ -340,14 +310,14 @@ impl RedisCacheBuilder {
                 let mut addrs = Vec::with_capacity(urls.len());
                 for url in &urls {
                     let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
-                        .map_err(RedisConfigError::Target)?;
+                        .map_err(invalid_target)?;
                     addrs.push(info.addr().to_string());
                 }
                 let client = ClusterClient::builder(urls)
                     .connection_timeout(connect_timeout)
                     .response_timeout(timeout)
                     .build()
-                    .map_err(RedisConfigError::Target)?;
+                    .map_err(invalid_target)?;
                 (
                     Target::Cluster(Box::new(client)),
                     format!("cluster {}", addrs.join(",")),
@@ -390,7 +360,10 @@ mod tests {
         let e = RedisCache::builder("redis://127.0.0.1:1/")
             .build()
             .unwrap_err();
-        assert!(matches!(e, RedisConfigError::MissingMacKey));
+        assert!(matches!(
+            e,
+            ConfigError::MissingMacKey { tier: "Redis", .. }
+        ));
         let msg = e.to_string();
         assert!(
             msg.contains("MAC key") && msg.contains(MAC_KEY_ENV),
@@ -402,7 +375,7 @@ mod tests {
                 .insecure_no_mac()
                 .build()
                 .unwrap_err(),
-            RedisConfigError::ConflictingMac
+            ConfigError::ConflictingMac
         ));
     }
 
@@ -445,7 +418,7 @@ mod tests {
         assert!(b().ttl(Duration::from_micros(10)).build().is_err());
         assert!(matches!(
             RedisCache::builder("not a url").mac_key(key(1)).build(),
-            Err(RedisConfigError::Target(_))
+            Err(ConfigError::Target { .. })
         ));
         assert!(b().build().is_ok());
     }

@@ -26,7 +26,7 @@
 //!     );
 //! let loader = ModuleLoader::new("modules", cache);
 //! let engine = wasmer::Engine::default();
-//! let module = loader.load_or_compile(&engine, b"(module)").await?;
+//! let module = loader.load_into(&engine, b"(module)").await?;
 //! # let _ = module;
 //! # Ok(())
 //! # }
@@ -114,7 +114,7 @@
 //! its node and follows `MOVED`/`ASK` redirections:
 //!
 //! ```no_run
-//! use tierscope::{RedisCache, tier::redis::RedisTarget};
+//! use tierscope::{RedisCache, RedisTarget};
 //! # fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let redis = RedisCache::builder(RedisTarget::cluster([
 //!     "redis://10.0.0.1:6379/",
@@ -193,7 +193,7 @@ mod fetch;
 use crate::tier::breaker::{Breaker, Verdict};
 use crate::tier::remote_value::{self, Signing, ValueParts};
 use cluster::*;
-pub use config::{RedisCacheBuilder, RedisConfigError, RedisTarget};
+pub use config::{RedisCacheBuilder, RedisTarget};
 use connection::*;
 use fetch::*;
 
@@ -237,8 +237,8 @@ pub use crate::mac::MacKey;
 /// The shared remote tier on Redis (single server or cluster). Cheap to
 /// clone: clones share the connection and the circuit breaker.
 ///
-/// See the [module docs](self) for keys, values, the MAC, time bounds and
-/// the breaker.
+/// The README's *Redis tier* section describes keys, values, the MAC, time
+/// bounds and the breaker.
 #[derive(Clone)]
 pub struct RedisCache {
     shared: Arc<Shared>,
@@ -394,10 +394,7 @@ impl RedisCache {
 impl fmt::Debug for RedisCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = &*self.shared;
-        let keys: Vec<String> = match &s.signing {
-            Signing::Keyed(keys) => keys.iter().map(MacKey::fingerprint).collect(),
-            Signing::Unkeyed => vec!["INSECURE: unkeyed".into()],
-        };
+        let keys = s.signing.fingerprints();
         f.debug_struct("RedisCache")
             .field("tier", &s.tier)
             .field("endpoint", &s.endpoint)

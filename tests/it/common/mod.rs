@@ -200,7 +200,7 @@ pub fn open_disk(dir: &std::path::Path, capacity: u64) -> tierscope::FileSystemC
     tierscope::FileSystemCache::builder(dir)
         .capacity(capacity)
         .temp_grace(std::time::Duration::ZERO)
-        .open()
+        .build()
         .unwrap()
 }
 

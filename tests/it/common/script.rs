@@ -86,16 +86,16 @@ impl Script {
     pub async fn play(&self, loader: &ModuleLoader<Stack>) {
         let (engine, memory) = (&self.engine, &self.memory);
         // 1. miss in both tiers, compile, save in both
-        loader.load_or_compile(engine, &self.wasm_a).await.unwrap();
+        loader.load_into(engine, &self.wasm_a).await.unwrap();
         self.until_in_memory(self.a).await;
         // 2. memory hit
-        loader.load_or_compile(engine, &self.wasm_a).await.unwrap();
+        loader.load_into(engine, &self.wasm_a).await.unwrap();
         // 3. explicit removal from memory, then a disk hit promoted to memory
         assert!(memory.remove(self.a, engine));
-        loader.load_or_compile(engine, &self.wasm_a).await.unwrap();
+        loader.load_into(engine, &self.wasm_a).await.unwrap();
         assert!(memory.contains(self.a, engine).await.unwrap());
         // 4. B: miss, compile, save; memory has room for one: A is evicted
-        loader.load_or_compile(engine, &self.wasm_b).await.unwrap();
+        loader.load_into(engine, &self.wasm_b).await.unwrap();
         self.until_in_memory(self.b).await;
         assert!(!memory.contains(self.a, engine).await.unwrap());
         // 5. B corrupt on disk and gone from memory: detected, removed, recompiled
@@ -105,7 +105,7 @@ impl Script {
         bytes[mid] ^= 0x10;
         fs::write(&path, bytes).unwrap();
         assert!(memory.remove(self.b, engine));
-        loader.load_or_compile(engine, &self.wasm_b).await.unwrap();
+        loader.load_into(engine, &self.wasm_b).await.unwrap();
         self.until_in_memory(self.b).await;
         tierscope::observe::flush();
     }

@@ -141,7 +141,7 @@ async fn a_fleet_shares_modules_through_a_cluster_and_survives_a_dead_master() {
 
     // act 1: node A compiles every module, saving each into the cluster
     for w in &wasm {
-        a.loader.load_or_compile(&engine_a, w).await.unwrap();
+        a.loader.load_into(&engine_a, w).await.unwrap();
     }
     for &h in &hashes {
         until_saved(&a.redis, h, &engine_a).await;
@@ -170,7 +170,7 @@ async fn a_fleet_shares_modules_through_a_cluster_and_survives_a_dead_master() {
 
     // act 2: node B loads every module
     for w in &wasm {
-        b.loader.load_or_compile(&engine_b, w).await.unwrap();
+        b.loader.load_into(&engine_b, w).await.unwrap();
     }
 
     // assert 2: all remote hits, nothing compiled twice
@@ -234,7 +234,7 @@ async fn a_fleet_shares_modules_through_a_cluster_and_survives_a_dead_master() {
     let engine_c = Engine::default();
     for (i, w) in wasm.iter().enumerate() {
         let started = Instant::now();
-        let module = c.loader.load_or_compile(&engine_c, w).await;
+        let module = c.loader.load_into(&engine_c, w).await;
         assert!(module.is_ok(), "module {i}: {:?}", module.err());
         assert!(
             started.elapsed() < Duration::from_secs(2),
@@ -252,7 +252,7 @@ async fn a_fleet_shares_modules_through_a_cluster_and_survives_a_dead_master() {
 
     // assert 4: its slots serve again: A saves, B loads, without rebuilding
     let first = hashes[0];
-    let module = a.loader.load_or_compile(&engine_a, &wasm[0]).await.unwrap();
+    let module = a.loader.load_into(&engine_a, &wasm[0]).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match a.redis.save(first, &engine_a, &module).await {

@@ -15,7 +15,7 @@ async fn a_tampered_value_is_refused_deleted_counted_and_recompiled() {
     let loader = metrics::with_local_recorder(&recorder, || {
         ModuleLoader::new("solo", redis.clone().instrumented("solo", "redis"))
     });
-    loader.load_or_compile(&engine, &wasm).await.unwrap();
+    loader.load_into(&engine, &wasm).await.unwrap();
     until_saved(&redis, key, &engine).await;
     let rkey = redis.redis_key(key, &engine);
     let mut value = get_raw(&server, &rkey).unwrap();
@@ -24,7 +24,7 @@ async fn a_tampered_value_is_refused_deleted_counted_and_recompiled() {
     set_raw(&server, &rkey, &value);
 
     // act: the loader meets the tampered value, recompiles and saves again
-    let module = loader.load_or_compile(&engine, &wasm).await.unwrap();
+    let module = loader.load_into(&engine, &wasm).await.unwrap();
     until_saved(&redis, key, &engine).await;
     // (through the tier, not the loader: the loader may still hold the
     // flight that is saving, and would answer from it)
@@ -181,8 +181,7 @@ async fn rotation_signs_with_the_first_key_and_accepts_the_others() {
         .build()
         .unwrap();
     let new_only = RedisCache::builder(server.url())
-        .mac_key_from_hex(&hex::encode(OTHER_KEY))
-        .unwrap()
+        .mac_key(tierscope::MacKey::from_hex(&hex::encode(OTHER_KEY)).unwrap())
         .build()
         .unwrap();
 
@@ -290,7 +289,7 @@ async fn a_huge_value_under_one_key_never_opens_the_breaker_for_another() {
         // The server sent its first read and a few replies (INFO's own
         // among them), not the 256 MiB: the length was checked first.
         assert!(
-            sent < tierscope::tier::redis::FIRST_READ_BYTES + (64 << 10),
+            sent < tierscope::internals::redis::FIRST_READ_BYTES + (64 << 10),
             "round {round}: the value was not checked server-side: {sent} bytes sent"
         );
         assert!(!exists_raw(&server, &key_a), "round {round}: not deleted");

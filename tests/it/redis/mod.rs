@@ -28,9 +28,8 @@ use redis_cluster::RedisCluster;
 use redis_server::{Options, RedisServer, SilentServer, free_port};
 use tierscope::{
     CacheError, EvictionCause, FileSystemCache, InstrumentExt, IntegrityFailure, Lookup,
-    MemoryCache, ModuleCache, ModuleHash, ModuleLoader, RedisCache, RedisCacheBuilder,
-    Unavailability, corpus, entry,
-    tier::redis::{MAC_LEN, RedisTarget},
+    MemoryCache, ModuleCache, ModuleHash, ModuleLoader, RedisCache, RedisCacheBuilder, RedisTarget,
+    Unavailability, corpus, entry, internals::redis::MAC_LEN,
 };
 use wasmer::{Engine, Module};
 

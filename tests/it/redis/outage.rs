@@ -20,7 +20,7 @@ async fn redis_stopped_mid_workload_then_restarted() {
     let n = metrics::with_local_recorder(&recorder, || node("ops", dir.path(), redis.clone()));
     let wasm: Vec<Vec<u8>> = (0..12).map(|i| corpus::tiny(100 + i)).collect();
     for w in &wasm[..4] {
-        n.loader.load_or_compile(&engine, w).await.unwrap();
+        n.loader.load_into(&engine, w).await.unwrap();
         until_saved(&redis, ModuleHash::new(w), &engine).await;
     }
 
@@ -29,7 +29,7 @@ async fn redis_stopped_mid_workload_then_restarted() {
     let mut answered = 0;
     for w in wasm[..10].iter().chain(&wasm[..4]) {
         let started = Instant::now();
-        let module = n.loader.load_or_compile(&engine, w).await;
+        let module = n.loader.load_into(&engine, w).await;
         assert!(module.is_ok(), "every load still returns a module");
         assert!(started.elapsed() < Duration::from_secs(2));
         answered += 1;
@@ -63,7 +63,7 @@ async fn redis_stopped_mid_workload_then_restarted() {
     }
     // a new module is compiled, saved remotely, and served remotely again
     let fresh = &wasm[11];
-    n.loader.load_or_compile(&engine, fresh).await.unwrap();
+    n.loader.load_into(&engine, fresh).await.unwrap();
     until_saved(&redis, ModuleHash::new(fresh), &engine).await;
     let remote = redis.load(ModuleHash::new(fresh), &engine).await;
 

@@ -80,10 +80,10 @@ async fn two_nodes_share_modules_through_redis() {
     });
 
     // act: A compiles (and saves to every tier), then B loads
-    let from_a = a.loader.load_or_compile(&engine, &wasm).await.unwrap();
+    let from_a = a.loader.load_into(&engine, &wasm).await.unwrap();
     until_saved(&a.redis, key, &engine).await;
-    let from_b = b.loader.load_or_compile(&engine, &wasm).await.unwrap();
-    let again = b.loader.load_or_compile(&engine, &wasm).await.unwrap();
+    let from_b = b.loader.load_into(&engine, &wasm).await.unwrap();
+    let again = b.loader.load_into(&engine, &wasm).await.unwrap();
 
     // assert: a remote hit on B, promoted into B's disk and memory, no compile
     assert_eq!(exports(&from_a), exports(&from_b));
@@ -206,7 +206,7 @@ async fn values_larger_than_the_first_read_are_read_in_two_ranges() {
     redis.save(key, &engine, &module).await.unwrap();
     let stored = get_raw(&server, &redis.redis_key(key, &engine)).unwrap();
     assert!(
-        stored.len() as u64 > tierscope::tier::redis::FIRST_READ_BYTES,
+        stored.len() as u64 > tierscope::internals::redis::FIRST_READ_BYTES,
         "{}",
         stored.len()
     );

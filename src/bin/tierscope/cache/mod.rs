@@ -9,7 +9,7 @@
 //! - [`warm`]: compile modules into the cache before a deploy.
 //!
 //! All of them go through the disk tier's public maintenance API
-//! (`tierscope::tier::disk`: `open_for_maintenance`, `inventory`, `verify`,
+//! (`tierscope::tier::disk`: `build_for_maintenance`, `inventory`, `verify`,
 //! `trim`, `clear`), never around it.
 
 mod stats;
@@ -21,10 +21,10 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use tierscope::{
-    CacheError, FileSystemCache, FileSystemCacheBuilder, MacKey, tier::disk::UnsafeDirectory,
+    CacheError, FileSystemCache, FileSystemCacheBuilder, MacKey, disk::UnsafeDirectory,
 };
 
-use crate::demo::Failure;
+use crate::common::Failure;
 
 /// The environment variable holding the disk tier's MAC keys (64 hex digits
 /// each, comma-separated, the signing key first).

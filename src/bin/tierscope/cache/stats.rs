@@ -14,12 +14,12 @@ use clap::Args;
 use serde_json::json;
 use tierscope::{
     ModuleHash,
-    tier::disk::{CacheFile, FileKind, Inventory, Namespace},
+    disk::{CacheFile, FileKind, Inventory, Namespace},
 };
 use wasmer::Engine;
 
 use super::{DirArgs, count};
-use crate::{demo::Failure, duration, size};
+use crate::{bytes, common::Failure, duration};
 
 pub const EXAMPLES: &str = "\
 Examples:
@@ -59,7 +59,7 @@ const RECENCY: [(&str, &str, Duration); 4] = [
 
 pub fn run(args: StatsArgs) -> Result<u8, Failure> {
     let dir = args.dir.dir()?;
-    let cache = args.dir.builder(&dir).open_for_maintenance();
+    let cache = args.dir.builder(&dir).build_for_maintenance();
     let inventory = cache.inventory().map_err(|e| super::explain(&dir, e))?;
     let sources = source_names(&args.sources)?;
     let own = Namespace::of(&Engine::default());
@@ -189,7 +189,7 @@ fn print_text(
     now: SystemTime,
     list: bool,
 ) {
-    let human = |b: u64| size::human(b as f64);
+    let human = |b: u64| bytes::human(b as f64);
     println!("Cache directory   {}", inventory.root.display());
     if !inventory.exists {
         println!("                  (does not exist yet: nothing was ever saved here)");

@@ -8,10 +8,10 @@
 use std::time::Duration;
 
 use clap::{ArgGroup, Args};
-use tierscope::tier::disk::{FileKind, TrimReport};
+use tierscope::disk::{FileKind, TrimReport};
 
 use super::{DirArgs, count};
-use crate::{demo::Failure, duration, size};
+use crate::{bytes, common::Failure, duration};
 
 pub const TRIM_EXAMPLES: &str = "\
 Examples:
@@ -49,12 +49,12 @@ fn parse_max_bytes(s: &str) -> Result<u64, String> {
     if s.trim() == "0" {
         return Ok(0);
     }
-    size::parse(s)
+    bytes::parse(s)
 }
 
 pub fn run_trim(args: TrimArgs) -> Result<u8, Failure> {
     let dir = args.dir.dir()?;
-    let cache = args.dir.builder(&dir).open_for_maintenance();
+    let cache = args.dir.builder(&dir).build_for_maintenance();
     let before = leftovers(&cache, &dir)?;
     let report = cache
         .trim(args.max_bytes, args.older_than)
@@ -64,14 +64,14 @@ pub fn run_trim(args: TrimArgs) -> Result<u8, Failure> {
         why.push(format!("not used for {}", humantime::format_duration(d)));
     }
     if let Some(b) = args.max_bytes {
-        why.push(format!("to fit {}", size::human(b as f64)));
+        why.push(format!("to fit {}", bytes::human(b as f64)));
     }
     say(&dir, &report, &why.join(" or "), before, &cache)
 }
 
 pub fn run_clear(args: ClearArgs) -> Result<u8, Failure> {
     let dir = args.dir.dir()?;
-    let cache = args.dir.builder(&dir).open_for_maintenance();
+    let cache = args.dir.builder(&dir).build_for_maintenance();
     let before = leftovers(&cache, &dir)?;
     let report = cache.clear().map_err(|e| super::explain(&dir, e))?;
     say(&dir, &report, "all", before, &cache)
@@ -102,7 +102,7 @@ fn say(
     leftovers_before: u64,
     cache: &tierscope::FileSystemCache,
 ) -> Result<u8, Failure> {
-    let human = |b: u64| size::human(b as f64);
+    let human = |b: u64| bytes::human(b as f64);
     let left_now = leftovers(cache, dir)?;
     let mut line = format!(
         "{}: removed {} ({}; {why}), kept {} ({})",

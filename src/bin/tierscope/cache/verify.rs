@@ -8,11 +8,11 @@ use std::io::IsTerminal;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use tierscope::tier::disk::EntryVerdict;
+use tierscope::disk::EntryVerdict;
 use wasmer::Engine;
 
 use super::{DirArgs, count};
-use crate::{demo::Failure, size};
+use crate::{bytes, common::Failure};
 
 pub const EXAMPLES: &str = "\
 Examples:
@@ -43,7 +43,7 @@ pub fn run(args: VerifyArgs) -> Result<u8, Failure> {
     if args.mac {
         builder = builder.mac_keys(super::disk_keys()?);
     }
-    let cache = builder.open_for_maintenance();
+    let cache = builder.build_for_maintenance();
     let inventory = cache.inventory().map_err(|e| super::explain(&dir, e))?;
     if !inventory.exists {
         println!(
@@ -89,7 +89,7 @@ pub fn run(args: VerifyArgs) -> Result<u8, Failure> {
     let mut line = format!(
         "checked {} ({}) in {}: {} good",
         count(summary.checked, "entry", "entries"),
-        size::human(summary.bytes as f64),
+        bytes::human(summary.bytes as f64),
         dir.display(),
         summary.good,
     );

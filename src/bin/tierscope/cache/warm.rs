@@ -20,7 +20,7 @@ use tierscope::{FileSystemCache, ModuleCache, ModuleHash};
 use wasmer::{Engine, Module};
 
 use super::{DirArgs, count};
-use crate::{demo::Failure, duration, size};
+use crate::{bytes, common::Failure, duration};
 
 pub const EXAMPLES: &str = "\
 Examples:
@@ -40,7 +40,7 @@ pub struct WarmArgs {
     paths: Vec<PathBuf>,
     /// Bound of the disk tier: the one the runtimes using the directory
     /// set (`tierscope run --disk-bytes`).
-    #[arg(long, default_value = "1GiB", value_parser = size::parse)]
+    #[arg(long, default_value = "1GiB", value_parser = bytes::parse)]
     disk_bytes: u64,
     /// Fill a shared Redis tier too (MAC key in TIERSCOPE_REDIS_KEY).
     #[arg(long, value_name = "URL")]
@@ -157,12 +157,12 @@ pub fn run(args: WarmArgs) -> Result<u8, Failure> {
                 .join(", ")
         )));
     }
-    crate::demo::usable_cache_dir(&dir)?;
+    crate::common::usable_cache_dir(&dir)?;
     let disk = args
         .dir
         .builder(&dir)
         .capacity(args.disk_bytes)
-        .open()
+        .build()
         .map_err(|e| super::explain(&dir, e))?;
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -229,12 +229,15 @@ async fn shared_tiers(args: &WarmArgs) -> Result<Shared, Failure> {
     if let Some(url) = &args.redis {
         shared.push((
             "redis",
-            Arc::new(crate::demo::redis_tier(url, CACHE).await?),
+            Arc::new(crate::common::redis_tier(url, CACHE).await?),
         ));
     }
     #[cfg(feature = "objects")]
     if let Some(url) = &args.objects {
-        shared.push(("objects", Arc::new(crate::demo::objects_tier(url, CACHE)?)));
+        shared.push((
+            "objects",
+            Arc::new(crate::common::objects_tier(url, CACHE)?),
+        ));
     }
     let _ = (args, CACHE);
     Ok(shared)
@@ -324,7 +327,7 @@ fn names(m: &Source) -> String {
 }
 
 fn describe(m: &Source, done: &Done, verbose: bool) -> Option<String> {
-    let wasm = size::human(m.wasm.len() as f64);
+    let wasm = bytes::human(m.wasm.len() as f64);
     let id = m.key.short_hash();
     Some(match done {
         Done::Cached if !verbose => return None,
@@ -335,7 +338,7 @@ fn describe(m: &Source, done: &Done, verbose: bool) -> Option<String> {
         Done::Compiled { took, artifact } => format!(
             "compiled  {} ({wasm} -> {}, module {id}) in {}",
             names(m),
-            size::human(*artifact as f64),
+            bytes::human(*artifact as f64),
             duration::short(*took)
         ),
         Done::Failed(why) => format!("failed    {} (module {id}): {why}", names(m)),
@@ -350,7 +353,7 @@ fn summarize(
     wall: Duration,
     args: &WarmArgs,
 ) {
-    let human = |b: u64| size::human(b as f64);
+    let human = |b: u64| bytes::human(b as f64);
     let (mut compiled, mut wasm_in, mut artifacts, mut cpu) = (0u64, 0u64, 0u64, Duration::ZERO);
     let (mut cached, mut fetched, mut failed) = (0u64, 0u64, unreadable as u64);
     for (m, done) in outcomes {

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, value_parser};
 
-use crate::size;
+use crate::bytes;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -22,14 +22,14 @@ pub struct DemoArgs {
     #[arg(long)]
     pub(super) modules: Option<PathBuf>,
     /// Bound of the memory tier (e.g. 16MiB).
-    #[arg(long, default_value = "8MiB", value_parser = size::parse)]
+    #[arg(long, default_value = "8MiB", value_parser = bytes::parse)]
     pub(super) memory_bytes: u64,
     /// Bound of the disk tier (e.g. 1GiB).
-    #[arg(long, default_value = "1GiB", value_parser = size::parse)]
+    #[arg(long, default_value = "1GiB", value_parser = bytes::parse)]
     pub(super) disk_bytes: u64,
     /// Evicted machine code one engine may keep before a fresh engine
     /// replaces it (see "Engines and memory" in the README).
-    #[arg(long, default_value = "64MiB", value_parser = size::parse)]
+    #[arg(long, default_value = "64MiB", value_parser = bytes::parse)]
     pub(super) code_budget: u64,
     /// Concurrent tasks asking for modules.
     #[arg(long, default_value_t = 4, value_parser = value_parser!(u64).range(1..=1024))]
@@ -94,7 +94,7 @@ fn parse_linger(s: &str) -> Result<Duration, String> {
 const MAX_WASM: u64 = 64 << 20;
 
 fn parse_max_wasm(s: &str) -> Result<u64, String> {
-    let v = size::parse(s)?;
+    let v = bytes::parse(s)?;
     if (4_000..=MAX_WASM).contains(&v) {
         Ok(v)
     } else {

@@ -23,14 +23,18 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::{RngExt, SeedableRng, rngs::SmallRng};
 use rand_distr::Zipf;
 use tierscope::{
-    EngineGenerations, FileSystemCache, InstrumentExt, MemoryCache, ModuleCache, ModuleLoader,
+    EngineRecycling, FileSystemCache, InstrumentExt, MemoryCache, ModuleCache, ModuleLoader,
     Served,
     observe::prometheus,
-    sizing::live::{LiveSizing, SizingExt, SizingOptions, Window},
+    sizing::{LiveSizing, SizingExt, SizingOptions, Window},
 };
 use wasmer::Engine;
 
-use crate::{expo::Scrape, size};
+use crate::{
+    bytes,
+    common::{Failure, usable_cache_dir},
+    expo::Scrape,
+};
 
 pub use args::DemoArgs;
 use modules::{Wasm, generate_corpus, read_modules};
@@ -44,34 +48,6 @@ Examples:
   tierscope demo
   tierscope demo --duration 60 --memory-bytes 4MiB --metrics-addr 127.0.0.1:0
   tierscope demo --modules ./wasm --cache-dir /tmp/tierscope-demo --linger 5m";
-
-/// How the demo failed: bad input (exit code 2) or at run time (1).
-pub enum Failure {
-    Usage(String),
-    Runtime(String),
-}
-
-/// Check `dir` can hold the disk tier now, rather than finding out from
-/// every save failing later: it is (or can be made) a directory, private
-/// to this user, that this process can write in.
-pub(crate) fn usable_cache_dir(dir: &std::path::Path) -> Result<(), Failure> {
-    let bad = |why: String| Failure::Usage(format!("--cache-dir {}: {why}", dir.display()));
-    if dir.exists() && !dir.is_dir() {
-        return Err(bad("exists and is not a directory".into()));
-    }
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(dir)
-        .map_err(|e| bad(format!("cannot create it: {e}")))?;
-    tempfile::Builder::new()
-        .prefix(".tierscope-probe-")
-        .tempfile_in(dir)
-        .map_err(|e| bad(format!("cannot write in it: {e}")))?;
-    Ok(())
-}
 
 pub fn run(args: DemoArgs) -> Result<(), Failure> {
     // Validate the inputs before doing anything slow.
@@ -181,7 +157,7 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
         None => disk,
         #[cfg(feature = "redis")]
         Some(url) => {
-            let redis = redis_tier(url, CACHE).await?;
+            let redis = crate::common::redis_tier(url, CACHE).await?;
             match &sizing {
                 Some(s) => Arc::new(disk.with_fallback(redis.with_sizing(s))),
                 None => Arc::new(disk.with_fallback(redis)),
@@ -193,7 +169,7 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
     let lower: Arc<dyn ModuleCache + Send + Sync> = match &args.objects {
         None => lower,
         #[cfg(feature = "objects")]
-        Some(url) => Arc::new(lower.with_fallback(objects_tier(url, CACHE)?)),
+        Some(url) => Arc::new(lower.with_fallback(crate::common::objects_tier(url, CACHE)?)),
         #[cfg(not(feature = "objects"))]
         Some(_) => unreachable!("checked before the runtime starts"),
     };
@@ -203,15 +179,15 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
         )),
         None => None,
     };
-    let engines = EngineGenerations::new(Engine::default).code_budget(args.code_budget);
+    let engines = EngineRecycling::new(Engine::default).code_budget(args.code_budget);
     let loader = ModuleLoader::with_engines(CACHE, memory.with_fallback(lower.clone()), engines);
 
     eprintln!(
         "tierscope demo: {} modules ({}), memory {} -> disk {} at {}{}, code budget {}, {} tasks for {}",
         modules.len(),
-        size::human(total_wasm as f64),
-        size::human(args.memory_bytes as f64),
-        size::human(args.disk_bytes as f64),
+        bytes::human(total_wasm as f64),
+        bytes::human(args.memory_bytes as f64),
+        bytes::human(args.disk_bytes as f64),
         dir.display(),
         match (args.redis.is_some(), args.objects.is_some()) {
             (true, true) => " -> redis -> objects",
@@ -219,7 +195,7 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
             (false, true) => " -> objects",
             (false, false) => "",
         },
-        size::human(args.code_budget as f64),
+        bytes::human(args.code_budget as f64),
         args.concurrency,
         humantime::format_duration(args.duration),
     );
@@ -344,8 +320,8 @@ async fn run_async(args: DemoArgs, files: Option<Vec<Wasm>>) -> Result<(), Failu
             "recorded {n} requests to {}; size the tiers with: tierscope size {} --memory {} --disk {}",
             path.display(),
             path.display(),
-            size::human(args.memory_bytes as f64).replace(' ', ""),
-            size::human(args.disk_bytes as f64).replace(' ', ""),
+            bytes::human(args.memory_bytes as f64).replace(' ', ""),
+            bytes::human(args.disk_bytes as f64).replace(' ', ""),
         );
     }
     if !args.linger.is_zero() && !interrupted {
@@ -391,54 +367,4 @@ impl ServedCounts {
         let memory = self.memory.load(Ordering::Relaxed);
         (memory, memory + self.other.load(Ordering::Relaxed))
     }
-}
-
-#[cfg(feature = "redis")]
-/// The Redis tier of the CLI's stacks, instrumented under the cache name `name`, its key
-/// read from the environment and the server checked before use.
-pub(crate) async fn redis_tier(
-    url: &str,
-    name: &str,
-) -> Result<tierscope::Instrumented<tierscope::RedisCache>, Failure> {
-    // The key comes from the environment, never the command line (which
-    // other users of the machine can read).
-    let cache = tierscope::RedisCache::builder(url)
-        .mac_keys_from_env()
-        .map_err(|e| {
-            Failure::Usage(format!(
-                "--redis: {e}; generate one with `openssl rand -hex 32`"
-            ))
-        })?
-        .build()
-        .map_err(|e| Failure::Usage(format!("--redis {url}: {e}")))?;
-    // Instrument first, so availability is reported, then check the server
-    // answers: a wrong address or password is a clear error now, not later.
-    let cache = cache.instrumented(name, "redis");
-    cache
-        .get_ref()
-        .ping()
-        .await
-        .map_err(|e| Failure::Runtime(format!("--redis {url}: {e}")))?;
-    Ok(cache)
-}
-
-#[cfg(feature = "objects")]
-/// The object-store tier of the CLI's stacks, instrumented under the cache
-/// name `name`: credentials from the environment as the `object_store`
-/// crate reads them, the MAC key from TIERSCOPE_OBJECTS_KEY (never the
-/// command line).
-pub(crate) fn objects_tier(
-    url: &str,
-    name: &str,
-) -> Result<tierscope::Instrumented<tierscope::ObjectsCache>, Failure> {
-    let cache = tierscope::ObjectsCache::builder(url)
-        .mac_keys_from_env()
-        .map_err(|e| {
-            Failure::Usage(format!(
-                "--objects: {e}; generate one with `openssl rand -hex 32`"
-            ))
-        })?
-        .build()
-        .map_err(|e| Failure::Usage(format!("--objects: {e}")))?;
-    Ok(cache.instrumented(name, "objects"))
 }

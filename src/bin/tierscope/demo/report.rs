@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use tierscope::{names, sizing::live::SizingReport};
+use tierscope::{names, sizing::SizingReport};
 
-use crate::{expo::Scrape, size};
+use crate::{bytes, expo::Scrape};
 
 use super::*;
 
@@ -38,7 +38,7 @@ pub(super) fn progress_line(s: &Scrape, requests: u64, elapsed: Duration) -> Str
     ));
     line.push_str(&format!(
         " | rss {} | engine switches {:.0}",
-        size::human(s.sum(RESIDENT_MEMORY, &[])),
+        bytes::human(s.sum(RESIDENT_MEMORY, &[])),
         (s.sum(names::ENGINE_GENERATIONS, &[("cache", CACHE)]) - 1.0).max(0.0),
     ));
     line
@@ -237,17 +237,17 @@ pub(super) fn print_table(
         overall.map_or("-".into(), |o| format!("{:.3}%", 100.0 * o)),
     );
     let code = |state: &str| {
-        size::human(s.sum(
+        bytes::human(s.sum(
             names::ENGINE_CODE_BYTES,
             &[("cache", CACHE), ("state", state)],
         ))
     };
     println!(
         "memory        {} resident; engine code cached {}, evicted {} (budget {}), retired {}",
-        size::human(s.sum(RESIDENT_MEMORY, &[])),
+        bytes::human(s.sum(RESIDENT_MEMORY, &[])),
         code("cached"),
         code("evicted"),
-        size::human(s.sum(names::ENGINE_CODE_BUDGET, &cache)),
+        bytes::human(s.sum(names::ENGINE_CODE_BUDGET, &cache)),
         code("retired"),
     );
     println!(
@@ -285,7 +285,7 @@ fn print_sizing(r: &SizingReport) {
         let mut line = format!(
             "{:<8} {:>12}",
             t.tier,
-            size::human(t.working_set_bytes as f64)
+            bytes::human(t.working_set_bytes as f64)
         );
         for scale in &scales {
             line.push_str(&format!(
@@ -390,7 +390,7 @@ impl FailingSaves {
                 continue;
             }
             self.warned.push(tier);
-            let kinds: Vec<&str> = tierscope::ErrorKind::ERRORS
+            let kinds: Vec<&str> = tierscope::CacheErrorKind::ERRORS
                 .iter()
                 .map(|k| k.as_str())
                 .filter(|k| {

@@ -38,7 +38,7 @@ use wasmer_wasix::{
     runtime::{module_cache::HashedModuleData, task_manager::VirtualTaskManagerExt},
 };
 
-use crate::{demo::Failure, size};
+use crate::{bytes, common::Failure};
 
 /// The `cache` label of every metric `run` records.
 const CACHE: &str = "run";
@@ -96,11 +96,11 @@ pub struct RunArgs {
     #[arg(long)]
     cache_dir: Option<PathBuf>,
     /// Bound of the memory tier.
-    #[arg(long, default_value = "64MiB", value_parser = size::parse)]
+    #[arg(long, default_value = "64MiB", value_parser = bytes::parse)]
     memory_bytes: u64,
     /// Bound of the disk tier (a module whose compiled form is larger is
     /// not saved, and `run` says so).
-    #[arg(long, default_value = "1GiB", value_parser = size::parse)]
+    #[arg(long, default_value = "1GiB", value_parser = bytes::parse)]
     disk_bytes: u64,
     /// Serve Prometheus metrics (`/metrics`) on this address while the
     /// program runs (port 0: any free port; the address is printed).
@@ -220,7 +220,7 @@ pub fn run(args: RunArgs) -> Result<u8, Failure> {
         }
     }
     let dir = crate::cache::cache_dir(args.cache_dir.as_deref())?;
-    crate::demo::usable_cache_dir(&dir)?;
+    crate::common::usable_cache_dir(&dir)?;
 
     // Export first: tiers register their metric handles when built.
     let exporter = match args.metrics_addr {
@@ -294,7 +294,7 @@ fn run_in(
         None => Arc::new(disk),
         #[cfg(feature = "redis")]
         Some(url) => {
-            Arc::new(disk.with_fallback(tokio.block_on(crate::demo::redis_tier(url, CACHE))?))
+            Arc::new(disk.with_fallback(tokio.block_on(crate::common::redis_tier(url, CACHE))?))
         }
         #[cfg(not(feature = "redis"))]
         Some(_) => unreachable!("refused above"),
@@ -302,7 +302,7 @@ fn run_in(
     let lower: Arc<dyn ModuleCache + Send + Sync> = match &args.objects {
         None => lower,
         #[cfg(feature = "objects")]
-        Some(url) => Arc::new(lower.with_fallback(crate::demo::objects_tier(url, CACHE)?)),
+        Some(url) => Arc::new(lower.with_fallback(crate::common::objects_tier(url, CACHE)?)),
         #[cfg(not(feature = "objects"))]
         Some(_) => unreachable!("refused above"),
     };
@@ -494,7 +494,7 @@ fn compiling_spinner(file: &str, wasm_len: usize) -> Option<indicatif::ProgressB
     );
     pb.set_message(format!(
         "compiling {file} ({} of wasm; the next run will load it from the cache)",
-        size::human(wasm_len as f64)
+        bytes::human(wasm_len as f64)
     ));
     pb.enable_steady_tick(Duration::from_millis(120));
     Some(pb)
@@ -548,7 +548,7 @@ fn report_leftovers(layout: &dirs::Layout, mapped: bool) {
     let mut names: Vec<String> = left
         .iter()
         .take(SHOWN)
-        .map(|(p, n)| format!("{} ({})", p.display(), size::human(*n as f64)))
+        .map(|(p, n)| format!("{} ({})", p.display(), bytes::human(*n as f64)))
         .collect();
     if left.len() > SHOWN {
         names.push(format!("and {} more", left.len() - SHOWN));
@@ -557,7 +557,7 @@ fn report_leftovers(layout: &dirs::Layout, mapped: bool) {
         "tierscope: the program wrote {} file{} ({}) outside {}, in memory only, now gone: {}. Give it a host directory with --dir (e.g. --dir .) to keep its files.",
         left.len(),
         if left.len() == 1 { "" } else { "s" },
-        size::human(total as f64),
+        bytes::human(total as f64),
         if mapped {
             "the directories given with --dir"
         } else {

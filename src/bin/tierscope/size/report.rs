@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tierscope::sizing::{Curve, Point, stack::StackPoint};
 
 use super::human_duration;
-use crate::{plot, size};
+use crate::{bytes, plot};
 
 /// The trace and the run, as the report opens with them.
 pub struct Facts {
@@ -90,10 +90,10 @@ impl Tier {
         let mut text = format!(
             "{}: the knee is {} ({} hit ratio, within 1 point of the best the grid reaches, {} at {})",
             self.name,
-            size::human(knee.capacity as f64),
+            bytes::human(knee.capacity as f64),
             pct(knee.hit_ratio),
             pct(best.hit_ratio),
-            size::human(best.capacity as f64),
+            bytes::human(best.capacity as f64),
         );
         let mut js = json!({
             "knee": knee.capacity,
@@ -112,7 +112,7 @@ impl Tier {
                         // all in capacity misses.
                         let mut s = format!(
                             "; {verb} to {}: {} ({d:+.2} points, {dm:+} misses",
-                            size::human(p.capacity as f64),
+                            bytes::human(p.capacity as f64),
                             pct(p.hit_ratio)
                         );
                         if let (Some(a), Some(b)) =
@@ -148,18 +148,18 @@ impl Tier {
             );
             text.push_str(&format!(
                 ".\n  now {}: {}{hs}{ds}.",
-                size::human(cur.capacity as f64),
+                bytes::human(cur.capacity as f64),
                 pct(cur.hit_ratio)
             ));
             let verdict = if knee.capacity < cur.capacity {
                 format!(
                     "  {} would do as well within 1 point: the tier is larger than it needs to be.",
-                    size::human(knee.capacity as f64)
+                    bytes::human(knee.capacity as f64)
                 )
             } else if knee.capacity > cur.capacity {
                 format!(
                     "  Raising it to {} gains {:.2} points.",
-                    size::human(knee.capacity as f64),
+                    bytes::human(knee.capacity as f64),
                     100.0 * (knee.hit_ratio - cur.hit_ratio)
                 )
             } else {
@@ -172,7 +172,7 @@ impl Tier {
                 text.push_str(&format!(
                     "\n  Of the {} misses at {}, {cold} are first requests ({:.0}%): no size avoids those.",
                     cur.misses,
-                    size::human(cur.capacity as f64),
+                    bytes::human(cur.capacity as f64),
                     100.0 * cold.min(cur.misses) as f64 / cur.misses as f64,
                 ));
             }
@@ -251,7 +251,7 @@ impl Tier {
             };
             outp!(
                 "  {:>12} {:>10} {:>15} {:>10} {:>16}",
-                size::human(p.capacity as f64),
+                bytes::human(p.capacity as f64),
                 pct(p.hit_ratio),
                 pct(p.byte_hit_ratio),
                 p.misses,
@@ -285,7 +285,7 @@ impl Report {
             "{} requests, {} distinct objects, working set {}, {}{}",
             self.facts.requests,
             first.distinct_keys,
-            size::human(first.working_set_bytes as f64),
+            bytes::human(first.working_set_bytes as f64),
             match first.duration_seconds {
                 Some(d) => format!("{} of trace", human_duration(d)),
                 None => "no timestamps".into(),
@@ -415,7 +415,7 @@ impl Report {
                     let s = plot::Series::new(
                         &format!(
                             "disk {}{}",
-                            size::human(d as f64),
+                            bytes::human(d as f64),
                             if current { " (current)" } else { "" }
                         ),
                         pts,
@@ -472,14 +472,14 @@ fn print_stack(stack: &[StackPoint], memory: Option<u64>, disk: Option<u64>) {
     outp!("  {:>12}", "");
     for d in &disks {
         let m = if Some(*d) == disk { "*" } else { "" };
-        outp!(" {:>width$}", format!("{}{m}", size::human(*d as f64)));
+        outp!(" {:>width$}", format!("{}{m}", bytes::human(*d as f64)));
     }
     out!();
     let mut mems: Vec<u64> = stack.iter().map(|p| p.memory).collect();
     mems.dedup();
     for m in mems {
         let mark = if Some(m) == memory { "*" } else { "" };
-        outp!("  {:>12}", format!("{}{mark}", size::human(m as f64)));
+        outp!("  {:>12}", format!("{}{mark}", bytes::human(m as f64)));
         for d in &disks {
             let cell =
                 stack

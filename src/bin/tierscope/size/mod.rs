@@ -20,7 +20,7 @@ use tierscope::sizing::{
 };
 
 use self::report::{Facts, Tier};
-use crate::{demo::Failure, size};
+use crate::{bytes, common::Failure};
 
 /// `println!` that ignores a closed stdout (`| head`) instead of panicking.
 macro_rules! out {
@@ -74,11 +74,11 @@ pub struct SizeArgs {
     /// The trace file.
     trace: PathBuf,
     /// Current size of the memory tier (e.g. 8MiB): model it.
-    #[arg(long, value_parser = size::parse)]
+    #[arg(long, value_parser = bytes::parse)]
     memory: Option<u64>,
     /// Current size of the disk tier (e.g. 1GiB): model it (an LRU; behind
     /// the memory tier when --memory is given too).
-    #[arg(long, value_parser = size::parse)]
+    #[arg(long, value_parser = bytes::parse)]
     disk: Option<u64>,
     /// The sizes to try, as multiples of each current size.
     #[arg(long, value_delimiter = ',', default_value = "0.125,0.25,0.5,1,2,4,8", value_parser = parse_scale, allow_negative_numbers = true)]
@@ -165,7 +165,7 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
     let (a, b) = s
         .split_once("..")
         .ok_or_else(|| format!("`{s}`: expected MIN..MAX, e.g. 1MiB..4GiB"))?;
-    let (a, b) = (size::parse(a)?, size::parse(b)?);
+    let (a, b) = (bytes::parse(a)?, bytes::parse(b)?);
     if a >= b {
         return Err(format!("`{s}`: MIN must be below MAX"));
     }
