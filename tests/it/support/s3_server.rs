@@ -120,6 +120,9 @@ fn serve(root: &Path, listener: TcpListener) -> tokio::runtime::Runtime {
             let Ok((socket, _)) = listener.accept().await else {
                 continue;
             };
+            // As a real S3 endpoint does: without it, a response written
+            // in two pieces waits out the client's delayed ACK (40 ms).
+            let _ = socket.set_nodelay(true);
             let (http, service) = (http.clone(), service.clone());
             tokio::spawn(async move {
                 let _ = http.serve_connection(TokioIo::new(socket), service).await;
