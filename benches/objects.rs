@@ -48,11 +48,14 @@ unsafe fn deserialize(engine: &Engine, artifact: Bytes) -> Module {
 /// fresh allocation (the global allocator's large allocations are 16-byte
 /// aligned on the 64-bit targets wasmer supports; checked below).
 fn aligned(bytes: Bytes) -> Bytes {
-    if bytes.as_ptr() as usize % 16 == 0 {
+    if (bytes.as_ptr() as usize).is_multiple_of(16) {
         return bytes;
     }
     let copy = Bytes::from(bytes.to_vec());
-    assert_eq!(copy.as_ptr() as usize % 16, 0, "the copy is not aligned");
+    assert!(
+        (copy.as_ptr() as usize).is_multiple_of(16),
+        "the copy is not aligned"
+    );
     copy
 }
 

@@ -80,6 +80,13 @@ where
     Fallback: ModuleCache + Send + Sync,
 {
     async fn load(&self, key: ModuleHash, engine: &Engine) -> Result<Module, CacheError> {
+        // A primary hit without `self.lookup`'s boxed future (an
+        // `async_trait` method called from another allocates one). The
+        // primary counts the hit; on a miss `lookup` asks it again and
+        // counts the miss there, once.
+        if let Some(hit) = self.primary.load_now(key, engine) {
+            return Ok(hit.module);
+        }
         self.lookup(key, engine, Lookup::request())
             .await
             .map(|hit| hit.module)

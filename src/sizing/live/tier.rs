@@ -188,6 +188,13 @@ impl<C> SizingTier<C> {
 #[async_trait::async_trait]
 impl<C: ModuleCache + Send + Sync> ModuleCache for SizingTier<C> {
     async fn load(&self, key: ModuleHash, engine: &Engine) -> Result<Module, CacheError> {
+        // A hit without `self.lookup`'s boxed future; `load_now` records
+        // it, and a miss goes through `lookup`, which records it.
+        if self.inner.answers_now()
+            && let Some(hit) = self.load_now(key, engine)
+        {
+            return Ok(hit.module);
+        }
         self.lookup(key, engine, Lookup::request())
             .await
             .map(|hit| hit.module)
