@@ -125,7 +125,7 @@ impl Signing {
     }
 
     /// Check a whole value's MAC; the entry it carries on success.
-    #[cfg(feature = "redis")]
+    #[cfg(any(feature = "redis", test))]
     pub(crate) fn authenticate(
         &self,
         storage_key: &[u8],

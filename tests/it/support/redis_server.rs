@@ -178,11 +178,13 @@ impl RedisServer {
     }
 
     /// A plain synchronous client (for arranging and inspecting values).
+    #[cfg(feature = "redis")]
     pub fn client(&self) -> redis::Client {
         redis::Client::open(self.url()).unwrap()
     }
 
     /// A plain synchronous connection.
+    #[cfg(feature = "redis")]
     pub fn connection(&self) -> redis::Connection {
         self.client()
             .get_connection_with_timeout(Duration::from_secs(5))
