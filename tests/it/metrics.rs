@@ -281,3 +281,95 @@ fn hits_of_same_named_spies_and_rebuilds_add_up_in_opentelemetry() {
     step(7);
     assert_eq!(hits(), 22);
 }
+
+/// `stack.load()` through the fallback combinator itself (no loader), from
+/// four tasks on four threads, every module on disk at the start: each
+/// caller's lookup is counted once by the memory tier, its misses are
+/// exactly the loads that reached the disk (counted by a spy of the test's
+/// own below the disk's metrics), each miss is timed once, and each disk
+/// hit was promoted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stack_loads_from_several_threads_count_each_callers_lookup_once() {
+    use std::sync::Arc;
+    use tierscope::{InstrumentExt, MemoryCache, ModuleCache};
+
+    const TASKS: u64 = 4;
+    const LOADS: u64 = 400;
+    let engine = wasmer::Engine::default();
+    let modules: Arc<Vec<_>> = Arc::new((0..16).map(|i| common::tiny(&engine, 7100 + i)).collect());
+    let dir = tempfile::tempdir().unwrap();
+    let disk = common::Spy::new(common::open_disk(dir.path(), 1 << 30));
+    for (key, module, _) in modules.iter() {
+        disk.inner.save(*key, &engine, module).await.unwrap();
+    }
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let stack = Arc::new(metrics::with_local_recorder(&recorder, || {
+        MemoryCache::new(1 << 30)
+            .instrumented("stack-threads", "memory")
+            .with_fallback(disk.instrumented("stack-threads", "disk"))
+    }));
+
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let (stack, modules, engine) = (stack.clone(), modules.clone(), engine.clone());
+            tokio::spawn(async move {
+                let mut rng = common::rng::Rng(t + 1);
+                for _ in 0..LOADS {
+                    let (key, _, _) = &modules[rng.below(modules.len() as u64) as usize];
+                    stack.load(*key, &engine).await.unwrap();
+                    // Let the other tasks interleave with this one.
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    let s = take(&snapshotter);
+    let lookups = "tierscope_lookups_total";
+    let mem = |result| {
+        [
+            ("cache", "stack-threads"),
+            ("tier", "memory"),
+            ("result", result),
+        ]
+    };
+    let dsk = |result| {
+        [
+            ("cache", "stack-threads"),
+            ("tier", "disk"),
+            ("result", result),
+        ]
+    };
+    let reached_disk = stack.fallback().get_ref().success() as u64;
+    let loads = TASKS * LOADS;
+    assert!(reached_disk >= modules.len() as u64, "{reached_disk}");
+    assert_eq!(counter(&s, lookups, &mem("hit")), loads - reached_disk);
+    assert_eq!(counter(&s, lookups, &mem("miss")), reached_disk);
+    assert_eq!(counter(&s, lookups, &mem("error")), 0);
+    assert_eq!(counter(&s, lookups, &dsk("hit")), reached_disk);
+    assert_eq!(counter(&s, lookups, &dsk("miss")), 0);
+    let miss_times = [
+        ("cache", "stack-threads"),
+        ("tier", "memory"),
+        ("op", "load"),
+        ("result", "miss"),
+    ];
+    assert_eq!(
+        histogram_len(&s, "tierscope_operation_duration_seconds", &miss_times) as u64,
+        reached_disk
+    );
+    let promoted = [
+        ("cache", "stack-threads"),
+        ("from", "disk"),
+        ("to", "memory"),
+        ("result", "ok"),
+    ];
+    assert_eq!(
+        counter(&s, "tierscope_promotions_total", &promoted),
+        reached_disk
+    );
+}
