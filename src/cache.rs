@@ -353,17 +353,22 @@ pub enum Verified {
     /// The bytes are a mapping this process checked on an earlier hit, of
     /// a file found unchanged since (the disk tier's remembered mappings).
     Remembered,
+    /// The bytes are a mapping of a disk entry file that an earlier hit, of
+    /// this or another process, checked in full and recorded beside it, the
+    /// file found unchanged since (the disk tier's verification records).
+    Recorded,
 }
 
 impl Verified {
     /// Every value, in label order.
-    pub const ALL: [Verified; 2] = [Verified::Full, Verified::Remembered];
+    pub const ALL: [Verified; 3] = [Verified::Full, Verified::Remembered, Verified::Recorded];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
             Verified::Full => "full",
             Verified::Remembered => "remembered",
+            Verified::Recorded => "recorded",
         }
     }
 }
@@ -427,6 +432,7 @@ impl Hit {
         let v = match verified {
             Verified::Full => 1u64,
             Verified::Remembered => 2,
+            Verified::Recorded => 3,
         };
         self.meta = (self.meta & !HIT_CHECK_MASK) | (v << HIT_CHECK_SHIFT);
         self
@@ -439,6 +445,7 @@ impl Hit {
         match (self.meta & HIT_CHECK_MASK) >> HIT_CHECK_SHIFT {
             1 => Some(Verified::Full),
             2 => Some(Verified::Remembered),
+            3 => Some(Verified::Recorded),
             _ => None,
         }
     }

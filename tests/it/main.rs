@@ -22,6 +22,7 @@ mod disk_hostile;
 mod disk_mmap;
 mod disk_neighbours;
 mod disk_oversized;
+mod disk_records;
 mod disk_shared_bound;
 mod engine;
 mod engine_churn;

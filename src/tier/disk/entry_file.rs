@@ -348,6 +348,16 @@ pub(super) fn is_entry_name(name: &str) -> bool {
         .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F')))
 }
 
+/// A new temporary file's path in `dir` for `key`:
+/// `.tmp-<HASH>-<pid>-<n>`, unique within the process (several caches may
+/// share a directory) and, with the pid, across processes.
+pub(super) fn temp_path(dir: &Path, key: &ModuleHash) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!("{TMP_PREFIX}{key}-{}-{n}", std::process::id()))
+}
+
 /// `.tmp-<64 upper-case hex digits>-<pid>-<n>`.
 pub(super) fn is_temp_name(name: &str) -> bool {
     let Some(rest) = name.strip_prefix(TMP_PREFIX) else {

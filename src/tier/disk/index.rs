@@ -163,6 +163,16 @@ impl FileSystemCache {
                     }
                     continue;
                 }
+                if let Some(entry) = record_entry_name(&name) {
+                    // A verification record whose entry is gone (removed by
+                    // hand, or by a process that left the record): removed.
+                    let gone = fs::symlink_metadata(ns.path().join(entry))
+                        .is_err_and(|e| e.kind() == io::ErrorKind::NotFound);
+                    if gone {
+                        let _ = fs::remove_file(&path);
+                    }
+                    continue;
+                }
                 if !is_entry_name(&name) {
                     warn_once(&path, "not a cache entry: left alone");
                     continue;
@@ -228,7 +238,7 @@ impl FileSystemCache {
                 (rel, meta)
             };
             let path = self.shared.root.join(&victim.0);
-            self.shared.verified.lock().forget(&victim.0);
+            self.forget_verified(&victim.0);
             match fs::remove_file(&path) {
                 Ok(()) => {
                     evicted += 1;
@@ -299,7 +309,7 @@ impl FileSystemCache {
     }
 
     pub(super) fn discard_corrupt(&self, rel: &str, path: &Path, bytes: u64) {
-        self.shared.verified.lock().forget(rel);
+        self.forget_verified(rel);
         let known = self.shared.index.lock().remove(rel);
         match fs::remove_file(path) {
             Ok(()) => {}

@@ -48,6 +48,14 @@ pub enum FileKind {
         /// is a leftover that the next `open`, `trim` or `clear` removes.
         in_progress: bool,
     },
+    /// A verification record of an entry: `<namespace>/<MODULE HASH>.vfy`,
+    /// left by a hit that checked the entry in full so that other
+    /// processes' first hits of the unchanged file need not read it all
+    /// again. It goes with its entry.
+    Record {
+        /// The module hash of the entry it vouches for.
+        key: ModuleHash,
+    },
     /// The directory's advisory lock file (`.tierscope-lock`).
     Lock,
     /// Not tierscope's: never read, evicted or removed by the tier.
@@ -442,6 +450,13 @@ fn classify(name: &str, path: &Path, md: &fs::Metadata) -> FileKind {
         && is_entry_name(name)
     {
         return FileKind::Entry { key };
+    }
+    if let Some(key) = name
+        .strip_suffix(".vfy")
+        .and_then(key_of_hex)
+        .filter(|_| is_record_name(name))
+    {
+        return FileKind::Record { key };
     }
     FileKind::Foreign {
         why: if md.is_dir() {

@@ -57,6 +57,22 @@ impl FileSystemCache {
             }
         };
         let file_len = data.len() as u64;
+        // A large mapped entry another hit (of any process) verified in
+        // full, its file unchanged since: trust that verification (see
+        // `record`). The header was checked against this key and engine
+        // and the length against the header just now, on this descriptor.
+        let record = mapped
+            .filter(|_| self.records_on() && file_len >= RECORD_MIN_BYTES)
+            .and_then(|id| Some((id, record_rel(&rel)?)));
+        let header = &data[..entry::HEADER_LEN];
+        let now = SystemTime::now();
+        if let Some((id, at)) = &record
+            && recorded(&self.shared.root.join(at), id, header, now)
+        {
+            return self
+                .deserialize_verified(key, engine, rel, &path, data, md_times, mapped)
+                .map(|hit| hit.with_verified(Verified::Recorded));
+        }
         let verified = match &self.shared.mac {
             Some(ring) => {
                 if !ring.verify_disk_entry(&rel, &data) {
@@ -79,8 +95,28 @@ impl FileSystemCache {
                 reason,
             });
         }
-        self.deserialize_verified(key, engine, rel, &path, data, md_times, mapped)
-            .map(|hit| hit.with_verified(Verified::Full))
+        // Record this verification for other processes, when its file was
+        // settled (the same test as remembering a mapping): best effort.
+        let record = record.filter(|(id, _)| id.settled(now)).map(|(id, r)| {
+            let mut h = [0u8; entry::HEADER_LEN];
+            h.copy_from_slice(&data[..entry::HEADER_LEN]);
+            (id, r, h)
+        });
+        let hit = self
+            .deserialize_verified(key, engine, rel, &path, data, md_times, mapped)?
+            .with_verified(Verified::Full);
+        if let Some((id, at, header)) = record {
+            let at = self.shared.root.join(at);
+            let dir = at.parent().unwrap_or(&self.shared.root);
+            if let Err(e) = write_record(dir, &key, &at, &id, &header) {
+                tracing::debug!(
+                    path = %at.display(),
+                    error = &e as &dyn std::error::Error,
+                    "cannot record a verified cache entry"
+                );
+            }
+        }
+        Ok(hit)
     }
 
     /// Deserialize `data`, an entry of `rel` whose header, length and

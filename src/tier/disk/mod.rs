@@ -150,6 +150,7 @@ mod entry_file;
 mod index;
 mod inspect;
 mod load;
+mod record;
 mod remembered;
 mod save;
 mod trim;
@@ -188,6 +189,7 @@ use builder::*;
 use dir_lock::*;
 use entry_file::*;
 use index::*;
+use record::*;
 use remembered::*;
 use trust::*;
 
@@ -279,7 +281,7 @@ impl FileSystemCache {
     pub fn remove(&self, key: ModuleHash, engine: &Engine) -> Result<bool, CacheError> {
         let rel = rel_path(&key, &ident_of(engine));
         let path = self.shared.root.join(&rel);
-        self.shared.verified.lock().forget(&rel);
+        self.forget_verified(&rel);
         let meta = self.shared.index.lock().remove(&rel);
         match fs::remove_file(&path) {
             Ok(()) => {}

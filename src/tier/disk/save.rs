@@ -3,7 +3,6 @@
 
 use std::{
     fs::{self, File},
-    sync::atomic::{AtomicU64, Ordering},
     time::SystemTime,
 };
 
@@ -41,11 +40,7 @@ impl FileSystemCache {
         })?;
         // Created just now, by us or (racing) by someone else: check it.
         self.ensure_trusted(Some(&dir))?;
-        // Unique within the process (several caches may share a directory)
-        // and, with the pid, across processes.
-        static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!("{TMP_PREFIX}{key}-{}-{n}", std::process::id()));
+        let tmp = temp_path(&dir, &key);
         let mut header = entry::encode_header(&key, &ident, &artifact);
         if let Some(ring) = &shared.mac {
             let tag = ring.sign_disk_entry(&rel, &header, &artifact);

@@ -107,7 +107,7 @@ impl FileSystemCache {
     /// Remove `rel`, already taken out of the index (trim holds the lock).
     fn remove_trimmed(&self, rel: &str, meta: Meta, report: &mut TrimReport) {
         let path = self.shared.root.join(rel);
-        self.shared.verified.lock().forget(rel);
+        self.forget_verified(rel);
         match fs::remove_file(&path) {
             Ok(()) => {
                 report.removed += 1;

@@ -1,0 +1,328 @@
+//! Verification records: a hit that checked a large entry in full (and
+//! found its file settled) records the file's identity beside it, and
+//! another process's first hit of the unchanged file trusts that
+//! verification instead of reading every byte again. Every change to the
+//! file (in place, through a changed mode, with its mtime put back), a
+//! replaced file, and a record that is not exactly the one the tier wrote
+//! for that very file, send the hit back to a full check.
+//!
+//! "Another process" is another `FileSystemCache` opened on the directory:
+//! it shares nothing with the first but the files (the test below run as an
+//! unprivileged user also checks it from a child process).
+
+use crate::common::{self, as_unprivileged, sized};
+
+use std::{
+    fs,
+    os::unix::fs::{FileExt, MetadataExt, PermissionsExt},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use tierscope::{
+    CacheError, Corruption, FileSystemCache, Lookup, ModuleCache, ModuleHash, Verified,
+};
+use wasmer::{Engine, Instance, Module, Store, imports};
+
+/// Bytes of wasm that compile to an entry of more than 1 MiB (checked).
+const LARGE_WASM: usize = 700_000;
+
+fn open(dir: &Path) -> FileSystemCache {
+    FileSystemCache::builder(dir)
+        .capacity(1 << 30)
+        .inline_io(true)
+        .build()
+        .unwrap()
+}
+
+/// A directory holding one large saved entry: the directory, the key, the
+/// entry's path and the module.
+async fn large_entry(
+    engine: &Engine,
+    seed: u64,
+) -> (tempfile::TempDir, ModuleHash, PathBuf, Module) {
+    let (key, module, _) = sized(engine, LARGE_WASM, seed);
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = open(tmp.path());
+    cache.save(key, engine, &module).await.unwrap();
+    let path = cache.entry_path(key, engine);
+    assert!(
+        fs::metadata(&path).unwrap().len() > 1 << 20,
+        "the entry must be larger than 1 MiB to be recorded"
+    );
+    (tmp, key, path, module)
+}
+
+fn record_of(entry: &Path) -> PathBuf {
+    entry.with_extension("vfy")
+}
+
+/// Wait until an entry written (or changed) now is settled.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+}
+
+/// How a fresh tier on `dir` (as a new process would open it) verified its
+/// first hit of `key`, after instantiating the module.
+async fn first_hit(dir: &Path, key: ModuleHash) -> Result<Verified, CacheError> {
+    let engine = Engine::default();
+    let hit = open(dir).lookup(key, &engine, Lookup::request()).await?;
+    let verified = hit.verified().expect("the disk tier says how it verified");
+    let mut store = Store::new(engine.clone());
+    Instance::new(&mut store, &hit.into_module(), &imports! {})
+        .expect("instantiate a loaded module");
+    Ok(verified)
+}
+
+/// Flip one byte of `path` in place at `at`, as its owner can after making
+/// it writable, then make it read-only again and put its mtime back.
+fn change_in_place(path: &Path, at: u64) {
+    let before = fs::metadata(path).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
+    file.set_modified(before.modified().unwrap()).unwrap();
+    drop(file);
+    fs::set_permissions(path, fs::Permissions::from_mode(0o400)).unwrap();
+    let after = fs::metadata(path).unwrap();
+    assert_eq!(
+        (after.mtime(), after.mtime_nsec(), after.ino(), after.len()),
+        (
+            before.mtime(),
+            before.mtime_nsec(),
+            before.ino(),
+            before.len()
+        ),
+        "only the change time tells"
+    );
+}
+
+#[tokio::test]
+async fn another_process_first_hit_of_a_large_entry_trusts_the_recorded_verification() {
+    let engine = Engine::default();
+    let (dir, key, path, _) = large_entry(&engine, 61).await;
+
+    // Unsettled: the first hit checks every byte and records nothing (a
+    // write in the same clock tick would not move the file's times).
+    assert_eq!(first_hit(dir.path(), key).await.unwrap(), Verified::Full);
+    assert!(!record_of(&path).exists());
+
+    settle().await;
+    assert_eq!(first_hit(dir.path(), key).await.unwrap(), Verified::Full);
+    let record = fs::metadata(record_of(&path)).expect("a record beside the entry");
+    assert_eq!(record.mode() & 0o777, 0o400);
+    assert_eq!(record.len(), 88);
+
+    // Fresh tiers (new processes) trust it, and say so.
+    for _ in 0..2 {
+        assert_eq!(
+            first_hit(dir.path(), key).await.unwrap(),
+            Verified::Recorded
+        );
+    }
+    // Within one process, later hits use the remembered mapping.
+    let cache = open(dir.path());
+    let engine = Engine::default();
+    let first = cache.lookup(key, &engine, Lookup::request()).await.unwrap();
+    let second = cache.lookup(key, &engine, Lookup::request()).await.unwrap();
+    assert_eq!(
+        (first.verified(), second.verified()),
+        (Some(Verified::Recorded), Some(Verified::Remembered))
+    );
+
+    // A tier that verifies every hit ignores records.
+    let strict = FileSystemCache::builder(dir.path())
+        .capacity(1 << 30)
+        .inline_io(true)
+        .remember_verified(false)
+        .build()
+        .unwrap();
+    let hit = strict
+        .lookup(key, &engine, Lookup::request())
+        .await
+        .unwrap();
+    assert_eq!(hit.verified(), Some(Verified::Full));
+
+    // A small entry is never recorded: its checksum is as cheap as a record.
+    let (small, module, _) = sized(&engine, 20_000, 62);
+    cache.save(small, &engine, &module).await.unwrap();
+    settle().await;
+    assert_eq!(first_hit(dir.path(), small).await.unwrap(), Verified::Full);
+    assert!(!record_of(&cache.entry_path(small, &engine)).exists());
+}
+
+#[tokio::test]
+async fn a_changed_entry_is_checked_in_full_whatever_its_record_says() {
+    if !as_unprivileged("disk_records::a_changed_entry_is_checked_in_full_whatever_its_record_says")
+    {
+        return;
+    }
+    // As a same-user neighbour without root: a byte changed in place after
+    // the entry was recorded, through a mode change, with the mtime put
+    // back.
+    assert!(!common::is_root(), "this part runs without root");
+    let engine = Engine::default();
+    let (dir, key, path, _) = large_entry(&engine, 63).await;
+    settle().await;
+    assert_eq!(first_hit(dir.path(), key).await.unwrap(), Verified::Full);
+    assert_eq!(
+        first_hit(dir.path(), key).await.unwrap(),
+        Verified::Recorded
+    );
+    let record_before = fs::read(record_of(&path)).unwrap();
+
+    let len = fs::metadata(&path).unwrap().len();
+    change_in_place(&path, len - len / 3);
+    // However long after.
+    settle().await;
+    match first_hit(dir.path(), key).await {
+        Err(CacheError::Corrupt { reason, .. }) => assert_eq!(reason, Corruption::Checksum),
+        other => panic!("expected a checksum refusal, got {other:?}"),
+    }
+    assert!(!path.exists(), "the changed entry is removed");
+    assert!(
+        !record_of(&path).exists(),
+        "and its record with it (it was {} bytes)",
+        record_before.len()
+    );
+}
+
+#[tokio::test]
+async fn a_record_that_is_not_the_tiers_own_for_that_file_is_ignored() {
+    let engine = Engine::default();
+    let (dir, key, path, module) = large_entry(&engine, 64).await;
+    let (other_key, other_module, _) = sized(&engine, LARGE_WASM, 65);
+    let cache = open(dir.path());
+    cache.save(other_key, &engine, &other_module).await.unwrap();
+    let other_path = cache.entry_path(other_key, &engine);
+    settle().await;
+    assert_eq!(first_hit(dir.path(), key).await.unwrap(), Verified::Full);
+    assert_eq!(
+        first_hit(dir.path(), other_key).await.unwrap(),
+        Verified::Full
+    );
+    let good = fs::read(record_of(&path)).unwrap();
+    let full_again = async |why: &str| {
+        assert_eq!(
+            first_hit(dir.path(), key).await.unwrap(),
+            Verified::Full,
+            "{why}"
+        );
+        // The full check put a good record back.
+        assert_eq!(fs::read(record_of(&path)).unwrap(), good, "{why}");
+        assert_eq!(
+            first_hit(dir.path(), key).await.unwrap(),
+            Verified::Recorded
+        );
+    };
+    let replace_record = |bytes: &[u8], mode: u32| {
+        let at = record_of(&path);
+        let _ = fs::remove_file(&at);
+        fs::write(&at, bytes).unwrap();
+        fs::set_permissions(&at, fs::Permissions::from_mode(mode)).unwrap();
+    };
+
+    // Another entry's record, copied over.
+    replace_record(&fs::read(record_of(&other_path)).unwrap(), 0o400);
+    full_again("another entry's record").await;
+    // One byte changed anywhere (here: the inode it names).
+    for at in [0, 20, 60, 87] {
+        let mut torn = good.clone();
+        torn[at] ^= 1;
+        replace_record(&torn, 0o400);
+        full_again(&format!("byte {at} changed")).await;
+    }
+    // Truncated, or padded.
+    replace_record(&good[..50], 0o400);
+    full_again("truncated").await;
+    replace_record(&[good.as_slice(), b"x"].concat(), 0o400);
+    full_again("padded").await;
+    // The right bytes, writable by the group (anyone in it could have
+    // written them).
+    replace_record(&good, 0o420);
+    full_again("group-writable").await;
+    // A link to a good record.
+    let elsewhere = dir.path().join("elsewhere.vfy");
+    fs::write(&elsewhere, &good).unwrap();
+    fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o400)).unwrap();
+    let _ = fs::remove_file(record_of(&path));
+    std::os::unix::fs::symlink(&elsewhere, record_of(&path)).unwrap();
+    full_again("a symbolic link").await;
+
+    // The entry replaced by a save (another inode, same bytes): its old
+    // record no longer applies; once settled, the new file is recorded.
+    cache.save(key, &engine, &module).await.unwrap();
+    assert_eq!(first_hit(dir.path(), key).await.unwrap(), Verified::Full);
+    settle().await;
+    assert_eq!(first_hit(dir.path(), key).await.unwrap(), Verified::Full);
+    assert_eq!(
+        first_hit(dir.path(), key).await.unwrap(),
+        Verified::Recorded
+    );
+}
+
+#[tokio::test]
+async fn records_go_with_their_entries() {
+    let engine = Engine::default();
+    let (dir, key, path, _) = large_entry(&engine, 66).await;
+    let (other_key, other_module, _) = sized(&engine, LARGE_WASM, 67);
+    let cache = open(dir.path());
+    cache.save(other_key, &engine, &other_module).await.unwrap();
+    let other_path = cache.entry_path(other_key, &engine);
+    settle().await;
+    assert_eq!(first_hit(dir.path(), key).await.unwrap(), Verified::Full);
+    assert_eq!(
+        first_hit(dir.path(), other_key).await.unwrap(),
+        Verified::Full
+    );
+    assert!(record_of(&path).exists() && record_of(&other_path).exists());
+    let kinds: Vec<_> = cache
+        .inventory()
+        .unwrap()
+        .files
+        .iter()
+        .map(|f| {
+            format!("{:?}", f.kind)
+                .split(' ')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "Record").count(),
+        2,
+        "{kinds:?}"
+    );
+
+    // Removed with its entry.
+    assert!(cache.remove(key, &engine).unwrap());
+    assert!(!record_of(&path).exists());
+    // An entry removed by hand: the next scan removes its record.
+    fs::remove_file(&other_path).unwrap();
+    cache.rescan().unwrap();
+    assert!(!record_of(&other_path).exists());
+    // Evicted: a bound too small for both entries.
+    let (dir, key, path, _) = large_entry(&engine, 68).await;
+    settle().await;
+    assert_eq!(first_hit(dir.path(), key).await.unwrap(), Verified::Full);
+    assert!(record_of(&path).exists());
+    let len = fs::metadata(&path).unwrap().len();
+    let bounded = FileSystemCache::builder(dir.path())
+        .capacity(len + len / 2)
+        .inline_io(true)
+        .build()
+        .unwrap();
+    bounded
+        .save(other_key, &engine, &other_module)
+        .await
+        .unwrap();
+    assert!(!path.exists(), "evicted");
+    assert!(!record_of(&path).exists(), "with its record");
+}
