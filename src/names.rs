@@ -11,8 +11,10 @@ pub const LOOKUPS: &str = "tierscope_lookups_total";
 /// never callers' lookups (see [`crate::Lookup::reload`]).
 pub const RELOADS: &str = "tierscope_reloads_total";
 /// Hits of tiers that verify artifacts before wasmer sees them (disk,
-/// Redis), by `check` = `full` (every byte checked on this hit) or
-/// `remembered` (a mapping checked on an earlier hit, its file unchanged).
+/// Redis), by `check` = `full` (every byte checked on this hit),
+/// `remembered` (a mapping this process checked on an earlier hit, its file
+/// unchanged) or `recorded` (a disk entry another hit, of any process,
+/// checked in full and recorded, its file unchanged).
 pub const VERIFIED_HITS: &str = "tierscope_verified_hits_total";
 /// `save` calls on one tier (promotions included), by `result` = `ok`/`error`.
 pub const SAVES: &str = "tierscope_saves_total";
@@ -98,7 +100,7 @@ pub mod label {
     pub const RESULT: &str = "result";
     /// Eviction cause.
     pub const CAUSE: &str = "cause";
-    /// How a hit's bytes were verified: `full` or `remembered`.
+    /// How a hit's bytes were verified: `full`, `remembered` or `recorded`.
     pub const CHECK: &str = "check";
     /// Error kind.
     pub const KIND: &str = "kind";
@@ -168,7 +170,7 @@ pub const DESCRIPTIONS: [(&str, Kind, Unit, &str); 34] = [
         VERIFIED_HITS,
         Kind::Counter,
         Unit::Count,
-        "hits of a tier that verifies artifacts, by check (full: every byte checked on this hit; remembered: a mapping checked earlier, its file unchanged)",
+        "hits of a tier that verifies artifacts, by check (full: every byte checked on this hit; remembered: a mapping checked earlier, its file unchanged; recorded: checked in full by an earlier hit of any process, its file unchanged)",
     ),
     (
         SAVES,

@@ -43,6 +43,8 @@ pub struct Prepared {
     pub raw: PathBuf,
     /// The same artifact in memory.
     pub artifact: Bytes,
+    /// The disk tiers' directory.
+    pub dir: PathBuf,
     /// A disk tier holding it, doing its I/O on the caller's thread.
     pub inline: FileSystemCache,
     /// The same directory, on tokio's blocking pool (the default).
@@ -83,7 +85,7 @@ pub fn prepare(engine: &Engine, tmp: &Path, cache_root: &Path) -> Vec<Prepared> 
             .build()
             .unwrap();
         futures::executor::block_on(inline.save(key, engine, &module)).unwrap();
-        let pooled = FileSystemCache::open(&dir, 1 << 32).unwrap();
+        let pooled = open_pooled(&dir);
         let verifying = |inline: bool| {
             FileSystemCache::builder(&dir)
                 .capacity(1 << 32)
@@ -92,6 +94,7 @@ pub fn prepare(engine: &Engine, tmp: &Path, cache_root: &Path) -> Vec<Prepared> 
                 .build()
                 .unwrap()
         };
+        let (inline_verifying, pooled_verifying) = (verifying(true), verifying(false));
         eprintln!(
             "{label}: {} bytes of wasm, artifact {} bytes",
             wasm.len(),
@@ -105,13 +108,20 @@ pub fn prepare(engine: &Engine, tmp: &Path, cache_root: &Path) -> Vec<Prepared> 
             module,
             raw,
             artifact,
+            dir,
             inline,
             pooled,
-            inline_verifying: verifying(true),
-            pooled_verifying: verifying(false),
+            inline_verifying,
+            pooled_verifying,
         });
     }
     out
+}
+
+/// A disk tier on `dir` with the defaults (blocking pool, remembering and
+/// recording verifications), as a process opens one.
+pub fn open_pooled(dir: &Path) -> FileSystemCache {
+    FileSystemCache::open(dir, 1 << 32).unwrap()
 }
 
 /// Iterations per fresh engine: about 512 MiB of artifacts.

@@ -81,8 +81,11 @@ impl FileSystemCacheBuilder {
     /// later hits on the unchanged file from it without mapping and
     /// verifying it again (on by default; only entries whose file has not
     /// changed for a second or more, at most 256 of them and 256 MiB, are
-    /// remembered: see [`FileSystemCache`](super::FileSystemCache)). Off: every hit
-    /// maps and verifies its entry.
+    /// remembered: see [`FileSystemCache`](super::FileSystemCache)); and
+    /// record the full verification of an entry of 1 MiB or more beside it,
+    /// so that other processes' first hits of the unchanged file trust it
+    /// (verification records, same page). Off: every hit maps and verifies
+    /// its entry in full, and records are neither written nor read.
     pub fn remember_verified(mut self, on: bool) -> Self {
         self.remember_verified = on;
         self

@@ -172,7 +172,16 @@ impl FileSystemCache {
         // time, a store through a writable shared mapping, needs a
         // descriptor opened for writing, which a read-only entry denies to
         // every process but root's (or one that changed the mode, moving
-        // the change time, first). The bytes are therefore the artifact
+        // the change time, first). A recorded entry (`record`, a hit of
+        // any process) is a mapping of a file whose header `check_entry_file`
+        // just checked on this descriptor (magic, version, module hash,
+        // engine, exact length) and for which a record of this user's,
+        // writable by nobody else and self-checked, names that header and
+        // the identity `fstat` gave on this same descriptor: the record is
+        // written only after `entry::decode` verified the checksum over
+        // every byte of a file with that identity, settled when verified,
+        // so by the rule above its bytes are still the ones verified. The
+        // bytes are therefore the artifact
         // this wasmer produced for this engine, which is what
         // `Module::deserialize` requires. They also
         // start on a 16-byte boundary, which wasmer's zero-copy archive

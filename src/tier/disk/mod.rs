@@ -88,6 +88,31 @@
 //! held by every module loaded from it does. Off with
 //! [`FileSystemCacheBuilder::remember_verified`]`(false)`.
 //!
+//! ## Verification records
+//!
+//! A remembered mapping saves the checksum pass within one process; a new
+//! process (a restart, another runtime on the host, an engine per tenant)
+//! would still read every byte of an entry on its first hit, a pass over
+//! memory that is in the page cache but not the CPU's (about 0.7 ms for
+//! a 7 MB artifact, which the hit then does not touch again). So a hit
+//! that checked an entry of 1 MiB or more in full, its file settled,
+//! writes a record beside it (`<MODULE HASH>.vfy`: the file's identity as
+//! above and its header's hash, self-checked, read-only), and another
+//! process's first hit of the same file, unchanged by the same rule,
+//! trusts that verification: a verification per file version, not per
+//! process (the way fs-verity verifies once per file, which this kernel
+//! may not offer). A record must be this user's and writable by nobody
+//! else, name the very file just opened (same `fstat`) and its header, or
+//! it is ignored: the entry is checked in full and a good record replaces
+//! the bad one. Records go with their entries, a scan removes those whose
+//! entry is gone, and they are kept only where mapping is and the checksum
+//! is the whole check: a private directory, no MAC key. Off with
+//! [`FileSystemCacheBuilder::remember_verified`]`(false)`, as remembered
+//! mappings are. What a record does not catch that a full check does:
+//! storage that returns other bytes than it was given without the file
+//! being written (a failing disk), which a remembered mapping also trusts
+//! once its clean pages are reclaimed and read again.
+//!
 //! `contains` answers from the entry's header and length alone (a regular
 //! file, valid header for this key and engine, exactly the announced
 //! length): it does not read the artifact, so a `load` may still find the
@@ -138,6 +163,7 @@
 //! - `entry_file`: opening, checking, mapping (the mapping's `unsafe`) and
 //!   writing entry files, and the names they go by;
 //! - `remembered`: verified mappings kept for later hits;
+//! - `record`: verification records shared by processes;
 //! - `index`: the LRU index, the directory scan, eviction;
 //! - `inspect`: an operator's view: inventory, verify;
 //! - `trim`: trim and clear, under the directory's lock;
