@@ -154,6 +154,8 @@ fn ages(now: SystemTime, entries: &[&CacheFile]) -> Option<(Duration, Duration, 
 }
 
 struct NotOurs<'a> {
+    /// Verification records (tierscope's, beside their entries).
+    records: Vec<&'a CacheFile>,
     in_progress: Vec<&'a CacheFile>,
     leftover: Vec<&'a CacheFile>,
     foreign: Vec<&'a CacheFile>,
@@ -161,6 +163,7 @@ struct NotOurs<'a> {
 
 fn not_ours(inventory: &Inventory) -> NotOurs<'_> {
     let mut n = NotOurs {
+        records: Vec::new(),
         in_progress: Vec::new(),
         leftover: Vec::new(),
         foreign: Vec::new(),
@@ -172,6 +175,7 @@ fn not_ours(inventory: &Inventory) -> NotOurs<'_> {
             } => n.in_progress.push(f),
             FileKind::Temporary { .. } => n.leftover.push(f),
             FileKind::Foreign { .. } => n.foreign.push(f),
+            FileKind::Record { .. } => n.records.push(f),
             _ => {}
         }
     }
@@ -262,6 +266,16 @@ fn print_text(
     let n = not_ours(inventory);
     println!();
     println!("Not entries");
+    println!(
+        "  verification records {} ({}){}",
+        n.records.len(),
+        human(bytes(&n.records)),
+        if n.records.is_empty() {
+            ""
+        } else {
+            ": large entries checked in full, whose later first hits skip the checksum"
+        }
+    );
     println!(
         "  writes in progress   {} ({})",
         n.in_progress.len(),
@@ -372,6 +386,7 @@ fn as_json(
         "exists": inventory.exists,
         "this_build_namespace": own.name,
         "namespaces": namespaces,
+        "verification_records": files(&n.records),
         "writes_in_progress": files(&n.in_progress),
         "leftover_temporary_files": files(&n.leftover),
         "not_tierscopes": files(&n.foreign),
