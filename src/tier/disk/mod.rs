@@ -100,12 +100,16 @@
 //! above and its header's hash, self-checked, read-only), and another
 //! process's first hit of the same file, unchanged by the same rule,
 //! trusts that verification: a verification per file version, not per
-//! process (the way fs-verity verifies once per file, which this kernel
-//! may not offer). A record must be this user's and writable by nobody
+//! process. (Linux fs-verity would do better, checking every page as it
+//! is read from storage, but needs kernel and filesystem support that
+//! hosts may lack.) A record must be this user's and writable by nobody
 //! else, name the very file just opened (same `fstat`) and its header, or
 //! it is ignored: the entry is checked in full and a good record replaces
 //! the bad one. Records go with their entries, a scan removes those whose
-//! entry is gone, and they are kept only where mapping is and the checksum
+//! entry is gone. A hit that refreshes its file's modification time (the
+//! recency, at most once per `touch_interval`) moves its change time too,
+//! so the record is stale until a full check a second or more later
+//! writes a new one. Records are kept only where mapping is and the checksum
 //! is the whole check: a private directory, no MAC key. Off with
 //! [`FileSystemCacheBuilder::remember_verified`]`(false)`, as remembered
 //! mappings are. What a record does not catch that a full check does:
