@@ -6,9 +6,9 @@
 //! replaced file, and a record that is not exactly the one the tier wrote
 //! for that very file, send the hit back to a full check.
 //!
-//! "Another process" is another `FileSystemCache` opened on the directory:
-//! it shares nothing with the first but the files (the test below run as an
-//! unprivileged user also checks it from a child process).
+//! "Another process" is mostly another `FileSystemCache` opened on the
+//! directory, which shares nothing with the first but the files; one test
+//! checks it with a real second process.
 
 use crate::common::{self, as_unprivileged, sized};
 
@@ -325,4 +325,70 @@ async fn records_go_with_their_entries() {
         .unwrap();
     assert!(!path.exists(), "evicted");
     assert!(!record_of(&path).exists(), "with its record");
+}
+
+/// Set in the child process of the test below, to the directory it loads
+/// from.
+const CHILD_DIR_ENV: &str = "TIERSCOPE_TEST_RECORDED_DIR";
+
+#[tokio::test]
+async fn a_record_one_process_left_spares_another_process_the_checksum() {
+    let seed = 69;
+    if let Ok(dir) = std::env::var(CHILD_DIR_ENV) {
+        // The child: a process that never saw the entry.
+        let key = ModuleHash::new(&tierscope::corpus::module(LARGE_WASM, seed));
+        assert_eq!(
+            first_hit(Path::new(&dir), key).await.unwrap(),
+            Verified::Recorded
+        );
+        return;
+    }
+    let engine = Engine::default();
+    let (dir, key, path, _) = large_entry(&engine, seed).await;
+    settle().await;
+    assert_eq!(first_hit(dir.path(), key).await.unwrap(), Verified::Full);
+    assert!(record_of(&path).exists());
+    let test = "disk_records::a_record_one_process_left_spares_another_process_the_checksum";
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_DIR_ENV, dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "the second process: {status}");
+}
+
+#[tokio::test]
+async fn a_recency_touch_makes_the_record_stale_until_a_later_full_check_rewrites_it() {
+    let engine = Engine::default();
+    let (dir, key, path, _) = large_entry(&engine, 70).await;
+    settle().await;
+    assert_eq!(first_hit(dir.path(), key).await.unwrap(), Verified::Full);
+    assert_eq!(
+        first_hit(dir.path(), key).await.unwrap(),
+        Verified::Recorded
+    );
+    // A hit that refreshes the entry's recency (its mtime) moves its change
+    // time: the record no longer names the file.
+    let touching = FileSystemCache::builder(dir.path())
+        .capacity(1 << 30)
+        .inline_io(true)
+        .touch_interval(Duration::ZERO)
+        .build()
+        .unwrap();
+    let ctime = |p: &Path| {
+        let md = fs::metadata(p).unwrap();
+        (md.ctime(), md.ctime_nsec())
+    };
+    let before = ctime(&path);
+    drop(touching.load(key, &engine).await.unwrap());
+    assert_ne!(ctime(&path), before);
+    // Unsettled: checked in full, not recorded; a second later, checked in
+    // full and recorded again.
+    assert_eq!(first_hit(dir.path(), key).await.unwrap(), Verified::Full);
+    settle().await;
+    assert_eq!(first_hit(dir.path(), key).await.unwrap(), Verified::Full);
+    assert_eq!(
+        first_hit(dir.path(), key).await.unwrap(),
+        Verified::Recorded
+    );
 }
