@@ -336,7 +336,7 @@ async fn a_record_one_process_left_spares_another_process_the_checksum() {
     let seed = 69;
     if let Ok(dir) = std::env::var(CHILD_DIR_ENV) {
         // The child: a process that never saw the entry.
-        let key = ModuleHash::new(&tierscope::corpus::module(LARGE_WASM, seed));
+        let key = ModuleHash::new(tierscope::corpus::module(LARGE_WASM, seed));
         assert_eq!(
             first_hit(Path::new(&dir), key).await.unwrap(),
             Verified::Recorded
