@@ -303,23 +303,18 @@ fn disk_hit(c: &mut Criterion, tokio: &tokio::runtime::Runtime, cases: &[Case]) 
             inline,
             "tierscope_inline",
         );
-        g.bench_function(BenchmarkId::new("tierscope_pooled", label), |b| {
-            b.iter_custom(|iters| {
-                timed(len, iters, &|e| {
-                    black_box(tokio.block_on(pooled.load(key, e)).unwrap());
-                })
-            })
-        });
-        g.bench_function(
-            BenchmarkId::new("tierscope_pooled_verify_every_hit", label),
-            |b| {
+        for (name, tier) in [
+            ("tierscope_pooled", pooled),
+            ("tierscope_pooled_verify_every_hit", pooled_verifying),
+        ] {
+            g.bench_function(BenchmarkId::new(name, label), |b| {
                 b.iter_custom(|iters| {
                     timed(len, iters, &|e| {
-                        black_box(tokio.block_on(pooled_verifying.load(key, e)).unwrap());
+                        black_box(tokio.block_on(tier.load(key, e)).unwrap());
                     })
                 })
-            },
-        );
+            });
+        }
         g.bench_function(
             BenchmarkId::new("tierscope_pooled_first_hit_recorded", label),
             |b| {

@@ -10,9 +10,9 @@
 
 use crate::common;
 
-use std::{fs, os::unix::fs::FileExt, path::Path, time::Duration};
+use std::{fs, path::Path, time::Duration};
 
-use common::{Recording, sized};
+use common::{Recording, flip, settle, sized};
 use tierscope::{
     CacheError, Corruption, EvictionCause, FileSystemCache, MacKey, ModuleCache, ModuleLoader,
     entry,
@@ -54,23 +54,6 @@ async fn remembering(
     cache.save(key, engine, &module).await.unwrap();
     let path = cache.entry_path(key, engine);
     (cache, tmp, key, path, module)
-}
-
-/// Wait until an entry written now is old enough to be remembered.
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(2_100)).await;
-}
-
-/// Flip one byte of `path` in place, at `at`.
-fn flip(path: &Path, at: u64) {
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut byte = [0u8; 1];
-    file.read_exact_at(&mut byte, at).unwrap();
-    file.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
 }
 
 /// Mappings of `path` in this process, as the lines of `/proc/self/maps`.

@@ -10,11 +10,11 @@
 //! directory, which shares nothing with the first but the files; one test
 //! checks it with a real second process.
 
-use crate::common::{self, as_unprivileged, sized};
+use crate::common::{self, as_unprivileged, flip, settle, sized};
 
 use std::{
     fs,
-    os::unix::fs::{FileExt, MetadataExt, PermissionsExt},
+    os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -57,11 +57,6 @@ fn record_of(entry: &Path) -> PathBuf {
     entry.with_extension("vfy")
 }
 
-/// Wait until an entry written (or changed) now is settled.
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(2_100)).await;
-}
-
 /// How a fresh tier on `dir` (as a new process would open it) verified its
 /// first hit of `key`, after instantiating the module.
 async fn first_hit(dir: &Path, key: ModuleHash) -> Result<Verified, CacheError> {
@@ -74,21 +69,68 @@ async fn first_hit(dir: &Path, key: ModuleHash) -> Result<Verified, CacheError> 
     Ok(verified)
 }
 
+/// A large entry, settled, loaded once in full (so recorded), then once
+/// through its record: the directory, the key and the entry's path.
+async fn recorded_entry(engine: &Engine, seed: u64) -> (tempfile::TempDir, ModuleHash, PathBuf) {
+    let (dir, key, path, _) = large_entry(engine, seed).await;
+    settle().await;
+    expect_first_hits(
+        dir.path(),
+        &[(key, Verified::Full), (key, Verified::Recorded)],
+    )
+    .await;
+    (dir, key, path)
+}
+
+/// Assert how a fresh tier's first hit of each key verified it, in order.
+async fn expect_first_hits(dir: &Path, hits: &[(ModuleHash, Verified)]) {
+    for (key, want) in hits {
+        assert_eq!(first_hit(dir, *key).await.unwrap(), *want, "{key}");
+    }
+}
+
+/// Two large entries in one directory, settled, each loaded once in full
+/// (so recorded): the directory, a tier on it, and each entry's key and
+/// path, with the second's module.
+async fn two_recorded(
+    engine: &Engine,
+    seeds: (u64, u64),
+) -> (
+    tempfile::TempDir,
+    FileSystemCache,
+    (ModuleHash, PathBuf, Module),
+    (ModuleHash, PathBuf, Module),
+) {
+    let (dir, key, path, module) = large_entry(engine, seeds.0).await;
+    let (other_key, other_module, _) = sized(engine, LARGE_WASM, seeds.1);
+    let cache = open(dir.path());
+    cache.save(other_key, engine, &other_module).await.unwrap();
+    let other_path = cache.entry_path(other_key, engine);
+    settle().await;
+    expect_first_hits(
+        dir.path(),
+        &[(key, Verified::Full), (other_key, Verified::Full)],
+    )
+    .await;
+    assert!(record_of(&path).exists() && record_of(&other_path).exists());
+    (
+        dir,
+        cache,
+        (key, path, module),
+        (other_key, other_path, other_module),
+    )
+}
+
 /// Flip one byte of `path` in place at `at`, as its owner can after making
 /// it writable, then make it read-only again and put its mtime back.
 fn change_in_place(path: &Path, at: u64) {
     let before = fs::metadata(path).unwrap();
     fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
+    flip(path, at);
+    fs::File::open(path)
+        .unwrap()
+        .set_modified(before.modified().unwrap())
         .unwrap();
-    let mut byte = [0u8; 1];
-    file.read_exact_at(&mut byte, at).unwrap();
-    file.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
-    file.set_modified(before.modified().unwrap()).unwrap();
-    drop(file);
     fs::set_permissions(path, fs::Permissions::from_mode(0o400)).unwrap();
     let after = fs::metadata(path).unwrap();
     assert_eq!(
@@ -168,13 +210,7 @@ async fn a_changed_entry_is_checked_in_full_whatever_its_record_says() {
     // back.
     assert!(!common::is_root(), "this part runs without root");
     let engine = Engine::default();
-    let (dir, key, path, _) = large_entry(&engine, 63).await;
-    settle().await;
-    assert_eq!(first_hit(dir.path(), key).await.unwrap(), Verified::Full);
-    assert_eq!(
-        first_hit(dir.path(), key).await.unwrap(),
-        Verified::Recorded
-    );
+    let (dir, key, path) = recorded_entry(&engine, 63).await;
     let record_before = fs::read(record_of(&path)).unwrap();
 
     let len = fs::metadata(&path).unwrap().len();
@@ -196,17 +232,8 @@ async fn a_changed_entry_is_checked_in_full_whatever_its_record_says() {
 #[tokio::test]
 async fn a_record_that_is_not_the_tiers_own_for_that_file_is_ignored() {
     let engine = Engine::default();
-    let (dir, key, path, module) = large_entry(&engine, 64).await;
-    let (other_key, other_module, _) = sized(&engine, LARGE_WASM, 65);
-    let cache = open(dir.path());
-    cache.save(other_key, &engine, &other_module).await.unwrap();
-    let other_path = cache.entry_path(other_key, &engine);
-    settle().await;
-    assert_eq!(first_hit(dir.path(), key).await.unwrap(), Verified::Full);
-    assert_eq!(
-        first_hit(dir.path(), other_key).await.unwrap(),
-        Verified::Full
-    );
+    let (dir, cache, (key, path, module), (_, other_path, _)) =
+        two_recorded(&engine, (64, 65)).await;
     let good = fs::read(record_of(&path)).unwrap();
     let full_again = async |why: &str| {
         assert_eq!(
@@ -270,18 +297,8 @@ async fn a_record_that_is_not_the_tiers_own_for_that_file_is_ignored() {
 #[tokio::test]
 async fn records_go_with_their_entries() {
     let engine = Engine::default();
-    let (dir, key, path, _) = large_entry(&engine, 66).await;
-    let (other_key, other_module, _) = sized(&engine, LARGE_WASM, 67);
-    let cache = open(dir.path());
-    cache.save(other_key, &engine, &other_module).await.unwrap();
-    let other_path = cache.entry_path(other_key, &engine);
-    settle().await;
-    assert_eq!(first_hit(dir.path(), key).await.unwrap(), Verified::Full);
-    assert_eq!(
-        first_hit(dir.path(), other_key).await.unwrap(),
-        Verified::Full
-    );
-    assert!(record_of(&path).exists() && record_of(&other_path).exists());
+    let (_dir, cache, (key, path, _), (other_key, other_path, other_module)) =
+        two_recorded(&engine, (66, 67)).await;
     let kinds: Vec<_> = cache
         .inventory()
         .unwrap()
@@ -360,13 +377,7 @@ async fn a_record_one_process_left_spares_another_process_the_checksum() {
 #[tokio::test]
 async fn a_recency_touch_makes_the_record_stale_until_a_later_full_check_rewrites_it() {
     let engine = Engine::default();
-    let (dir, key, path, _) = large_entry(&engine, 70).await;
-    settle().await;
-    assert_eq!(first_hit(dir.path(), key).await.unwrap(), Verified::Full);
-    assert_eq!(
-        first_hit(dir.path(), key).await.unwrap(),
-        Verified::Recorded
-    );
+    let (dir, key, path) = recorded_entry(&engine, 70).await;
     // A hit that refreshes the entry's recency (its mtime) moves its change
     // time: the record no longer names the file.
     let touching = FileSystemCache::builder(dir.path())

@@ -294,3 +294,23 @@ fn test_user() -> (u32, u32) {
         )
     })
 }
+
+/// Flip one byte of `path` in place, at `at` (the file must be writable by
+/// this process: root, or a mode that allows it).
+pub fn flip(path: &std::path::Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
+}
+
+/// Wait until a disk entry written (or changed) now is settled: old enough
+/// for the disk tier to remember its verified mapping or record it.
+pub async fn settle() {
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+}
