@@ -285,13 +285,13 @@ async fn a_record_that_is_not_the_tiers_own_for_that_file_is_ignored() {
     // The entry replaced by a save (another inode, same bytes): its old
     // record no longer applies; once settled, the new file is recorded.
     cache.save(key, &engine, &module).await.unwrap();
-    assert_eq!(first_hit(dir.path(), key).await.unwrap(), Verified::Full);
+    expect_first_hits(dir.path(), &[(key, Verified::Full)]).await;
     settle().await;
-    assert_eq!(first_hit(dir.path(), key).await.unwrap(), Verified::Full);
-    assert_eq!(
-        first_hit(dir.path(), key).await.unwrap(),
-        Verified::Recorded
-    );
+    expect_first_hits(
+        dir.path(),
+        &[(key, Verified::Full), (key, Verified::Recorded)],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -395,11 +395,11 @@ async fn a_recency_touch_makes_the_record_stale_until_a_later_full_check_rewrite
     assert_ne!(ctime(&path), before);
     // Unsettled: checked in full, not recorded; a second later, checked in
     // full and recorded again.
-    assert_eq!(first_hit(dir.path(), key).await.unwrap(), Verified::Full);
+    expect_first_hits(dir.path(), &[(key, Verified::Full)]).await;
     settle().await;
-    assert_eq!(first_hit(dir.path(), key).await.unwrap(), Verified::Full);
-    assert_eq!(
-        first_hit(dir.path(), key).await.unwrap(),
-        Verified::Recorded
-    );
+    expect_first_hits(
+        dir.path(),
+        &[(key, Verified::Full), (key, Verified::Recorded)],
+    )
+    .await;
 }

@@ -61,13 +61,16 @@ impl FileSystemCache {
         // full, its file unchanged since: trust that verification (see
         // `record`). The header was checked against this key and engine
         // and the length against the header just now, on this descriptor.
+        // A file whose times are not settled is neither trusted on a
+        // record nor recorded (the rule for remembering a mapping).
         let record = mapped
-            .filter(|_| self.records_on() && file_len >= RECORD_MIN_BYTES)
-            .and_then(|id| Some((id, record_rel(&rel)?)));
-        let header = &data[..entry::HEADER_LEN];
-        let now = SystemTime::now();
-        if let Some((id, at)) = &record
-            && recorded(&self.shared.root.join(at), id, header, now)
+            .filter(|id| {
+                self.records_on() && file_len >= RECORD_MIN_BYTES && id.settled(SystemTime::now())
+            })
+            .and_then(|id| Some((id, self.shared.root.join(record_rel(&rel)?))))
+            .map(|(id, at)| (id, at, RecordHeader::of(&data)));
+        if let Some((id, at, header)) = &record
+            && recorded(at, id, header)
         {
             return self
                 .deserialize_verified(key, engine, rel, &path, data, md_times, mapped)
@@ -95,26 +98,18 @@ impl FileSystemCache {
                 reason,
             });
         }
-        // Record this verification for other processes, when its file was
-        // settled (the same test as remembering a mapping): best effort.
-        let record = record.filter(|(id, _)| id.settled(now)).map(|(id, r)| {
-            let mut h = [0u8; entry::HEADER_LEN];
-            h.copy_from_slice(&data[..entry::HEADER_LEN]);
-            (id, r, h)
-        });
         let hit = self
             .deserialize_verified(key, engine, rel, &path, data, md_times, mapped)?
             .with_verified(Verified::Full);
-        if let Some((id, at, header)) = record {
-            let at = self.shared.root.join(at);
-            let dir = at.parent().unwrap_or(&self.shared.root);
-            if let Err(e) = write_record(dir, &key, &at, &id, &header) {
-                tracing::debug!(
-                    path = %at.display(),
-                    error = &e as &dyn std::error::Error,
-                    "cannot record a verified cache entry"
-                );
-            }
+        // Record this verification for other processes: best effort.
+        if let Some((id, at, header)) = record
+            && let Err(e) = write_record(&key, &at, &id, &header)
+        {
+            tracing::debug!(
+                path = %at.display(),
+                error = &e as &dyn std::error::Error,
+                "cannot record a verified cache entry"
+            );
         }
         Ok(hit)
     }

@@ -26,7 +26,7 @@
 //! entry (eviction, removal, refusal) and a scan removes records whose
 //! entry is gone.
 
-use std::{fs, io, path::Path, time::SystemTime};
+use std::{fs, io, path::Path};
 
 use wasmer_types::ModuleHash;
 
@@ -65,7 +65,18 @@ pub(super) fn record_entry_name(name: &str) -> Option<String> {
     is_entry_name(&entry).then_some(entry)
 }
 
-fn encode(id: &FileId, header: &[u8]) -> [u8; RECORD_LEN] {
+/// The XXH3-128 of an entry's header, which a record names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct RecordHeader(u128);
+
+impl RecordHeader {
+    /// The header of `entry`, a whole entry file whose header was checked.
+    pub(super) fn of(entry: &[u8]) -> Self {
+        RecordHeader(xxhash_rust::xxh3::xxh3_128(&entry[..entry::HEADER_LEN]))
+    }
+}
+
+fn encode(id: &FileId, header: &RecordHeader) -> [u8; RECORD_LEN] {
     let mut out = [0u8; RECORD_LEN];
     out[..8].copy_from_slice(&MAGIC);
     let fields = [
@@ -81,26 +92,23 @@ fn encode(id: &FileId, header: &[u8]) -> [u8; RECORD_LEN] {
         out[8 + 8 * i..16 + 8 * i].copy_from_slice(&f.to_le_bytes());
     }
     let digest_at = 8 + 7 * 8;
-    out[digest_at..digest_at + 16]
-        .copy_from_slice(&xxhash_rust::xxh3::xxh3_128(header).to_le_bytes());
+    out[digest_at..digest_at + 16].copy_from_slice(&header.0.to_le_bytes());
     let sum = xxhash_rust::xxh3::xxh3_64(&out[..RECORD_LEN - 8]);
     out[RECORD_LEN - 8..].copy_from_slice(&sum.to_le_bytes());
     out
 }
 
-/// Whether `record` is a sound record of the file `id` with `header`.
-fn vouches_for(record: &[u8; RECORD_LEN], id: &FileId, header: &[u8]) -> bool {
-    let sum = xxhash_rust::xxh3::xxh3_64(&record[..RECORD_LEN - 8]);
-    record[RECORD_LEN - 8..] == sum.to_le_bytes() && *record == encode(id, header)
+/// Whether `record` is a sound record of the file `id` with `header`: the
+/// very bytes this module writes for them (its own checksum included).
+fn vouches_for(record: &[u8; RECORD_LEN], id: &FileId, header: &RecordHeader) -> bool {
+    *record == encode(id, header)
 }
 
 /// Whether the record at `path` vouches for the entry file `id` whose
-/// header is `header`, by the rules of this module. Any failure (no
-/// record, another user's, a torn or stale one) is a plain `false`.
-pub(super) fn recorded(path: &Path, id: &FileId, header: &[u8], now: SystemTime) -> bool {
-    if !id.settled(now) {
-        return false;
-    }
+/// header is `header`, by the rules of this module (the caller checks that
+/// `id` is settled). Any failure (no record, another user's, a torn or
+/// stale one) is a plain `false`.
+pub(super) fn recorded(path: &Path, id: &FileId, header: &RecordHeader) -> bool {
     let mut options = fs::OpenOptions::new();
     options.read(true);
     #[cfg(unix)]
@@ -151,15 +159,15 @@ fn owned_and_private(md: &fs::Metadata) -> bool {
 }
 
 /// Write (or replace) the record at `path` of the entry file `id` whose
-/// header is `header`: a read-only temporary file in `dir`, renamed into
+/// header is `header`: a read-only temporary file beside it, renamed into
 /// place, so a reader sees the old record, the new one or none.
 pub(super) fn write_record(
-    dir: &Path,
     key: &ModuleHash,
     path: &Path,
     id: &FileId,
-    header: &[u8],
+    header: &RecordHeader,
 ) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = temp_path(dir, key);
     let result = write_locked(&tmp, &[&encode(id, header)], false, false)
         .and_then(|file| fs::rename(&tmp, path).map(|()| drop(file)));
@@ -203,7 +211,8 @@ mod tests {
 
     #[test]
     fn a_record_vouches_only_for_its_own_file_and_header() {
-        let header = [7u8; entry::HEADER_LEN];
+        let bytes = [7u8; entry::HEADER_LEN];
+        let header = RecordHeader::of(&bytes);
         let record = encode(&id(), &header);
         assert!(vouches_for(&record, &id(), &header));
         // Any other identity or header.
@@ -222,9 +231,13 @@ mod tests {
         ] {
             assert!(!vouches_for(&record, &other, &header), "{other:?}");
         }
-        let mut other_header = header;
-        other_header[100] ^= 1;
-        assert!(!vouches_for(&record, &id(), &other_header));
+        let mut other_bytes = bytes;
+        other_bytes[100] ^= 1;
+        assert!(!vouches_for(
+            &record,
+            &id(),
+            &RecordHeader::of(&other_bytes)
+        ));
         // Any byte of the record changed.
         for i in 0..RECORD_LEN {
             let mut torn = record;

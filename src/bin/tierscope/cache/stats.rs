@@ -266,40 +266,34 @@ fn print_text(
     let n = not_ours(inventory);
     println!();
     println!("Not entries");
-    println!(
-        "  verification records {} ({}){}",
-        n.records.len(),
-        human(bytes(&n.records)),
-        if n.records.is_empty() {
-            ""
+    // One line per kind: count, bytes, and what they are when there are any.
+    let line = |label: &str, files: &[&CacheFile], note: &str| {
+        let note = if files.is_empty() || note.is_empty() {
+            String::new()
         } else {
-            ": large entries checked in full, whose later first hits skip the checksum"
-        }
+            format!(": {note}")
+        };
+        println!(
+            "  {label:<20} {} ({}){note}",
+            files.len(),
+            human(bytes(files))
+        );
+    };
+    line(
+        "verification records",
+        &n.records,
+        "large entries checked in full, whose later first hits skip the checksum",
     );
-    println!(
-        "  writes in progress   {} ({})",
-        n.in_progress.len(),
-        human(bytes(&n.in_progress))
+    line("writes in progress", &n.in_progress, "");
+    line(
+        "leftover temporary",
+        &n.leftover,
+        "writers that died; `tierscope cache trim` or the next runtime to open the cache removes them",
     );
-    println!(
-        "  leftover temporary   {} ({}){}",
-        n.leftover.len(),
-        human(bytes(&n.leftover)),
-        if n.leftover.is_empty() {
-            ""
-        } else {
-            ": writers that died; `tierscope cache trim` or the next runtime to open the cache removes them"
-        }
-    );
-    println!(
-        "  not tierscope's      {} ({}){}",
-        n.foreign.len(),
-        human(bytes(&n.foreign)),
-        if n.foreign.is_empty() {
-            ""
-        } else {
-            ": never read or removed by tierscope"
-        }
+    line(
+        "not tierscope's",
+        &n.foreign,
+        "never read or removed by tierscope",
     );
     const SHOWN: usize = 10;
     for f in n.foreign.iter().take(SHOWN) {
