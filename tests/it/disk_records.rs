@@ -403,3 +403,93 @@ async fn a_recency_touch_makes_the_record_stale_until_a_later_full_check_rewrite
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verified_hits_counter_says_how_each_hit_was_checked_as_the_test_counts() {
+    use crate::common::snapshot::{counter, take};
+    use metrics_util::debugging::DebuggingRecorder;
+    use tierscope::InstrumentExt;
+
+    // A large entry, settled, recorded by a first full check.
+    let engine = Engine::default();
+    let (dir, key, _path) = recorded_entry(&engine, 71).await;
+
+    // What the defaults create: several tiers on the directory (as several
+    // processes open it), each on its own task, each loading the entry
+    // into two engines (an engine switch); and one tier that verifies every
+    // hit. The test counts what each hit must have been.
+    const TIERS: usize = 4;
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let (tiers, strict) = metrics::with_local_recorder(&recorder, || {
+        let tiers: Vec<_> = (0..TIERS)
+            .map(|_| open(dir.path()).instrumented("records", "disk"))
+            .collect();
+        let strict = FileSystemCache::builder(dir.path())
+            .capacity(1 << 30)
+            .remember_verified(false)
+            .build()
+            .unwrap()
+            .instrumented("records", "strict");
+        (tiers, strict)
+    });
+    let (mut recorded, mut remembered, mut full) = (0u64, 0u64, 0u64);
+    let tasks: Vec<_> = tiers
+        .into_iter()
+        .map(|tier| {
+            tokio::spawn(async move {
+                for _ in 0..2 {
+                    let engine = Engine::default();
+                    drop(tier.load(key, &engine).await.unwrap());
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+        // Its first hit through the record, its second from the mapping
+        // that hit remembered.
+        recorded += 1;
+        remembered += 1;
+    }
+    for _ in 0..3 {
+        drop(strict.load(key, &engine).await.unwrap());
+        full += 1;
+    }
+
+    let s = take(&snapshotter);
+    let check = |tier, check| {
+        counter(
+            &s,
+            "tierscope_verified_hits_total",
+            &[("cache", "records"), ("tier", tier), ("check", check)],
+        )
+    };
+    assert_eq!(
+        (
+            check("disk", "recorded"),
+            check("disk", "remembered"),
+            check("disk", "full")
+        ),
+        (recorded, remembered, 0)
+    );
+    assert_eq!(
+        (
+            check("strict", "recorded"),
+            check("strict", "remembered"),
+            check("strict", "full")
+        ),
+        (0, 0, full)
+    );
+    let hits = |tier| {
+        counter(
+            &s,
+            "tierscope_lookups_total",
+            &[("cache", "records"), ("tier", tier), ("result", "hit")],
+        )
+    };
+    assert_eq!(
+        (hits("disk"), hits("strict")),
+        (recorded + remembered, full)
+    );
+}
